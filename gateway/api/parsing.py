@@ -1,0 +1,183 @@
+"""Read one request once: size limit, JSON body, the few fields routing needs, hints, token estimate."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.requests import Request
+
+from gateway.errors import BadRequestError, RequestTooLargeError
+from gateway.policy.plan import RequestFacts
+from gateway.policy.table import Tenant
+from gateway.providers.base import Endpoint
+
+_HINT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_TAGS = 16
+IMAGE_TOKEN_ESTIMATE = 1000
+_REQUIRED = {Endpoint.CHAT: "messages", Endpoint.COMPLETION: "prompt", Endpoint.EMBEDDING: "input"}
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A request body read once; `body` is forwarded upstream with only `model` (and stream usage) changed."""
+
+    endpoint: Endpoint
+    body: dict[str, Any]
+    model: str
+    stream: bool
+    client_wants_usage: bool
+    prompt_tokens: int
+    max_output_tokens: int | None
+    needs: frozenset[str]
+    data_class: str | None
+    tags: frozenset[str]
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The raw body, refusing (413) anything over the limit before or while reading it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise RequestTooLargeError(f"Request body is {declared} bytes; the limit is {max_bytes} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestTooLargeError(f"Request body exceeds the limit of {max_bytes} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedRequest:
+    """Validate just what routing needs; every other field is passed through untouched."""
+    if not raw:
+        raise BadRequestError("Request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"Request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequestError("Request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("You must provide a model parameter (a non-empty string).", param="model")
+    required = _REQUIRED[endpoint]
+    if required not in body:
+        raise BadRequestError(f"Missing required parameter: '{required}'.", param=required)
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool | None):
+        raise BadRequestError("'stream' must be a boolean.", param="stream")
+    if endpoint is Endpoint.EMBEDDING and stream:
+        raise BadRequestError("Embeddings cannot be streamed.", param="stream")
+    options = body.get("stream_options")
+    wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    max_out = body.get("max_completion_tokens", body.get("max_tokens"))
+    if max_out is not None and (not isinstance(max_out, int) or isinstance(max_out, bool) or max_out < 0):
+        raise BadRequestError("'max_tokens' must be a non-negative integer.", param="max_tokens")
+    tokens, needs = estimate_prompt(body, endpoint)
+    data_class, tags = read_hints(headers, body.get("metadata"))
+    return ParsedRequest(
+        endpoint=endpoint,
+        body=body,
+        model=model,
+        stream=bool(stream),
+        client_wants_usage=wants_usage,
+        prompt_tokens=tokens,
+        max_output_tokens=max_out,
+        needs=needs,
+        data_class=data_class,
+        tags=tags,
+    )
+
+
+def estimate_prompt(body: dict[str, Any], endpoint: Endpoint) -> tuple[int, frozenset[str]]:
+    """About four characters a token; images at a flat estimate. Also which capabilities the body needs."""
+    chars = 0
+    images = 0
+    needs: set[str] = set()
+    if endpoint is Endpoint.CHAT:
+        messages = body["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise BadRequestError("'messages' must be a non-empty array.", param="messages")
+        for message in messages:
+            if not isinstance(message, dict):
+                raise BadRequestError("Each message must be an object.", param="messages")
+            content = message.get("content")
+            if isinstance(content, str):
+                chars += len(content) + 16
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, dict):
+                        if part.get("type") == "text":
+                            chars += len(str(part.get("text", "")))
+                        elif part.get("type") in ("image_url", "input_image", "image"):
+                            images += 1
+            if message.get("tool_calls"):
+                chars += len(orjson.dumps(message["tool_calls"]))
+        if images:
+            needs.add("vision")
+        if body.get("tools") or body.get("functions"):
+            needs.add("tools")
+            chars += len(orjson.dumps(body.get("tools") or body.get("functions")))
+    else:
+        value = body["prompt"] if endpoint is Endpoint.COMPLETION else body["input"]
+        chars = _text_size(value)
+    return max(1, chars // 4) + images * IMAGE_TOKEN_ESTIMATE, frozenset(needs)
+
+
+def _text_size(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        total = 0
+        for item in value:
+            total += _text_size(item) if isinstance(item, str | list) else 4
+        return total
+    raise BadRequestError("'input'/'prompt' must be a string or an array.", param="input")
+
+
+def read_hints(headers: Headers, metadata: Any) -> tuple[str | None, frozenset[str]]:
+    """Routing hints from `x-polyroute-data-class` / `x-polyroute-tags` or the body's `metadata`."""
+    meta = metadata if isinstance(metadata, dict) else {}
+    data_class = headers.get("x-polyroute-data-class") or meta.get("data_class")
+    raw_tags = headers.get("x-polyroute-tags") or meta.get("tags")
+    if data_class is not None:
+        if not isinstance(data_class, str) or not _HINT.match(data_class.strip()):
+            raise BadRequestError(
+                "data class must be 1-64 characters of letters, digits, '_', '.', ':' or '-'.",
+                param="x-polyroute-data-class",
+            )
+        data_class = data_class.strip().lower()
+    tags: list[str] = []
+    if isinstance(raw_tags, str):
+        tags = [t.strip() for t in raw_tags.split(",") if t.strip()]
+    elif isinstance(raw_tags, list):
+        tags = [t.strip() for t in raw_tags if isinstance(t, str) and t.strip()]
+    elif raw_tags is not None:
+        raise BadRequestError("tags must be a comma-separated string or an array.", param="x-polyroute-tags")
+    if len(tags) > MAX_TAGS or not all(_HINT.match(t) for t in tags):
+        raise BadRequestError(
+            f"at most {MAX_TAGS} tags, each 1-64 characters of letters, digits, '_', '.', ':' or '-'.",
+            param="x-polyroute-tags",
+        )
+    return data_class, frozenset(t.lower() for t in tags)
+
+
+def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
+    """What the routing engine sees of a parsed request and its tenant."""
+    return RequestFacts(
+        alias=parsed.model,
+        tenant=tenant.name,
+        endpoint=parsed.endpoint.value,
+        stream=parsed.stream,
+        data_class=parsed.data_class,
+        tags=parsed.tags,
+        prompt_tokens=parsed.prompt_tokens,
+        max_output_tokens=parsed.max_output_tokens,
+        needs=parsed.needs,
+        allowed_aliases=tenant.models,
+    )

@@ -1,0 +1,97 @@
+"""create_app(settings): builds the whole gateway in its lifespan and hands it down explicitly."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway import __version__
+from gateway.api.admin import admin_routes
+from gateway.api.health import health_routes
+from gateway.api.openai_routes import model_routes
+from gateway.api.responses import error_response
+from gateway.errors import BadRequestError, NotFoundError, PolicyError, PolyrouteError
+from gateway.observability.metrics import Metrics
+from gateway.policy.table import PolicyTable
+from gateway.runtime import Runtime, load_table
+from gateway.settings import Settings
+from gateway.state.factory import create_state_store
+
+log = logging.getLogger("polyroute")
+
+
+def create_app(settings: Settings, *, table: PolicyTable | None = None) -> FastAPI:
+    """The ASGI app. The policy comes from `table` or is loaded from `settings.policy` at startup."""
+    if table is None:
+        if settings.policy is None:
+            raise PolicyError(["no policy given: pass --policy FILE or set POLYROUTE_POLICY"], "settings")
+        table = load_table(settings, settings.policy)
+    metrics = Metrics(multiprocess_dir=settings.multiproc_dir)
+    store = create_state_store(settings, on_error=lambda op: metrics.state_store_error(op=op))
+    runtime = Runtime(settings, table, store, metrics)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        log.info("polyroute %s serving policy %s", __version__, runtime.active.table.source)
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    app = FastAPI(
+        title="polyroute",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.runtime = runtime
+    for route in (
+        *model_routes(runtime),
+        *health_routes(runtime, with_metrics=settings.metrics_port is None),
+        *admin_routes(runtime),
+    ):
+        app.router.routes.append(route)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return error_response(NotFoundError("Unknown path.", code="unknown_url"))
+        err = BadRequestError(str(exc.detail))
+        err.status = exc.status_code
+        return error_response(err)
+
+    async def unexpected(_: Request, exc: Exception) -> Response:
+        # The one place that turns anything unexpected into a 500 envelope (and logs it).
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(PolyrouteError("The gateway hit an internal error."))
+
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The factory each worker process calls (settings come from the POLYROUTE_* environment)."""
+    return create_app(Settings())
+
+
+def create_metrics_app(app: FastAPI) -> FastAPI:
+    """A second, tiny app that serves only /metrics (for POLYROUTE_METRICS_PORT)."""
+    runtime: Runtime = app.state.runtime
+    metrics_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+    async def metrics(_: Request) -> Response:
+        payload, content_type = runtime.metrics.render()
+        return Response(payload, media_type=content_type)
+
+    metrics_app.add_route("/metrics", metrics)
+    return metrics_app

@@ -1,0 +1,205 @@
+"""The `polyroute` command: serve, demo, policy check, route explain, usage."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gateway.errors import PolicyError, PolyrouteError
+from gateway.settings import Settings, export_for_workers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="polyroute", description="OpenAI-compatible LLM gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--policy", type=Path, help="policy file or directory (default: $POLYROUTE_POLICY)")
+    serve.add_argument("--host", help="bind address (default: $POLYROUTE_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $POLYROUTE_PORT or 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: $POLYROUTE_WORKERS or 1)")
+
+    demo = sub.add_parser("demo", help="a guided tour against simulated local upstreams (no keys, no Redis)")
+    demo.add_argument("--port", type=int, default=0, help="gateway port (default: a free one)")
+
+    policy = sub.add_parser("policy", help="policy tools")
+    policy_sub = policy.add_subparsers(dest="policy_command", required=True)
+    check = policy_sub.add_parser("check", help="validate a policy and print the resolved table")
+    check.add_argument("file", type=Path)
+
+    route = sub.add_parser("route", help="routing tools")
+    route_sub = route.add_subparsers(dest="route_command", required=True)
+    explain = route_sub.add_parser("explain", help="show how a request body would be routed")
+    explain.add_argument("file", type=Path, help="policy file or directory")
+    explain.add_argument("--request", type=Path, required=True, help="request body JSON file ('-' for stdin)")
+    explain.add_argument("--tenant", help="route as this tenant")
+    explain.add_argument("--endpoint", choices=["chat", "completion", "embedding"], default="chat")
+    explain.add_argument("--header", action="append", default=[], metavar="K=V", help="a request header")
+
+    usage = sub.add_parser("usage", help="usage by tenant/alias/deployment/vendor from the state store")
+    usage.add_argument("--days", type=int, default=1)
+    usage.add_argument("--group-by", default="tenant,alias,deployment,vendor")
+    usage.add_argument("--url", help="ask a running gateway's /admin/usage instead of the store")
+    usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "demo":
+            from gateway.demo.tour import run_demo
+
+            return asyncio.run(run_demo(port=args.port))
+        if args.command == "policy":
+            return _policy_check(args.file)
+        if args.command == "route":
+            return _route_explain(args)
+        from gateway.observability.usage_cli import run_usage
+
+        return asyncio.run(run_usage(Settings(), args.days, args.group_by, args.url, args.json))
+    except PolicyError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
+    except PolyrouteError as err:
+        print(f"error: {err.message}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {k: v for k in ("policy", "host", "port", "workers") if (v := getattr(args, k)) is not None}
+    settings = Settings(**overrides)
+    if settings.policy is None:
+        raise PolicyError(["no policy given: pass --policy FILE or set POLYROUTE_POLICY"], "serve")
+    if settings.workers > 1:
+        # Before anything imports prometheus_client: workers share one metrics directory.
+        multiproc = settings.multiproc_dir or Path(tempfile.mkdtemp(prefix="polyroute-metrics-"))
+        export_for_workers(settings, multiproc)
+        settings = Settings(**overrides)
+    import uvicorn
+
+    from gateway.runtime import load_table
+
+    assert settings.policy is not None
+    load_table(settings, settings.policy)  # fail fast, with every problem listed, before binding
+    if settings.workers > 1:
+        from gateway.observability.metrics import prepare_multiprocess_dir, serve_multiprocess_metrics
+
+        assert settings.multiproc_dir is not None
+        prepare_multiprocess_dir(settings.multiproc_dir)
+        if settings.metrics_port is not None:
+            serve_multiprocess_metrics(settings.metrics_port, settings.host, settings.multiproc_dir)
+        uvicorn.run(
+            "gateway.app:app_from_environment",
+            factory=True,
+            workers=settings.workers,
+            host=settings.host,
+            port=settings.port,
+            loop=_loop(),
+            http=_http(),
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        )
+        return 0
+
+    from gateway.app import create_app, create_metrics_app
+
+    app = create_app(settings)
+    servers = [uvicorn.Server(_uvicorn_config(app, settings, settings.port))]
+    if settings.metrics_port is not None:
+        servers.append(uvicorn.Server(_uvicorn_config(create_metrics_app(app), settings, settings.metrics_port)))
+
+    async def run_all() -> None:
+        await asyncio.gather(*(s.serve() for s in servers))
+
+    asyncio.run(run_all())
+    return 0
+
+
+def _uvicorn_config(app: Any, settings: Settings, port: int) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=port,
+        loop=_loop(),
+        http=_http(),
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+    )
+
+
+def _loop() -> str:
+    return "uvloop" if _has("uvloop") else "asyncio"
+
+
+def _http() -> str:
+    return "httptools" if _has("httptools") else "h11"
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _policy_check(path: Path) -> int:
+    from gateway.policy.loader import describe_policy
+    from gateway.runtime import load_table
+
+    table = load_table(Settings(), path)
+    print(describe_policy(table))
+    print(f"\nOK: {path} is a valid policy.")
+    return 0
+
+
+def _route_explain(args: argparse.Namespace) -> int:
+    from starlette.datastructures import Headers
+
+    from gateway.api.parsing import parse_request, request_facts
+    from gateway.policy.engine import decide
+    from gateway.policy.plan import HealthSnapshot
+    from gateway.providers.base import Endpoint
+    from gateway.runtime import load_table
+
+    table = load_table(Settings(), args.file)
+    raw = sys.stdin.buffer.read() if str(args.request) == "-" else args.request.read_bytes()
+    pairs: list[tuple[str, str]] = []
+    for item in args.header:
+        key, sep, value = item.partition("=")
+        if not sep:
+            print(f"error: --header takes K=V, got {item!r}", file=sys.stderr)
+            return 2
+        pairs.append((key.strip().lower(), value.strip()))
+    headers = Headers(raw=[(k.encode(), v.encode()) for k, v in pairs])
+    tenant = table.tenants.get(args.tenant) if args.tenant else table.anonymous_tenant()
+    if tenant is None:
+        known = ", ".join(sorted(table.tenants)) or "none"
+        print(f"error: unknown tenant {args.tenant!r} (tenants: {known}); pass --tenant", file=sys.stderr)
+        return 2
+    parsed = parse_request(raw, Endpoint(args.endpoint), headers)
+    facts = request_facts(parsed, tenant)
+    try:
+        plan = decide(facts, table, HealthSnapshot(random_seed=0.0))
+    except PolyrouteError as err:
+        print(f"decision: rejected with HTTP {err.status}: {err.message}")
+        return 1
+    print(plan.render())
+    print(f"decision: route={plan.route} attempts={' > '.join(d.name for d in plan.attempts)}")
+    if plan.estimated_cost_usd:
+        costs = ", ".join(f"{k}=${v:.6f}" for k, v in plan.estimated_cost_usd.items())
+        print(f"estimated cost: {costs}")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""The one error hierarchy of polyroute; every class knows its HTTP status and OpenAI error type.
+
+    PolyrouteError                      (500, api_error)
+    ├── PolicyError                     policy file could not be loaded; names the YAML path
+    ├── ClientError                     the request is at fault, never retried
+    │   ├── BadRequestError             400 invalid_request_error
+    │   ├── AuthenticationError         401 authentication_error
+    │   ├── PermissionDeniedError       403 permission_error (model not allowed for tenant)
+    │   ├── NotFoundError               404 not_found_error (unknown alias / route)
+    │   ├── RequestTooLargeError        413 invalid_request_error
+    │   ├── NoEligibleTargetError       400 invalid_request_error (every target excluded by a rule)
+    │   ├── UpstreamRejectedError       400 the upstream refused the request itself (bad request, content
+    │   │                                   policy, context window) and no fallback applies
+    │   └── LimitExceededError          429 rate_limit_error / insufficient_quota (+ Retry-After)
+    ├── UpstreamError                   one attempt against one deployment failed (classified)
+    └── AllTargetsFailedError           502 / 503 / 504: every attempt failed; lists each cause
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class PolyrouteError(Exception):
+    """Base of every error polyroute raises on purpose."""
+
+    status = 500
+    error_type = "api_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class PolicyError(PolyrouteError):
+    """A policy file is invalid; the message names the YAML path of each problem."""
+
+    code = "invalid_policy"
+
+    def __init__(self, problems: list[str], source: str = "policy") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+class ClientError(PolyrouteError):
+    """The request itself is at fault; retrying it elsewhere cannot help."""
+
+
+class BadRequestError(ClientError):
+    status = 400
+    error_type = "invalid_request_error"
+
+
+class AuthenticationError(ClientError):
+    status = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class PermissionDeniedError(ClientError):
+    status = 403
+    error_type = "permission_error"
+    code = "model_not_allowed"
+
+
+class NotFoundError(ClientError):
+    status = 404
+    error_type = "not_found_error"
+    code = "model_not_found"
+
+
+class RequestTooLargeError(ClientError):
+    status = 413
+    error_type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class NoEligibleTargetError(ClientError):
+    status = 400
+    error_type = "invalid_request_error"
+    code = "no_eligible_target"
+
+
+class UpstreamRejectedError(BadRequestError):
+    """The chosen deployment refused the request itself; relayed to the client, not retried elsewhere."""
+
+    code = "upstream_rejected_request"
+
+
+class LimitExceededError(ClientError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        code: str | None = None,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+        self.extra_headers = extra_headers or {}
+        if code == "insufficient_quota":
+            self.error_type = "insufficient_quota"
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, int(self.retry_after + 0.999))), **self.extra_headers}
+
+
+class ErrorClass(StrEnum):
+    """Why one upstream attempt failed; `fallback.on` lists the classes that move on to the next target."""
+
+    RATE_LIMIT = "rate_limit"
+    TIMEOUT = "timeout"
+    SERVER_ERROR = "server_error"
+    CONNECTION_ERROR = "connection_error"
+    CONTEXT_WINDOW = "context_window"
+    CONTENT_POLICY = "content_policy"
+    AUTH = "auth"
+    BAD_REQUEST = "bad_request"
+    NOT_FOUND = "not_found"
+
+
+class UpstreamError(PolyrouteError):
+    """One attempt against one deployment failed; `error_class` decides retry and fallback."""
+
+    status = 502
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        error_class: ErrorClass,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        self.body = body
+
+
+@dataclass(frozen=True)
+class AttemptFailure:
+    """What one attempt's failure looked like, as reported to the client when all fail."""
+
+    deployment: str
+    error_class: ErrorClass
+    message: str
+    upstream_status: int | None = None
+
+
+class AllTargetsFailedError(PolyrouteError):
+    """Every attempt of a plan failed; the message lists each target and its cause."""
+
+    def __init__(self, failures: list[AttemptFailure]) -> None:
+        self.failures = failures
+        parts = [
+            f"{f.deployment}: {f.error_class.value}"
+            + (f" (upstream status {f.upstream_status})" if f.upstream_status else "")
+            + (f": {f.message}" if f.message else "")
+            for f in failures
+        ]
+        super().__init__("all targets failed: " + "; ".join(parts) if parts else "no target was tried")
+        classes = {f.error_class for f in failures}
+        if classes and classes <= {ErrorClass.TIMEOUT}:
+            self.status, self.code = 504, "upstream_timeout"
+        elif classes and classes <= {ErrorClass.RATE_LIMIT, ErrorClass.CONNECTION_ERROR}:
+            self.status, self.code = 503, "upstream_unavailable"
+        else:
+            self.status, self.code = 502, "upstream_error"

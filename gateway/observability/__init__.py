@@ -1,0 +1,1 @@
+"""Metrics: names declared once (names.py) and the Metrics object the app builds (metrics.py)."""

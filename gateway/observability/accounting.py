@@ -1,0 +1,157 @@
+"""Accounting: metrics, cost, budget settlement and usage records for a finished request, off the response path."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from gateway.observability.metrics import Metrics
+from gateway.policy.pricing import estimate_cost_usd
+from gateway.policy.table import Deployment
+from gateway.providers.base import Usage
+from gateway.state.base import StateStore, UsageRecord
+
+log = logging.getLogger("polyroute.accounting")
+QUEUE_LIMIT = 100_000
+BATCH = 512
+
+
+@dataclass(frozen=True)
+class FinishedRequest:
+    """Everything known about one request once its response is complete."""
+
+    tenant: str
+    alias: str
+    deployment: Deployment | None
+    status: int
+    stream: bool
+    duration_s: float
+    overhead_s: float
+    first_token_s: float | None
+    usage: Usage | None
+    attempts: int
+    fallback: bool
+    reserved_tokens: int = 0
+    reserved_cost_usd: float = 0.0
+    settle: bool = False  # admission reserved tokens/cost that must be corrected
+
+
+def request_cost(deployment: Deployment, usage: Usage) -> float:
+    """USD for the tokens used: cached input at the cached price where the deployment has one."""
+    uncached = max(0, usage.input_tokens - usage.cached_tokens)
+    return estimate_cost_usd(deployment.price, uncached, usage.output_tokens, usage.cached_tokens)
+
+
+class Accountant:
+    """Updates metrics at once (O(1)); settles budgets and writes usage records from a background queue."""
+
+    def __init__(self, store: StateStore, metrics: Metrics) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._queue: asyncio.Queue[tuple[FinishedRequest, float, UsageRecord | None]] = asyncio.Queue(
+            QUEUE_LIMIT
+        )
+        self._worker: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._worker = asyncio.create_task(self._drain_forever(), name="polyroute-accounting")
+
+    async def close(self) -> None:
+        """Write out everything queued, then stop."""
+        await self._queue.join()
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+
+    def finish(self, done: FinishedRequest) -> float:
+        """Record a finished request; returns its cost in USD."""
+        dep = done.deployment
+        provider = dep.provider if dep is not None else None
+        labels = {
+            "alias": done.alias,
+            "deployment": dep.name if dep is not None else "none",
+            "provider": provider.name if provider is not None else "none",
+            "tenant": done.tenant,
+            "vendor": provider.vendor if provider is not None else "none",
+            "hosting": provider.hosting.value if provider is not None else "none",
+        }
+        self._metrics.request_done(
+            status=done.status,
+            duration_s=done.duration_s,
+            overhead_s=done.overhead_s,
+            ttft_s=done.first_token_s,
+            stream=done.stream,
+            **labels,
+        )
+        cost = 0.0
+        usage = done.usage
+        if dep is not None and usage is not None:
+            cost = request_cost(dep, usage)
+            self._metrics.tokens(
+                input=usage.input_tokens,
+                output=usage.output_tokens,
+                cached=usage.cached_tokens,
+                reasoning=usage.reasoning_tokens,
+                estimated=usage.estimated,
+                **labels,
+            )
+            if cost:
+                self._metrics.cost(usd=cost, **labels)
+        record = None
+        if dep is not None and provider is not None:
+            u = usage or Usage()
+            record = UsageRecord(
+                ts=time.time(),
+                tenant=done.tenant,
+                alias=done.alias,
+                deployment=dep.name,
+                provider=provider.name,
+                vendor=provider.vendor,
+                hosting=provider.hosting.value,
+                jurisdiction=provider.jurisdiction,
+                status=done.status,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cached_tokens=u.cached_tokens,
+                reasoning_tokens=u.reasoning_tokens,
+                tokens_estimated=u.estimated,
+                cost_usd=cost,
+                latency_s=done.duration_s,
+                fallback=done.fallback,
+                attempts=done.attempts,
+            )
+        if record is not None or done.settle:
+            try:
+                self._queue.put_nowait((done, cost, record))
+            except asyncio.QueueFull:
+                log.error("accounting queue full: dropping the usage record of one request")
+        return cost
+
+    async def _drain_forever(self) -> None:
+        while True:
+            first = await self._queue.get()
+            batch = [first]
+            while len(batch) < BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write(self, batch: list[tuple[FinishedRequest, float, UsageRecord | None]]) -> None:
+        now = time.time()
+        for done, cost, _ in batch:
+            if done.settle:
+                used = done.usage.input_tokens + done.usage.output_tokens if done.usage else done.reserved_tokens
+                await self._store.settle(
+                    done.tenant,
+                    token_delta=used - done.reserved_tokens,
+                    cost_delta_usd=cost - done.reserved_cost_usd,
+                    now=now,
+                )
+        records = [r for _, _, r in batch if r is not None]
+        if records:
+            await self._store.record_usage(records)

@@ -1,0 +1,379 @@
+"""Prometheus metrics of one polyroute process: bounded label values, O(1) updates, one- or many-process exposition."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Generic, Literal, TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server, values
+from prometheus_client import multiprocess as _multiprocess
+
+from gateway.errors import ErrorClass, PolyrouteError
+from gateway.observability import names
+
+OTHER: Final = "other"
+"""Label value recorded for anything outside the known, bounded set (unknown alias, bad key, new error class)."""
+NONE: Final = "none"
+"""Label value for "not applicable", e.g. the deployment of a request that never reached an upstream."""
+
+UPSTREAM_ERROR_CLASSES: Final = frozenset(c.value for c in ErrorClass)
+UPSTREAM_OUTCOMES: Final = UPSTREAM_ERROR_CLASSES | {"success"}
+RATE_LIMIT_REASONS: Final = frozenset(
+    {"tenant_rpm", "tenant_tpm", "budget_day", "budget_month", "deployments_saturated", OTHER}
+)
+BUDGET_PERIODS: Final = frozenset({"day", "month"})
+POLICY_RELOAD_RESULTS: Final = frozenset({"success", "failure"})
+STATE_STORE_OPS: Final = frozenset({"admit", "settle", "circuit", "usage", "ping", OTHER})
+HOSTINGS: Final = frozenset({"cloud", "self_hosted", NONE})
+
+# Text format 0.0.4 is what generate_latest writes and what every Prometheus version scrapes.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0)
+OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+_STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_TOKEN_TYPES: Final = ("input", "output", "cached", "reasoning")
+
+_ALIAS = "alias = the model name the client sent (gen_ai.request.model as the client asked for it)"
+_DEPLOYMENT = "deployment = gen_ai.request.model on gen_ai.provider.name, as named in the policy"
+_PROVIDER = "provider = gen_ai.provider.name (policy entry); vendor and hosting come from that entry"
+
+# HELP text of each metric; the label meanings follow OpenTelemetry GenAI attribute names.
+_HELP: Final[Mapping[str, str]] = {
+    names.REQUESTS_TOTAL: f"Client requests finished, by HTTP status class. {_ALIAS}; {_DEPLOYMENT} "
+    f"(none: no upstream reached); {_PROVIDER}.",
+    names.REQUEST_DURATION_SECONDS: f"Client request duration from arrival to last byte. {_ALIAS}; {_DEPLOYMENT}.",
+    names.TIME_TO_FIRST_TOKEN_SECONDS: "Time from request arrival to the first streamed token "
+    f"(gen_ai.server.time_to_first_token). {_ALIAS}; {_DEPLOYMENT}.",
+    names.OVERHEAD_SECONDS: "Time spent inside the gateway itself: request duration minus time waiting on upstreams.",
+    names.UPSTREAM_REQUESTS_TOTAL: "Upstream attempts (a client request may make several), by outcome: success or "
+    f"error class (error.type). {_DEPLOYMENT}; {_PROVIDER}.",
+    names.TOKENS_TOTAL: "Tokens used; type = gen_ai.token.type (input, output; cached = the part of input served "
+    "from cache, reasoning = the part of output spent reasoning); estimated = true when the upstream reported no "
+    f"usage. {_DEPLOYMENT}; {_PROVIDER}.",
+    names.COST_USD_TOTAL: f"Cost in US dollars from the policy price of each deployment. {_DEPLOYMENT}; {_PROVIDER}.",
+    names.FALLBACKS_TOTAL: "Moves from one deployment (from) to the next (to) after an attempt failed with error "
+    "class reason.",
+    names.CIRCUIT_OPEN: f"1 while a deployment's circuit breaker is open (deployment skipped), else 0. {_DEPLOYMENT}.",
+    names.INFLIGHT_REQUESTS: f"Client requests being served right now. {_ALIAS}.",
+    names.RATE_LIMITED_TOTAL: "Requests refused with 429 by tenant limits or budgets, or because every deployment "
+    "was saturated.",
+    names.BUDGET_REMAINING_USD: "US dollars a tenant may still spend in the current budget period (day or month).",
+    names.POLICY_RELOADS_TOTAL: "Policy reloads; a failed reload keeps the previous policy.",
+    names.STATE_STORE_ERRORS_TOTAL: "Failed state store operations (limits, budgets, shared circuits, usage records).",
+}
+
+
+def _bounded(allowed: Iterable[str]) -> Mapping[str, str]:
+    # A mapping to plain str: a str-valued Enum member finds its entry, but its str() would be "Class.MEMBER".
+    return {str.__str__(v): str.__str__(v) for v in (*allowed, NONE, OTHER)}
+
+
+def _clamp(value: str, allowed: Mapping[str, str]) -> str:
+    return allowed.get(value, OTHER)
+
+
+_INITIAL: Final = _bounded(())
+_HOSTINGS: Final = _bounded(HOSTINGS)
+_OUTCOMES: Final = _bounded(UPSTREAM_OUTCOMES)
+_ERROR_CLASSES: Final = _bounded(UPSTREAM_ERROR_CLASSES)
+_RATE_LIMIT_REASONS: Final = _bounded(RATE_LIMIT_REASONS)
+_BUDGET_PERIODS: Final = _bounded(BUDGET_PERIODS)
+_RELOAD_RESULTS: Final = _bounded(POLICY_RELOAD_RESULTS)
+_STATE_STORE_OPS: Final = _bounded(STATE_STORE_OPS)
+
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
+_GaugeMode = Literal["livemax", "livesum", "mostrecent"]
+
+
+class _Children(Generic[_M]):
+    """The labelled series of one metric, found by one dict lookup instead of a validated labels() call."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric: _M = metric
+        self._children: dict[tuple[str, ...], _M] = {}
+
+    def __call__(self, *label_values: str) -> _M:
+        child = self._children.get(label_values)
+        if child is None:  # bounded: every label value has been clamped to a known set
+            child = self._children[label_values] = self._metric.labels(*label_values)
+        return child
+
+
+@dataclass(frozen=True, slots=True)
+class _KnownLabels:
+    """Label values allowed as themselves; swapped as a whole so readers never see a half-updated set."""
+
+    aliases: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
+    deployments: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
+    providers: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
+    vendors: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
+    tenants: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
+
+
+def _status_class(status: int) -> str:
+    index = status // 100 - 1
+    return _STATUS_CLASSES[index] if 0 <= index < len(_STATUS_CLASSES) else OTHER
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def prepare_multiprocess_dir(path: Path) -> None:
+    """Create `path` and delete metric files left by an earlier run.
+
+    Run once in the supervising process before any worker starts. Multi-process mode itself is chosen by
+    prometheus_client from PROMETHEUS_MULTIPROC_DIR when it is first imported, so that variable must already
+    name `path` in every worker's environment before anything imports prometheus_client.
+    """
+    path.mkdir(parents=True, exist_ok=True)
+    for leftover in path.glob("*.db"):
+        leftover.unlink()
+
+
+def mark_process_dead(pid: int, *, multiprocess_dir: Path) -> None:
+    """Drop an exited worker's live gauges (in-flight requests, circuit state); its counters are kept."""
+    _multiprocess.mark_process_dead(pid, str(multiprocess_dir))  # type: ignore[no-untyped-call]
+
+
+def serve_multiprocess_metrics(port: int, host: str, multiprocess_dir: Path) -> None:
+    """Serve every worker's metrics, merged, on their own port from a background thread of the supervisor."""
+    registry = CollectorRegistry()
+    _multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
+    start_http_server(port, addr=host, registry=registry)
+
+
+class Metrics:
+    """Every polyroute metric, registered in a registry this instance owns.
+
+    With `multiprocess_dir`, each worker writes its values to files in that directory and `render` merges the
+    files of all workers, so a scrape of any worker sees the whole server.
+    """
+
+    def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
+        _check_multiprocess_mode(multiprocess_dir)
+        self._known = _KnownLabels()
+        self._registry = r = CollectorRegistry()
+
+        def counter(name: str, *labels: str) -> _Children[Counter]:
+            return _Children(Counter(name, _HELP[name], labels, registry=r))
+
+        def histogram(name: str, buckets: tuple[float, ...], *labels: str) -> _Children[Histogram]:
+            return _Children(Histogram(name, _HELP[name], labels, buckets=buckets, registry=r))
+
+        def gauge(name: str, mode: _GaugeMode, *labels: str) -> _Children[Gauge]:
+            return _Children(Gauge(name, _HELP[name], labels, multiprocess_mode=mode, registry=r))
+
+        identity = ("alias", "deployment", "provider", "vendor", "hosting", "tenant")
+        self._requests = counter(names.REQUESTS_TOTAL, *identity, "status_class")
+        self._duration = histogram(names.REQUEST_DURATION_SECONDS, DURATION_BUCKETS, "alias", "deployment", "stream")
+        self._ttft = histogram(names.TIME_TO_FIRST_TOKEN_SECONDS, TTFT_BUCKETS, "alias", "deployment")
+        self._overhead = Histogram(
+            names.OVERHEAD_SECONDS, _HELP[names.OVERHEAD_SECONDS], buckets=OVERHEAD_BUCKETS, registry=r
+        )
+        self._upstream = counter(names.UPSTREAM_REQUESTS_TOTAL, "deployment", "provider", "outcome")
+        self._tokens = counter(names.TOKENS_TOTAL, *identity, "type", "estimated")
+        self._cost = counter(names.COST_USD_TOTAL, *identity)
+        self._fallbacks = counter(names.FALLBACKS_TOTAL, "from", "to", "reason")
+        # How worker files merge: a dead worker's circuits and in-flight requests stop counting (live*); the budget
+        # left belongs to the tenant, not the worker, so the latest write of any worker wins.
+        self._circuit = gauge(names.CIRCUIT_OPEN, "livemax", "deployment")
+        self._inflight = gauge(names.INFLIGHT_REQUESTS, "livesum", "alias")
+        self._budget = gauge(names.BUDGET_REMAINING_USD, "mostrecent", "tenant", "period")
+        self._rate_limited = counter(names.RATE_LIMITED_TOTAL, "tenant", "reason")
+        self._reloads = counter(names.POLICY_RELOADS_TOTAL, "result")
+        self._state_errors = counter(names.STATE_STORE_ERRORS_TOTAL, "op")
+        # Series that alerts use with rate() or increase() must exist before their first event.
+        for result in sorted(POLICY_RELOAD_RESULTS):
+            self._reloads(result)
+        for op in sorted(STATE_STORE_OPS):
+            self._state_errors(op)
+
+        if multiprocess_dir is None:
+            self._exposed = self._registry
+        else:
+            _check_files_land_in(multiprocess_dir)
+            self._exposed = CollectorRegistry()
+            _multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
+                self._exposed, path=str(multiprocess_dir)
+            )
+
+    def set_known(
+        self,
+        *,
+        aliases: Iterable[str],
+        deployments: Iterable[str],
+        providers: Iterable[str],
+        vendors: Iterable[str],
+        tenants: Iterable[str],
+    ) -> None:
+        """Declare the label values the policy defines; any other value is recorded as "other"."""
+        previous = self._known
+        known = _KnownLabels(
+            aliases=_bounded(aliases),
+            deployments=_bounded(deployments),
+            providers=_bounded(providers),
+            vendors=_bounded(vendors),
+            tenants=_bounded(tenants),
+        )
+        self._known = known
+        for deployment in known.deployments.keys() - previous.deployments.keys():
+            self._circuit(deployment)  # show every deployment, closed until told otherwise
+        for deployment in previous.deployments.keys() - known.deployments.keys():
+            self._circuit(deployment).set(0.0)  # a removed deployment is no longer routed to
+
+    def request_done(
+        self,
+        *,
+        alias: str,
+        deployment: str,
+        provider: str,
+        vendor: str,
+        hosting: str,
+        tenant: str,
+        status: int,
+        duration_s: float,
+        overhead_s: float,
+        ttft_s: float | None,
+        stream: bool,
+    ) -> None:
+        """Record one finished client request (any status, streamed or not)."""
+        k = self._known
+        alias_v = _clamp(alias, k.aliases)
+        deployment_v = _clamp(deployment, k.deployments)
+        self._requests(
+            alias_v,
+            deployment_v,
+            _clamp(provider, k.providers),
+            _clamp(vendor, k.vendors),
+            _clamp(hosting, _HOSTINGS),
+            _clamp(tenant, k.tenants),
+            _status_class(status),
+        ).inc()
+        self._duration(alias_v, deployment_v, _flag(stream)).observe(duration_s)
+        self._overhead.observe(overhead_s)
+        if ttft_s is not None:
+            self._ttft(alias_v, deployment_v).observe(ttft_s)
+
+    def upstream_attempt(self, *, deployment: str, provider: str, outcome: str) -> None:
+        """Record one attempt against an upstream: "success" or its error class."""
+        k = self._known
+        self._upstream(
+            _clamp(deployment, k.deployments), _clamp(provider, k.providers), _clamp(outcome, _OUTCOMES)
+        ).inc()
+
+    def tokens(
+        self,
+        *,
+        alias: str,
+        deployment: str,
+        provider: str,
+        vendor: str,
+        hosting: str,
+        tenant: str,
+        input: int,  # shadows the builtin on purpose: the gen_ai.token.type name
+        output: int,
+        cached: int,
+        reasoning: int,
+        estimated: bool,
+    ) -> None:
+        """Add one request's token usage; zero counts create no series."""
+        k = self._known
+        identity = (
+            _clamp(alias, k.aliases),
+            _clamp(deployment, k.deployments),
+            _clamp(provider, k.providers),
+            _clamp(vendor, k.vendors),
+            _clamp(hosting, _HOSTINGS),
+            _clamp(tenant, k.tenants),
+        )
+        flag = _flag(estimated)
+        for token_type, count in zip(_TOKEN_TYPES, (input, output, cached, reasoning), strict=True):
+            if count > 0:
+                self._tokens(*identity, token_type, flag).inc(count)
+
+    def cost(
+        self, *, alias: str, deployment: str, provider: str, vendor: str, hosting: str, tenant: str, usd: float
+    ) -> None:
+        """Add one request's cost in US dollars; zero, negative or NaN amounts are ignored."""
+        if not usd > 0:
+            return
+        k = self._known
+        self._cost(
+            _clamp(alias, k.aliases),
+            _clamp(deployment, k.deployments),
+            _clamp(provider, k.providers),
+            _clamp(vendor, k.vendors),
+            _clamp(hosting, _HOSTINGS),
+            _clamp(tenant, k.tenants),
+        ).inc(usd)
+
+    def fallback(self, *, from_deployment: str, to_deployment: str, reason: str) -> None:
+        """Record a move to the next deployment after an attempt failed with error class `reason`."""
+        k = self._known
+        self._fallbacks(
+            _clamp(from_deployment, k.deployments),
+            _clamp(to_deployment, k.deployments),
+            _clamp(reason, _ERROR_CLASSES),
+        ).inc()
+
+    def circuit(self, *, deployment: str, is_open: bool) -> None:
+        """Record that a deployment's circuit breaker opened or closed."""
+        self._circuit(_clamp(deployment, self._known.deployments)).set(1.0 if is_open else 0.0)
+
+    def inflight(self, *, alias: str, delta: int) -> None:
+        """Add `delta` (+1 on arrival, -1 when the response ends) to the in-flight count of an alias."""
+        self._inflight(_clamp(alias, self._known.aliases)).inc(delta)
+
+    def rate_limited(self, *, tenant: str, reason: str) -> None:
+        """Record a request refused with 429."""
+        self._rate_limited(_clamp(tenant, self._known.tenants), _clamp(reason, _RATE_LIMIT_REASONS)).inc()
+
+    def budget_remaining(self, *, tenant: str, period: str, usd: float) -> None:
+        """Set what a tenant may still spend in `period` ("day" or "month")."""
+        self._budget(_clamp(tenant, self._known.tenants), _clamp(period, _BUDGET_PERIODS)).set(usd)
+
+    def policy_reload(self, *, result: str) -> None:
+        """Record a policy reload: "success" or "failure"."""
+        self._reloads(_clamp(result, _RELOAD_RESULTS)).inc()
+
+    def state_store_error(self, *, op: str) -> None:
+        """Record a failed state store operation."""
+        self._state_errors(_clamp(op, _STATE_STORE_OPS)).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of this process, or of all workers in multi-process mode."""
+        return generate_latest(self._exposed), CONTENT_TYPE
+
+
+def _check_multiprocess_mode(multiprocess_dir: Path | None) -> None:
+    # prometheus_client fixed its value storage when it was imported; a mismatch would silently lose metrics.
+    files_backed = bool(getattr(values.ValueClass, "_multiprocess", False))
+    if multiprocess_dir is not None and not files_backed:
+        raise PolyrouteError(
+            "metrics: multiprocess_dir is set but prometheus_client was imported without "
+            "PROMETHEUS_MULTIPROC_DIR; set it before the first import of prometheus_client"
+        )
+    if multiprocess_dir is None and files_backed:
+        raise PolyrouteError(
+            "metrics: PROMETHEUS_MULTIPROC_DIR is set but no multiprocess_dir was given; "
+            "pass the same directory to Metrics"
+        )
+
+
+def _check_files_land_in(multiprocess_dir: Path) -> None:
+    # Counters created in __init__ have opened this process's files in PROMETHEUS_MULTIPROC_DIR by now.
+    if not any(multiprocess_dir.glob(f"*_{os.getpid()}.db")):
+        raise PolyrouteError(
+            f"metrics: this process writes no metric files in {multiprocess_dir}; "
+            "PROMETHEUS_MULTIPROC_DIR must name the same directory"
+        )

@@ -1,0 +1,40 @@
+"""Every Prometheus metric name polyroute exports (DESIGN.md §3), declared once."""
+
+from __future__ import annotations
+
+from typing import Final
+
+REQUESTS_TOTAL: Final = "polyroute_requests_total"
+REQUEST_DURATION_SECONDS: Final = "polyroute_request_duration_seconds"
+TIME_TO_FIRST_TOKEN_SECONDS: Final = "polyroute_time_to_first_token_seconds"
+OVERHEAD_SECONDS: Final = "polyroute_overhead_seconds"
+UPSTREAM_REQUESTS_TOTAL: Final = "polyroute_upstream_requests_total"
+TOKENS_TOTAL: Final = "polyroute_tokens_total"
+COST_USD_TOTAL: Final = "polyroute_cost_usd_total"
+FALLBACKS_TOTAL: Final = "polyroute_fallbacks_total"
+CIRCUIT_OPEN: Final = "polyroute_circuit_open"
+INFLIGHT_REQUESTS: Final = "polyroute_inflight_requests"
+RATE_LIMITED_TOTAL: Final = "polyroute_rate_limited_total"
+BUDGET_REMAINING_USD: Final = "polyroute_budget_remaining_usd"
+POLICY_RELOADS_TOTAL: Final = "polyroute_policy_reloads_total"
+STATE_STORE_ERRORS_TOTAL: Final = "polyroute_state_store_errors_total"
+
+ALL: Final[tuple[str, ...]] = (
+    REQUESTS_TOTAL,
+    REQUEST_DURATION_SECONDS,
+    TIME_TO_FIRST_TOKEN_SECONDS,
+    OVERHEAD_SECONDS,
+    UPSTREAM_REQUESTS_TOTAL,
+    TOKENS_TOTAL,
+    COST_USD_TOTAL,
+    FALLBACKS_TOTAL,
+    CIRCUIT_OPEN,
+    INFLIGHT_REQUESTS,
+    RATE_LIMITED_TOTAL,
+    BUDGET_REMAINING_USD,
+    POLICY_RELOADS_TOTAL,
+    STATE_STORE_ERRORS_TOTAL,
+)
+
+# Histograms are exposed as <name>_bucket, <name>_sum and <name>_count series.
+HISTOGRAMS: Final[frozenset[str]] = frozenset({REQUEST_DURATION_SECONDS, TIME_TO_FIRST_TOKEN_SECONDS, OVERHEAD_SECONDS})

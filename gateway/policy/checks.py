@@ -1,0 +1,193 @@
+"""Checks that span policy entries (references between sections, names, consistent fields), each at its YAML path."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from gateway.policy.schema import (
+    SECTIONS,
+    AliasSpec,
+    DeploymentSpec,
+    FallbackSpec,
+    Loc,
+    ParsedPolicy,
+    PriceSpec,
+    Problem,
+    ProviderSpec,
+    RuleSpec,
+    TenantSpec,
+    key_hash,
+)
+from gateway.policy.table import Strategy
+
+
+def check_policy(parsed: ParsedPolicy) -> list[Problem]:
+    """Every problem of a parsed policy, schema ones included, in the order of the file (section, then entry)."""
+    spec = parsed.spec
+    names = {section: frozenset(written) for section, written in parsed.names.items()}
+    found = _check_names(parsed.names)
+    found += _check_providers(spec.providers)
+    found += _check_deployments(spec.deployments, names["providers"])
+    found += _check_aliases(spec.aliases, names["deployments"])
+    found += _check_rules(dict(zip(parsed.rule_index, spec.rules, strict=True)), names)
+    found += _check_fallback(spec.fallback)
+    found += _check_tenants(spec.tenants, names["aliases"])
+    # A field that already failed validation needs no second message (about its default, say).
+    failed_fields = {p.loc[:3] for p in parsed.problems}
+    problems = list(parsed.problems) + [p for p in found if len(p.loc) < 3 or p.loc[:3] not in failed_fields]
+    section_rank = {name: index for index, name in enumerate(SECTIONS)}
+    entry_rank = {(section, name): i for section, written in parsed.names.items() for i, name in enumerate(written)}
+
+    def position(problem: Problem) -> tuple[int, int]:
+        if not problem.loc:
+            return (-2, 0)
+        section = str(problem.loc[0])
+        entry = problem.loc[1] if len(problem.loc) > 1 else -1
+        index = entry if isinstance(entry, int) else entry_rank.get((section, entry), -1)
+        return (section_rank.get(section, -1), index)
+
+    return sorted(problems, key=position)
+
+
+# Names end up in HTTP headers, metrics labels and the `model` field clients send.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
+_NAME_RULE = "a name may use letters, digits and . _ - : / @ + (starting with a letter or digit)"
+
+
+def _check_names(names: Mapping[str, tuple[str, ...]]) -> list[Problem]:
+    return [Problem((s, n), _NAME_RULE) for s, ns in names.items() for n in sorted(ns) if not _NAME.match(n)]
+
+
+def _check_providers(providers: Mapping[str, ProviderSpec]) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, p in providers.items():
+        loc: Loc = ("providers", name)
+        if p.type == "openai" and p.base_url is None:
+            problems.append(Problem((*loc, "base_url"), "required for an openai provider"))
+        if p.type == "litellm" and not p.litellm_prefix:
+            problems.append(Problem((*loc, "litellm_prefix"), "required for a litellm provider (e.g. anthropic)"))
+        if p.type == "openai" and p.litellm_prefix is not None:
+            problems.append(Problem((*loc, "litellm_prefix"), "only used by litellm providers"))
+    return problems
+
+
+def _check_price(price: PriceSpec, loc: Loc) -> list[Problem]:
+    token = {"input_per_mtok": price.input_per_mtok, "output_per_mtok": price.output_per_mtok}
+    gpu = {"gpu_hour": price.gpu_hour, "tokens_per_second": price.tokens_per_second}
+    has_token = any(v is not None for v in token.values()) or price.cached_input_per_mtok is not None
+    if has_token and any(v is not None for v in gpu.values()):
+        return [Problem(loc, "give either input_per_mtok/output_per_mtok or gpu_hour/tokens_per_second, not both")]
+    group = token if has_token else gpu
+    if all(v is None for v in group.values()):
+        return [Problem(loc, "give input_per_mtok and output_per_mtok, or gpu_hour and tokens_per_second")]
+    given = " and ".join(k for k, v in group.items() if v is not None) or "cached_input_per_mtok"
+    return [Problem((*loc, k), f"required with {given}") for k, v in group.items() if v is None]
+
+
+def _check_deployments(deployments: Mapping[str, DeploymentSpec], providers: frozenset[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, d in deployments.items():
+        loc: Loc = ("deployments", name)
+        if d.provider not in providers:
+            problems.append(Problem((*loc, "provider"), f"unknown provider {d.provider!r}"))
+        if d.price is not None:
+            problems += _check_price(d.price, (*loc, "price"))
+        if d.max_output_tokens and d.context_window and d.max_output_tokens > d.context_window:
+            problems.append(Problem((*loc, "max_output_tokens"), "larger than context_window"))
+    return problems
+
+
+def _check_aliases(aliases: Mapping[str, AliasSpec], deployments: frozenset[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, a in aliases.items():
+        loc: Loc = ("aliases", name)
+        if not a.targets:
+            problems.append(Problem((*loc, "targets"), "an alias needs at least one target"))
+        for index, target in enumerate(a.targets):
+            if target not in deployments:
+                problems.append(Problem((*loc, "targets", index), f"unknown deployment {target!r}"))
+            elif target in a.targets[:index]:
+                problems.append(Problem((*loc, "targets", index), f"deployment {target!r} is listed twice"))
+        weighted = a.strategy is Strategy.WEIGHTED
+        if weighted and a.weights is None:
+            problems.append(Problem((*loc, "weights"), "required when strategy is weighted (one per target)"))
+        elif weighted and a.weights is not None and len(a.weights) != len(a.targets):
+            problems.append(Problem((*loc, "weights"), f"{len(a.weights)} weights for {len(a.targets)} targets"))
+        elif not weighted and a.weights is not None:
+            problems.append(Problem((*loc, "weights"), "only used with strategy weighted"))
+    return problems
+
+
+def _unknown(values: list[str] | None, known: frozenset[str], what: str, loc: Loc) -> list[Problem]:
+    return [Problem((*loc, i), f"unknown {what} {v!r}") for i, v in enumerate(values or ()) if v not in known]
+
+
+def _check_rules(rules: Mapping[int, RuleSpec], names: Mapping[str, frozenset[str]]) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for index, rule in rules.items():
+        loc: Loc = ("rules", index)
+        if not _NAME.match(rule.name):
+            problems.append(Problem((*loc, "name"), _NAME_RULE))
+        elif rule.name in seen:
+            problems.append(Problem((*loc, "name"), f"duplicate rule name {rule.name!r}"))
+        seen.add(rule.name)
+        if rule.require is None and rule.route is None:
+            problems.append(Problem(loc, "a rule needs `require`, `route` or both"))
+        if rule.route is not None and rule.route not in names["aliases"]:
+            problems.append(Problem((*loc, "route"), f"unknown alias {rule.route!r}"))
+        when = rule.when
+        for key in ("data_class", "tenant", "alias", "tags"):
+            if getattr(when, key) == []:
+                problems.append(Problem((*loc, "when", key), "an empty list never matches; leave the key out"))
+        problems += _unknown(when.alias, names["aliases"], "alias", (*loc, "when", "alias"))
+        if when.prompt_tokens is not None and not when.prompt_tokens.model_fields_set:
+            problems.append(Problem((*loc, "when", "prompt_tokens"), "give at least one of gt, gte, lt, lte"))
+        if rule.require is not None:
+            req: Loc = (*loc, "require")
+            if not rule.require.model_fields_set:
+                problems.append(Problem(req, "empty; give at least one constraint"))
+            for key in ("jurisdiction", "vendor", "deployments"):
+                if getattr(rule.require, key) == []:
+                    problems.append(Problem((*req, key), "an empty list excludes every deployment"))
+            problems += _unknown(rule.require.deployments, names["deployments"], "deployment", (*req, "deployments"))
+    return problems
+
+
+def _check_fallback(fallback: FallbackSpec) -> list[Problem]:
+    problems: list[Problem] = []
+    if fallback.retries.backoff > fallback.retries.max_backoff:
+        problems.append(Problem(("fallback", "retries", "max_backoff"), "shorter than backoff"))
+    for key in ("connect", "first_token"):
+        if getattr(fallback.timeouts, key) > fallback.timeouts.total:
+            problems.append(Problem(("fallback", "timeouts", key), "longer than total"))
+    return problems
+
+
+def _check_tenants(tenants: Mapping[str, TenantSpec], aliases: frozenset[str]) -> list[Problem]:
+    problems: list[Problem] = []
+    owners: dict[str, str] = {}
+    anonymous: str | None = None
+    for name, tenant in tenants.items():
+        loc: Loc = ("tenants", name)
+        problems += _unknown(tenant.models, aliases, "alias", (*loc, "models"))
+        if not tenant.api_keys and not tenant.anonymous:
+            problems.append(Problem((*loc, "api_keys"), "a tenant needs at least one key, or `anonymous: true`"))
+        seen: set[str] = set()
+        for index, entry in enumerate(tenant.api_keys):
+            try:
+                digest = key_hash(entry)
+            except ValueError as exc:
+                problems.append(Problem((*loc, "api_keys", index), str(exc)))
+                continue
+            owner = owners.setdefault(digest, name)
+            if owner != name or digest in seen:  # never echo the key itself
+                message = f"the same key is already given to tenant {owner!r}"
+                problems.append(Problem((*loc, "api_keys", index), message))
+            seen.add(digest)
+        if tenant.anonymous and anonymous is not None:
+            problems.append(Problem((*loc, "anonymous"), f"only one tenant may be anonymous; {anonymous!r} already is"))
+        elif tenant.anonymous:
+            anonymous = name
+    return problems

@@ -1,0 +1,164 @@
+"""The routing engine: a pure function from request facts, policy table and health to a RoutePlan with its trace."""
+
+from __future__ import annotations
+
+from gateway.errors import NoEligibleTargetError, NotFoundError, PermissionDeniedError
+from gateway.policy.plan import Exclusion, HealthSnapshot, RequestFacts, RoutePlan
+from gateway.policy.strategies import estimated_cost, order
+from gateway.policy.table import Condition, Deployment, PolicyTable, Requirement, Rule
+
+
+class AllCircuitsOpenError(NoEligibleTargetError):
+    """Every target that the rules allow has an open circuit: a temporary outage, not the caller's fault."""
+
+    status = 503
+    error_type = "api_error"
+    code = "all_targets_unavailable"
+
+
+def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> RoutePlan:
+    """Resolve the alias, apply every matching rule's constraints, filter eligibility, then order by strategy."""
+    alias = table.aliases.get(facts.alias)
+    if alias is None:
+        raise NotFoundError(
+            f"The model '{facts.alias}' does not exist: it is not an alias in this gateway's policy.",
+            param="model",
+        )
+    if facts.allowed_aliases is not None and facts.alias not in facts.allowed_aliases:
+        raise PermissionDeniedError(
+            f"Tenant '{facts.tenant}' may not use the model '{facts.alias}'.", param="model"
+        )
+    trace = [
+        f"request: alias={facts.alias} tenant={facts.tenant} endpoint={facts.endpoint} stream={facts.stream}"
+        f" data_class={facts.data_class or '-'} tags={','.join(sorted(facts.tags)) or '-'}"
+        f" prompt_tokens~{facts.prompt_tokens}"
+    ]
+    applied: list[Rule] = []
+    route_alias = alias
+    route_name = f"alias:{alias.name}"
+    for rule in table.rules:
+        if not matches(rule.when, facts):
+            continue
+        applied.append(rule)
+        if rule.route is not None and route_name.startswith("alias:"):
+            route_alias = table.aliases[rule.route]
+            route_name = rule.name
+            trace.append(f"rule {rule.name}: matched, routes to alias {rule.route}")
+        else:
+            trace.append(f"rule {rule.name}: matched, requires {describe_requirement(rule.require)}")
+    if not applied:
+        trace.append("rules: none matched")
+
+    eligible: list[Deployment] = []
+    excluded: list[Exclusion] = []
+    for name in route_alias.targets:
+        deployment = table.deployments[name]
+        reason = exclusion_reason(deployment, facts, applied, health)
+        if reason is None:
+            eligible.append(deployment)
+            trace.append(f"target {name}: eligible")
+        else:
+            excluded.append(Exclusion(name, reason))
+            trace.append(f"target {name}: excluded by {reason}")
+
+    if not eligible:
+        detail = "; ".join(f"{e.deployment}: excluded by {e.reason}" for e in excluded)
+        if excluded and all(e.reason == "circuit open" for e in excluded):
+            raise AllCircuitsOpenError(f"No target for model '{facts.alias}' is available: {detail}")
+        raise NoEligibleTargetError(
+            f"No deployment may serve this request for model '{facts.alias}': {detail}", param="model"
+        )
+
+    ordered = order(route_alias, eligible, facts, health)
+    costs = {d.name: c for d in ordered if (c := estimated_cost(d, facts)) is not None}
+    trace.append(
+        f"strategy {route_alias.strategy.value}: " + " > ".join(d.name for d in ordered)
+    )
+    return RoutePlan(
+        alias=facts.alias,
+        route=route_name,
+        attempts=tuple(ordered),
+        excluded=tuple(excluded),
+        applied_rules=tuple(r.name for r in applied),
+        strategy=route_alias.strategy.value,
+        timeouts=table.fallback.timeouts,
+        trace=tuple(trace),
+        estimated_cost_usd=costs,
+    )
+
+
+def matches(when: Condition, facts: RequestFacts) -> bool:
+    """A rule matches when every condition it states holds for the request."""
+    if when.data_class is not None and facts.data_class not in when.data_class:
+        return False
+    if when.tenant is not None and facts.tenant not in when.tenant:
+        return False
+    if when.alias is not None and facts.alias not in when.alias:
+        return False
+    if when.tags_any is not None and not (when.tags_any & facts.tags):
+        return False
+    if when.prompt_tokens is not None and not when.prompt_tokens.contains(facts.prompt_tokens):
+        return False
+    return when.stream is None or when.stream == facts.stream
+
+
+def exclusion_reason(
+    deployment: Deployment, facts: RequestFacts, rules: list[Rule], health: HealthSnapshot
+) -> str | None:
+    """Why a deployment may not serve the request, naming the rule or check; None when it may."""
+    for rule in rules:
+        if rule.require is not None:
+            unmet = unmet_requirement(rule.require, deployment)
+            if unmet is not None:
+                return f"rule {rule.name} ({unmet})"
+    window = deployment.context_window
+    needed = facts.prompt_tokens + (facts.max_output_tokens or 0)
+    if window is not None and needed > window:
+        return f"context window ({window} tokens < ~{needed} needed)"
+    if deployment.capabilities:
+        missing = facts.needs - deployment.capabilities
+        if missing:
+            return f"capabilities (lacks {', '.join(sorted(missing))})"
+    if deployment.name in health.open_circuits:
+        return "circuit open"
+    return None
+
+
+def unmet_requirement(req: Requirement, deployment: Deployment) -> str | None:
+    provider = deployment.provider
+    if req.hosting is not None and provider.hosting is not req.hosting:
+        return f"hosting {provider.hosting.value} is not {req.hosting.value}"
+    if req.jurisdiction is not None and provider.jurisdiction not in req.jurisdiction:
+        return f"jurisdiction {provider.jurisdiction} not in {sorted(req.jurisdiction)}"
+    if provider.jurisdiction in req.jurisdiction_not:
+        return f"jurisdiction {provider.jurisdiction} is excluded"
+    if req.vendor is not None and provider.vendor not in req.vendor:
+        return f"vendor {provider.vendor} not in {sorted(req.vendor)}"
+    if provider.vendor in req.vendor_not:
+        return f"vendor {provider.vendor} is excluded"
+    if req.deployments is not None and deployment.name not in req.deployments:
+        return "deployment not in the rule's list"
+    if req.min_context_window is not None and (deployment.context_window or 0) < req.min_context_window:
+        return f"context window {deployment.context_window} < {req.min_context_window}"
+    return None
+
+
+def describe_requirement(req: Requirement | None) -> str:
+    if req is None:
+        return "nothing"
+    parts: list[str] = []
+    if req.hosting is not None:
+        parts.append(f"hosting={req.hosting.value}")
+    if req.jurisdiction is not None:
+        parts.append(f"jurisdiction in {sorted(req.jurisdiction)}")
+    if req.jurisdiction_not:
+        parts.append(f"jurisdiction not in {sorted(req.jurisdiction_not)}")
+    if req.vendor is not None:
+        parts.append(f"vendor in {sorted(req.vendor)}")
+    if req.vendor_not:
+        parts.append(f"vendor not in {sorted(req.vendor_not)}")
+    if req.deployments is not None:
+        parts.append(f"deployment in {sorted(req.deployments)}")
+    if req.min_context_window is not None:
+        parts.append(f"context_window>={req.min_context_window}")
+    return ", ".join(parts) or "nothing"

@@ -1,0 +1,217 @@
+"""The compiled, frozen runtime table that the engine routes on (what the YAML becomes after validation)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Hosting(StrEnum):
+    CLOUD = "cloud"
+    SELF_HOSTED = "self_hosted"
+
+
+class Strategy(StrEnum):
+    PRIORITY = "priority"
+    WEIGHTED = "weighted"
+    LOWEST_COST = "lowest_cost"
+    LOWEST_LATENCY = "lowest_latency"
+    LEAST_BUSY = "least_busy"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Where models are served: an OpenAI-compatible base URL, or a litellm provider prefix."""
+
+    name: str
+    type: str  # "openai" | "litellm"
+    hosting: Hosting
+    jurisdiction: str
+    vendor: str
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    litellm_prefix: str | None = None
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    max_connections: int = 200
+
+
+@dataclass(frozen=True)
+class Price:
+    """Per-token price in USD per million tokens, already converted from the configured currency."""
+
+    input_per_mtok_usd: float
+    output_per_mtok_usd: float
+    cached_input_per_mtok_usd: float | None = None
+    source: str = "policy"  # "policy" | "litellm" | "gpu_hour" | "unknown"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One model on one provider."""
+
+    name: str
+    provider: Provider
+    model: str
+    context_window: int | None
+    price: Price
+    rpm: int | None = None
+    tpm: int | None = None
+    capabilities: frozenset[str] = frozenset()  # e.g. tools, vision; empty = unknown, assume yes
+    max_output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A name clients send as `model`, resolving to ordered targets and a strategy."""
+
+    name: str
+    targets: tuple[str, ...]
+    strategy: Strategy
+    weights: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class IntRange:
+    gt: int | None = None
+    gte: int | None = None
+    lt: int | None = None
+    lte: int | None = None
+
+    def contains(self, value: int) -> bool:
+        return (
+            (self.gt is None or value > self.gt)
+            and (self.gte is None or value >= self.gte)
+            and (self.lt is None or value < self.lt)
+            and (self.lte is None or value <= self.lte)
+        )
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A rule's `when`: every given field must match (fields left out match anything)."""
+
+    data_class: frozenset[str] | None = None
+    tenant: frozenset[str] | None = None
+    alias: frozenset[str] | None = None
+    tags_any: frozenset[str] | None = None
+    prompt_tokens: IntRange | None = None
+    stream: bool | None = None
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """A rule's `require`: hard constraints a deployment must meet; never relaxed by fallback."""
+
+    hosting: Hosting | None = None
+    jurisdiction: frozenset[str] | None = None
+    jurisdiction_not: frozenset[str] = frozenset()
+    vendor: frozenset[str] | None = None
+    vendor_not: frozenset[str] = frozenset()
+    deployments: frozenset[str] | None = None
+    min_context_window: int | None = None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    when: Condition
+    require: Requirement | None = None
+    route: str | None = None  # an alias whose targets replace the requested alias's (first matching wins)
+
+
+@dataclass(frozen=True)
+class Retries:
+    attempts: int = 2
+    backoff_s: float = 0.2
+    max_backoff_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    connect_s: float = 2.0
+    first_token_s: float = 15.0
+    total_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class CircuitBreakerPolicy:
+    failures: int = 5
+    window_s: float = 30.0
+    cooldown_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class FallbackPolicy:
+    on: frozenset[str] = frozenset(
+        {"rate_limit", "timeout", "server_error", "connection_error", "context_window", "content_policy", "auth"}
+    )
+    retries: Retries = Retries()
+    timeouts: Timeouts = Timeouts()
+    circuit_breaker: CircuitBreakerPolicy = CircuitBreakerPolicy()
+
+
+@dataclass(frozen=True)
+class Limits:
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass(frozen=True)
+class Budget:
+    usd_per_day: float | None = None
+    usd_per_month: float | None = None
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    key_hashes: frozenset[str] = field(repr=False)  # sha256 hex of every accepted key
+    models: frozenset[str] | None  # None = every alias
+    limits: Limits = Limits()
+    budget: Budget = Budget()
+    anonymous: bool = False
+
+
+ANONYMOUS_TENANT = "anonymous"
+
+
+def hash_api_key(key: str) -> str:
+    """The sha256 hex a client key is stored and looked up as; plaintext keys never enter the table."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PolicyTable:
+    """Everything the server routes on; swapped whole on reload, never mutated."""
+
+    providers: dict[str, Provider]
+    deployments: dict[str, Deployment]
+    aliases: dict[str, Alias]
+    rules: tuple[Rule, ...]
+    fallback: FallbackPolicy
+    tenants: dict[str, Tenant]
+    source: str = "<embedded>"
+    key_index: dict[str, str] = field(default_factory=dict, repr=False)  # sha256 hex of a key -> tenant name
+
+    def __post_init__(self) -> None:
+        if not self.key_index and self.tenants:
+            index = {key_hash: t.name for t in self.tenants.values() for key_hash in t.key_hashes}
+            object.__setattr__(self, "key_index", index)  # frozen: derived once, at construction
+
+    @property
+    def open_access(self) -> bool:
+        """No tenants declared: every caller is one anonymous tenant, with any or no key."""
+        return not self.tenants
+
+    def tenant_for_key_hash(self, key_hash: str) -> Tenant | None:
+        name = self.key_index.get(key_hash)
+        return None if name is None else self.tenants.get(name)
+
+    def anonymous_tenant(self) -> Tenant | None:
+        if self.open_access:
+            return Tenant(name=ANONYMOUS_TENANT, key_hashes=frozenset(), models=None, anonymous=True)
+        for tenant in self.tenants.values():
+            if tenant.anonymous:
+                return tenant
+        return None

@@ -1,0 +1,97 @@
+"""The Provider protocol and what one upstream attempt sends and gets back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from gateway.policy.table import Deployment, Timeouts
+
+
+class Endpoint(StrEnum):
+    CHAT = "chat"
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens an upstream reported (or polyroute estimated, when `estimated`)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+    @classmethod
+    def from_openai(cls, usage: Any) -> Usage | None:
+        """Read an OpenAI-shaped `usage` object (Model Studio, vLLM and Ollama use the same one)."""
+        if not isinstance(usage, dict):
+            return None
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls(
+            input_tokens=_int(usage.get("prompt_tokens")),
+            output_tokens=_int(usage.get("completion_tokens")),
+            cached_tokens=_int(prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0),
+            reasoning_tokens=_int(
+                completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else 0
+            ),
+        )
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+@dataclass
+class UpstreamCall:
+    """One attempt: which deployment, which endpoint, the JSON body to send (model already rewritten)."""
+
+    endpoint: Endpoint
+    deployment: Deployment
+    body: dict[str, Any]
+    timeouts: Timeouts
+    stream: bool = False
+    client_wants_usage: bool = False  # the client itself asked for stream usage (else its chunk is hidden)
+    request_id: str = ""
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class UpstreamReply:
+    """A successful non-stream answer: the upstream's bytes to relay, and the usage read from them."""
+
+    body: bytes
+    usage: Usage | None
+    content_type: str = "application/json"
+
+
+class UpstreamStream(Protocol):
+    """A stream whose first event has already arrived (so failover is no longer possible)."""
+
+    first_event: bytes
+
+    def events(self) -> AsyncIterator[bytes]:
+        """The remaining SSE events as wire bytes (`data: ...\\n\\n`), ending with `data: [DONE]`."""
+        ...
+
+    @property
+    def usage(self) -> Usage | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    """Carries one attempt to one upstream; raises gateway.errors.UpstreamError, already classified."""
+
+    name: str
+
+    async def send(self, call: UpstreamCall) -> UpstreamReply: ...
+
+    async def open_stream(self, call: UpstreamCall) -> UpstreamStream: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,164 @@
+"""Providers that need request translation (Anthropic, Gemini, Bedrock, ...) via litellm: its only importer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import orjson
+
+from gateway.errors import ErrorClass, UpstreamError
+from gateway.policy.table import Provider
+from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
+from gateway.routing.classify import parse_retry_after
+from gateway.settings import prepare_litellm_environment
+
+prepare_litellm_environment()  # before the import below: never download the price map
+
+import litellm  # noqa: E402
+from litellm import exceptions as llx  # noqa: E402
+
+_CLASSES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
+    (llx.ContextWindowExceededError, ErrorClass.CONTEXT_WINDOW),
+    (llx.ContentPolicyViolationError, ErrorClass.CONTENT_POLICY),
+    (llx.RateLimitError, ErrorClass.RATE_LIMIT),
+    (llx.Timeout, ErrorClass.TIMEOUT),
+    (llx.APIConnectionError, ErrorClass.CONNECTION_ERROR),
+    (llx.AuthenticationError, ErrorClass.AUTH),
+    (llx.PermissionDeniedError, ErrorClass.AUTH),
+    (llx.NotFoundError, ErrorClass.NOT_FOUND),
+    (llx.BadRequestError, ErrorClass.BAD_REQUEST),
+    (llx.UnprocessableEntityError, ErrorClass.BAD_REQUEST),
+)
+# Keys the gateway itself decides; everything else in the body is handed to litellm as it came.
+_OWN_KEYS = frozenset({"model", "messages", "stream", "input", "prompt"})
+
+
+def classify(exc: openai.OpenAIError) -> UpstreamError:
+    error_class = ErrorClass.SERVER_ERROR
+    for kind, cls in _CLASSES:
+        if isinstance(exc, kind):
+            error_class = cls
+            break
+    status = getattr(exc, "status_code", None)
+    retry_after = None
+    response = getattr(exc, "response", None)
+    if response is not None and hasattr(response, "headers"):
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+    message = str(getattr(exc, "message", None) or exc)[:300]
+    return UpstreamError(
+        message,
+        error_class=error_class,
+        upstream_status=status if isinstance(status, int) else None,
+        retry_after=retry_after,
+    )
+
+
+class LiteLLMProvider:
+    """Translates OpenAI-shaped requests for providers litellm knows, and their answers back to OpenAI shape."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.name = provider.name
+        self._prefix = provider.litellm_prefix or ""
+        self._api_key = provider.api_key or None
+        self._api_base = provider.base_url or None
+        self._headers = dict(provider.headers) or None
+
+    def _kwargs(self, call: UpstreamCall) -> dict[str, Any]:
+        kwargs = {k: v for k, v in call.body.items() if k not in _OWN_KEYS}
+        kwargs["model"] = f"{self._prefix}/{call.deployment.model}"
+        kwargs["timeout"] = call.timeouts.total_s
+        kwargs["num_retries"] = 0  # retries and fallback belong to the gateway
+        if self._api_key:
+            kwargs["api_key"] = self._api_key
+        if self._api_base:
+            kwargs["api_base"] = self._api_base
+        if self._headers:
+            kwargs["extra_headers"] = self._headers
+        return kwargs
+
+    async def send(self, call: UpstreamCall) -> UpstreamReply:
+        kwargs = self._kwargs(call)
+        try:
+            if call.endpoint is Endpoint.EMBEDDING:
+                result: Any = await litellm.aembedding(input=call.body.get("input"), **kwargs)
+            elif call.endpoint is Endpoint.COMPLETION:
+                result = await litellm.atext_completion(prompt=call.body.get("prompt"), **kwargs)
+            else:
+                result = await litellm.acompletion(messages=call.body.get("messages"), **kwargs)
+        except openai.OpenAIError as exc:
+            raise classify(exc) from exc
+        data = result.model_dump(exclude_none=True)
+        data.pop("_hidden_params", None)
+        return UpstreamReply(body=orjson.dumps(data), usage=Usage.from_openai(data.get("usage")))
+
+    async def open_stream(self, call: UpstreamCall) -> LiteLLMStream:
+        kwargs = self._kwargs(call)
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
+        try:
+            async with asyncio.timeout(call.timeouts.first_token_s):
+                if call.endpoint is Endpoint.COMPLETION:
+                    wrapper = await litellm.atext_completion(prompt=call.body.get("prompt"), **kwargs)
+                else:
+                    wrapper = await litellm.acompletion(messages=call.body.get("messages"), **kwargs)
+                stream = LiteLLMStream(wrapper, hide_usage_chunk=not call.client_wants_usage)
+                await stream.read_first()
+        except TimeoutError as exc:
+            raise UpstreamError(f"no first token within {call.timeouts.first_token_s:g}s",
+                                error_class=ErrorClass.TIMEOUT) from exc
+        except openai.OpenAIError as exc:
+            raise classify(exc) from exc
+        return stream
+
+
+class LiteLLMStream:
+    """Re-serialises litellm's stream chunks as OpenAI SSE events."""
+
+    def __init__(self, wrapper: Any, *, hide_usage_chunk: bool) -> None:
+        self._iter = wrapper.__aiter__()
+        self._hide_usage_chunk = hide_usage_chunk
+        self._usage: Usage | None = None
+        self.first_event = b""
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage
+
+    async def read_first(self) -> None:
+        event = await self._next()
+        if event is None:
+            raise UpstreamError("stream ended before any event", error_class=ErrorClass.SERVER_ERROR)
+        self.first_event = event
+
+    async def _next(self) -> bytes | None:
+        while True:
+            try:
+                chunk = await self._iter.__anext__()
+            except StopAsyncIteration:
+                return None
+            data = chunk.model_dump(exclude_none=True)
+            usage = data.get("usage")
+            if usage:
+                self._usage = Usage.from_openai(usage)
+                if not data.get("choices"):
+                    if self._hide_usage_chunk:
+                        continue
+                elif self._hide_usage_chunk:
+                    data.pop("usage")
+            return b"data: " + orjson.dumps(data) + b"\n\n"
+
+    async def events(self) -> AsyncIterator[bytes]:
+        try:
+            while (event := await self._next()) is not None:
+                yield event
+        except openai.OpenAIError as exc:
+            raise classify(exc) from exc
+        yield b"data: [DONE]\n\n"
+
+    async def aclose(self) -> None:
+        close = getattr(self._iter, "aclose", None)
+        if close is not None:
+            await close()

@@ -1,0 +1,229 @@
+"""The fast path: any OpenAI-compatible upstream (Model Studio, vLLM, SGLang, Ollama, llama.cpp) over pooled aiohttp."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.errors import ErrorClass, UpstreamError
+from gateway.policy.table import Provider, Timeouts
+from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
+from gateway.routing.classify import inband_error, upstream_error
+
+PATHS = {
+    Endpoint.CHAT: "/chat/completions",
+    Endpoint.COMPLETION: "/completions",
+    Endpoint.EMBEDDING: "/embeddings",
+}
+DONE_EVENT = b"data: [DONE]\n\n"
+_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+
+
+class OpenAICompatibleProvider:
+    """Relays the request body and the upstream's bytes; parses only what accounting and failover need."""
+
+    def __init__(self, provider: Provider) -> None:
+        self.name = provider.name
+        self._base = (provider.base_url or "").rstrip("/")
+        headers = {"content-type": "application/json", "accept": "application/json"}
+        headers.update(dict(provider.headers))
+        if provider.api_key:
+            headers["authorization"] = f"Bearer {provider.api_key}"
+        self._headers = headers
+        self._stream_headers = {**headers, "accept": "text/event-stream"}
+        self._max_connections = provider.max_connections
+        self._session: aiohttp.ClientSession | None = None
+        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, ttl_dns_cache=300, keepalive_timeout=60
+            )
+            self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("user-agent",))
+        return self._session
+
+    def _timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+        timeout = self._timeouts.get(timeouts)
+        if timeout is None:
+            timeout = aiohttp.ClientTimeout(total=timeouts.total_s, sock_connect=timeouts.connect_s)
+            self._timeouts[timeouts] = timeout
+        return timeout
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _request(self, call: UpstreamCall, headers: dict[str, str]) -> Any:
+        if call.request_id:
+            headers = {**headers, "x-request-id": call.request_id}
+        return self._client().post(
+            self._base + PATHS[call.endpoint],
+            data=orjson.dumps(call.body),
+            headers=headers,
+            timeout=self._timeout(call.timeouts),
+        )
+
+    async def send(self, call: UpstreamCall) -> UpstreamReply:
+        deployment = call.deployment.name
+        try:
+            async with self._request(call, self._headers) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise upstream_error(resp.status, body, resp.headers.get("retry-after"), deployment)
+                content_type = resp.headers.get("content-type", "application/json")
+        except TimeoutError as exc:
+            raise UpstreamError(f"no complete answer within {call.timeouts.total_s:g}s",
+                                error_class=ErrorClass.TIMEOUT) from exc
+        except _CONNECTION_ERRORS as exc:
+            raise UpstreamError(f"connection failed: {type(exc).__name__}",
+                                error_class=ErrorClass.CONNECTION_ERROR) from exc
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError("upstream answered 200 with a body that is not JSON",
+                                error_class=ErrorClass.SERVER_ERROR) from exc
+        if isinstance(data, dict) and "error" in data and not data.get("choices") and not data.get("data"):
+            failure = inband_error(data)
+            if failure is not None:
+                raise failure
+        usage = Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
+        return UpstreamReply(body=body, usage=usage, content_type=content_type.split(";")[0])
+
+    async def open_stream(self, call: UpstreamCall) -> SSERelay:
+        deployment = call.deployment.name
+        try:
+            async with asyncio.timeout(call.timeouts.first_token_s):
+                resp = await self._request(call, self._stream_headers)
+                relay = SSERelay(resp, hide_usage_chunk=not call.client_wants_usage)
+                try:
+                    if resp.status >= 400:
+                        body = await resp.read()
+                        raise upstream_error(resp.status, body, resp.headers.get("retry-after"), deployment)
+                    if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                        raise await _non_stream_answer(resp, deployment)
+                    await relay.read_first()
+                except BaseException:
+                    resp.release()
+                    raise
+        except TimeoutError as exc:
+            raise UpstreamError(f"no first token within {call.timeouts.first_token_s:g}s",
+                                error_class=ErrorClass.TIMEOUT) from exc
+        except _CONNECTION_ERRORS as exc:
+            raise UpstreamError(f"connection failed: {type(exc).__name__}",
+                                error_class=ErrorClass.CONNECTION_ERROR) from exc
+        return relay
+
+
+async def _non_stream_answer(resp: aiohttp.ClientResponse, deployment: str) -> UpstreamError:
+    body = await resp.read()
+    failure = upstream_error(500, body, None, deployment)
+    if failure.error_class is ErrorClass.BAD_REQUEST:
+        failure.error_class = ErrorClass.SERVER_ERROR
+    failure.message = f"upstream answered a stream request without an event stream: {failure.message}"
+    return failure
+
+
+class SSERelay:
+    """Reads an upstream SSE stream event by event; relays the bytes, watches for usage and in-band errors."""
+
+    def __init__(self, resp: aiohttp.ClientResponse, *, hide_usage_chunk: bool) -> None:
+        self._resp = resp
+        self._hide_usage_chunk = hide_usage_chunk
+        self._usage: Usage | None = None
+        self._finished = False
+        self.first_event = b""
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage
+
+    async def read_first(self) -> None:
+        """Wait for the first data event; an error before it is still eligible for failover."""
+        while True:
+            event = await self._next_event()
+            if event is None:
+                raise UpstreamError("stream ended before any event", error_class=ErrorClass.SERVER_ERROR)
+            if event:
+                self.first_event = event
+                return
+
+    async def events(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                event = await self._next_event()
+                if event is None:
+                    return
+                if event:
+                    yield event
+        except TimeoutError as exc:
+            raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
+        except _CONNECTION_ERRORS as exc:
+            raise UpstreamError(f"stream broke: {type(exc).__name__}",
+                                error_class=ErrorClass.CONNECTION_ERROR) from exc
+
+    async def _next_event(self) -> bytes | None:
+        """The next event to relay; b"" for one to drop; None at the end of the stream."""
+        if self._finished:
+            return None
+        data_lines: list[bytes] = []
+        content = self._resp.content
+        while True:
+            line = await content.readline()
+            if not line:
+                if data_lines:
+                    break
+                self._finished = True
+                if self._saw_finish:
+                    return DONE_EVENT
+                raise UpstreamError("stream closed before [DONE]", error_class=ErrorClass.CONNECTION_ERROR)
+            line = line.rstrip(b"\r\n")
+            if not line:
+                if data_lines:
+                    break
+                continue
+            if line.startswith(b"data:"):
+                data_lines.append(line[5:].lstrip())
+            elif not line.startswith((b":", b"event:", b"id:", b"retry:")):
+                raise UpstreamError("malformed event stream line", error_class=ErrorClass.SERVER_ERROR)
+        payload = b"\n".join(data_lines)
+        if payload == b"[DONE]":
+            self._finished = True
+            return DONE_EVENT
+        return self._inspect(payload)
+
+    _saw_finish = False
+
+    def _inspect(self, payload: bytes) -> bytes:
+        if b'"error"' in payload or b'"usage"' in payload or b'"finish_reason"' in payload:
+            try:
+                data = orjson.loads(payload)
+            except orjson.JSONDecodeError as exc:
+                raise UpstreamError("malformed JSON in event stream", error_class=ErrorClass.SERVER_ERROR) from exc
+            if not isinstance(data, dict):
+                raise UpstreamError("malformed event in stream", error_class=ErrorClass.SERVER_ERROR)
+            failure = inband_error(data)
+            if failure is not None:
+                raise failure
+            choices = data.get("choices")
+            if isinstance(choices, list) and any(
+                isinstance(c, dict) and c.get("finish_reason") for c in choices
+            ):
+                self._saw_finish = True
+            usage = data.get("usage")
+            if usage:
+                self._usage = Usage.from_openai(usage)
+                if self._hide_usage_chunk and not choices:
+                    return b""
+        return b"data: " + payload + b"\n\n"
+
+    async def aclose(self) -> None:
+        if self._finished:
+            self._resp.release()
+        else:
+            self._resp.close()  # abandoned mid-stream (client gone): drop the upstream connection

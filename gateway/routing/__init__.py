@@ -1,0 +1,1 @@
+"""Routing: carrying a RoutePlan out — attempts, retries, fallback, circuit breakers, stream relay."""

@@ -1,0 +1,117 @@
+"""Classify an upstream failure (status, error body) into an ErrorClass that decides retry and fallback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors import ErrorClass, UpstreamError
+
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "context window",
+    "range of input length",
+    "input length should be",
+    "prompt is too long",
+    "too many tokens",
+    "reduce the length",
+)
+_CONTENT_MARKERS = (
+    "datainspectionfailed",
+    "data_inspection_failed",
+    "content_policy",
+    "content_filter",
+    "inappropriate content",
+    "safety system",
+)
+RETRYABLE = frozenset(
+    {ErrorClass.RATE_LIMIT, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR}
+)
+# Failures that say something about the deployment's health, so they count toward its circuit breaker.
+HEALTH_FAILURES = frozenset({ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR})
+
+
+def error_fields(body: bytes) -> tuple[str, str]:
+    """(message, code) from an OpenAI-, Model Studio- or vLLM-shaped error body; empty when unreadable."""
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:300].decode("utf-8", "replace").strip(), ""
+    return error_fields_of(data)
+
+
+def error_fields_of(data: Any) -> tuple[str, str]:
+    if not isinstance(data, dict):
+        return "", ""
+    err = data.get("error", data)
+    if isinstance(err, str):
+        return err[:300], str(data.get("code") or "")
+    if not isinstance(err, dict):
+        return "", ""
+    message = str(err.get("message") or "")[:300]
+    code = err.get("code") or err.get("type") or data.get("code") or ""
+    return message, str(code)
+
+
+def classify_status(status: int, message: str, code: str) -> ErrorClass:
+    text = f"{code} {message}".lower()
+    if status == 429 or "throttling" in text:
+        return ErrorClass.RATE_LIMIT
+    if status in (408, 504):
+        return ErrorClass.TIMEOUT
+    if status in (401, 403):
+        return ErrorClass.AUTH
+    if status >= 500:
+        return ErrorClass.SERVER_ERROR
+    if any(marker in text for marker in _CONTEXT_MARKERS):
+        return ErrorClass.CONTEXT_WINDOW
+    if any(marker in text for marker in _CONTENT_MARKERS):
+        return ErrorClass.CONTENT_POLICY
+    if status == 404:
+        return ErrorClass.NOT_FOUND
+    return ErrorClass.BAD_REQUEST
+
+
+def upstream_error(status: int, body: bytes, retry_after: str | None, deployment: str) -> UpstreamError:
+    """Turn an upstream's non-2xx answer into a classified UpstreamError."""
+    message, code = error_fields(body)
+    error_class = classify_status(status, message, code)
+    detail = f"{code}: {message}" if code else message
+    return UpstreamError(
+        detail or f"upstream answered HTTP {status}",
+        error_class=error_class,
+        upstream_status=status,
+        retry_after=parse_retry_after(retry_after),
+        body=body,
+    )
+
+
+def inband_error(payload: Any) -> UpstreamError | None:
+    """An error frame inside an HTTP 200 stream (`data: {"error": ...}`), classified; None if not one."""
+    if not isinstance(payload, dict) or "error" not in payload or payload.get("error") is None:
+        return None
+    message, code = error_fields_of(payload)
+    err = payload["error"]
+    status = 500
+    if isinstance(err, dict) and isinstance(err.get("code"), int):
+        status = err["code"]
+    elif isinstance(payload.get("code"), int):
+        status = payload["code"]
+    error_class = classify_status(status, message, code)
+    return UpstreamError(
+        f"in-stream error: {code + ': ' if code else ''}{message}",
+        error_class=error_class,
+        upstream_status=None,
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None

@@ -1,0 +1,157 @@
+"""Carries out a RoutePlan: attempts in order, retries with backoff, fallback by error class, circuit breakers."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from gateway.errors import (
+    AllTargetsFailedError,
+    AttemptFailure,
+    ErrorClass,
+    UpstreamError,
+    UpstreamRejectedError,
+)
+from gateway.policy.plan import RoutePlan
+from gateway.policy.table import Deployment, FallbackPolicy
+from gateway.routing.classify import RETRYABLE
+from gateway.routing.health import HealthTracker
+from gateway.state.base import DeploymentQuota, StateStore
+
+T = TypeVar("T")
+# Failures that are the request's own fault: returned to the client unless the policy says to fall back on them.
+_REQUEST_FAULTS = frozenset({ErrorClass.BAD_REQUEST, ErrorClass.CONTEXT_WINDOW, ErrorClass.CONTENT_POLICY})
+
+
+@dataclass
+class Outcome:
+    """What happened while carrying out a plan; becomes response headers, metrics and the usage record."""
+
+    deployment: Deployment | None = None
+    attempts: int = 0
+    fallback_reason: str | None = None
+    failures: list[AttemptFailure] = field(default_factory=list)
+    first_token_s: float | None = None
+
+
+class AttemptObserver:
+    """Receives one call per upstream attempt and per fallback (metrics); no-op by default."""
+
+    def attempt(self, deployment: Deployment, outcome: str) -> None:
+        """`outcome` is "success" or an ErrorClass value."""
+
+    def fallback(self, from_deployment: str, to_deployment: str, reason: str) -> None:
+        """Traffic moved on from one deployment to another."""
+
+
+class Executor:
+    """Walks a plan's attempts; rounds of retries re-walk the deployments that failed retryably."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        health: HealthTracker,
+        observer: AttemptObserver,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._store = store
+        self._health = health
+        self._observer = observer
+        self._sleep = sleep
+
+    async def run(
+        self,
+        plan: RoutePlan,
+        fallback: FallbackPolicy,
+        attempt: Callable[[Deployment], Awaitable[T]],
+        *,
+        reserved: str | None,
+        tokens: int,
+        outcome: Outcome,
+    ) -> T:
+        """Return the first successful attempt's result; raise AllTargetsFailedError or UpstreamRejectedError."""
+        candidates = list(plan.attempts)
+        retries = fallback.retries
+        larger_than: int | None = None  # after a context-window failure, only larger windows may follow
+        previous: Deployment | None = None
+        for round_no in range(retries.attempts + 1):
+            again: list[Deployment] = []
+            waits: list[float] = []
+            for deployment in candidates:
+                name = deployment.name
+                if larger_than is not None and (deployment.context_window or 0) <= larger_than:
+                    outcome.failures.append(
+                        AttemptFailure(name, ErrorClass.CONTEXT_WINDOW, "skipped: context window is not larger")
+                    )
+                    continue
+                if not await self._health.admit_attempt(name):
+                    outcome.failures.append(AttemptFailure(name, ErrorClass.SERVER_ERROR, "circuit open"))
+                    continue
+                if name == reserved:
+                    reserved = None
+                elif (deployment.rpm or deployment.tpm) and not await self._store.reserve_deployment(
+                    DeploymentQuota(name, deployment.rpm, deployment.tpm), tokens, time.time()
+                ):
+                    outcome.failures.append(
+                        AttemptFailure(name, ErrorClass.RATE_LIMIT, "deployment at its own rpm/tpm limit")
+                    )
+                    continue
+                if previous is not None and previous.name != name and outcome.fallback_reason:
+                    self._observer.fallback(previous.name, name, outcome.fallback_reason)
+                previous = deployment
+                outcome.attempts += 1
+                started = time.perf_counter()
+                self._health.begin(name)
+                try:
+                    result = await attempt(deployment)
+                except UpstreamError as err:
+                    self._health.end(name)
+                    self._observer.attempt(deployment, err.error_class.value)
+                    await self._health.failed(name, err.error_class)
+                    outcome.failures.append(
+                        AttemptFailure(name, err.error_class, err.message, err.upstream_status)
+                    )
+                    if err.error_class not in fallback.on:
+                        raise self._final_error(err, outcome) from err
+                    outcome.fallback_reason = err.error_class.value
+                    if err.error_class is ErrorClass.CONTEXT_WINDOW:
+                        larger_than = max(larger_than or 0, deployment.context_window or 0)
+                    if err.error_class in RETRYABLE and (
+                        err.retry_after is None or err.retry_after <= retries.max_backoff_s
+                    ):
+                        again.append(deployment)
+                        waits.append(err.retry_after or 0.0)
+                    continue
+                except BaseException:
+                    self._health.end(name)
+                    raise
+                self._health.end(name)
+                self._observer.attempt(deployment, "success")
+                await self._health.succeeded(name, time.perf_counter() - started)
+                outcome.deployment = deployment
+                return result
+            if not again or round_no == retries.attempts:
+                break
+            candidates = again
+            await self._sleep(backoff_delay(round_no, retries.backoff_s, retries.max_backoff_s, max(waits)))
+        raise AllTargetsFailedError(outcome.failures)
+
+    @staticmethod
+    def _final_error(err: UpstreamError, outcome: Outcome) -> Exception:
+        if err.error_class in _REQUEST_FAULTS:
+            rejected = UpstreamRejectedError(f"the upstream rejected the request: {err.message}")
+            if err.upstream_status in (413, 422):
+                rejected.status = err.upstream_status
+            return rejected
+        return AllTargetsFailedError(outcome.failures)
+
+
+def backoff_delay(round_no: int, base_s: float, cap_s: float, retry_after_s: float) -> float:
+    """Exponential backoff with full jitter, never shorter than what the upstream asked for, never past the cap."""
+    exp = min(cap_s, base_s * (2**round_no))
+    return min(cap_s, max(retry_after_s, random.uniform(exp / 2, exp)))

@@ -1,0 +1,170 @@
+"""The assembled gateway: active policy and its providers, state store, health, executor, metrics, accounting."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.errors import PolicyError
+from gateway.observability.accounting import Accountant
+from gateway.observability.metrics import Metrics
+from gateway.policy.loader import load_policy
+from gateway.policy.pricing import CurrencyRates
+from gateway.policy.table import Deployment, PolicyTable
+from gateway.policy.table import Provider as ProviderConfig
+from gateway.providers.base import Provider
+from gateway.providers.registry import build_providers
+from gateway.routing.executor import AttemptObserver, Executor
+from gateway.routing.health import HealthTracker
+from gateway.settings import Settings, environment
+from gateway.state.base import StateStore
+
+log = logging.getLogger("polyroute")
+WATCH_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    """A policy table and the provider adapters built for it; swapped as one on reload."""
+
+    table: PolicyTable
+    adapters: dict[str, tuple[ProviderConfig, Provider]]
+
+    @property
+    def providers(self) -> dict[str, Provider]:
+        return {name: adapter for name, (_, adapter) in self.adapters.items()}
+
+
+class _MetricsObserver(AttemptObserver):
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def attempt(self, deployment: Deployment, outcome: str) -> None:
+        self._metrics.upstream_attempt(
+            deployment=deployment.name, provider=deployment.provider.name, outcome=outcome
+        )
+
+    def fallback(self, from_deployment: str, to_deployment: str, reason: str) -> None:
+        self._metrics.fallback(from_deployment=from_deployment, to_deployment=to_deployment, reason=reason)
+
+
+def load_table(settings: Settings, path: Path) -> PolicyTable:
+    fx = CurrencyRates(usd_per_cny=settings.usd_per_cny, usd_per_eur=settings.usd_per_eur)
+    return load_policy(path, environment(), fx=fx)
+
+
+class Runtime:
+    """Built in the app's lifespan and handed to every route; nothing here is a module global."""
+
+    def __init__(self, settings: Settings, table: PolicyTable, store: StateStore, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.health = HealthTracker(
+            store, on_circuit=lambda d, is_open: metrics.circuit(deployment=d, is_open=is_open)
+        )
+        self.executor = Executor(store, self.health, _MetricsObserver(metrics))
+        self.accountant = Accountant(store, metrics)
+        self.active = self._activate(table, None)
+        self._watcher: asyncio.Task[None] | None = None
+        self._reload_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
+
+    def _activate(self, table: PolicyTable, previous: ActivePolicy | None) -> ActivePolicy:
+        reuse = previous.adapters if previous is not None else None
+        adapters = build_providers(table.providers, reuse)
+        self.metrics.set_known(
+            aliases=table.aliases,
+            deployments=table.deployments,
+            providers=table.providers,
+            tenants=[*table.tenants, "anonymous"],
+            vendors={p.vendor for p in table.providers.values()},
+        )
+        self.health.configure(tuple(table.deployments), table.fallback.circuit_breaker)
+        return ActivePolicy(table=table, adapters=adapters)
+
+    async def start(self) -> None:
+        await self.store.start()
+        await self.health.start()
+        await self.accountant.start()
+        if self.settings.policy is not None and self.settings.watch_policy:
+            self._watcher = asyncio.create_task(self._watch(self.settings.policy), name="polyroute-watch")
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (NotImplementedError, RuntimeError):
+            log.debug("SIGHUP reload is not available on this platform")
+
+    def _on_sighup(self) -> None:
+        task = asyncio.create_task(self.reload_logged("SIGHUP"))
+        self._retired.add(task)
+        task.add_done_callback(self._retired.discard)
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        await self.accountant.close()
+        await self.health.close()
+        for _, adapter in self.active.adapters.values():
+            await adapter.close()
+        await self.store.close()
+
+    async def reload(self) -> PolicyTable:
+        """Load the policy file again and swap it in atomically; an invalid file raises and changes nothing."""
+        if self.settings.policy is None:
+            raise PolicyError(["no policy file is configured, so there is nothing to reload"])
+        async with self._reload_lock:
+            try:
+                table = await asyncio.to_thread(load_table, self.settings, self.settings.policy)
+            except PolicyError:
+                self.metrics.policy_reload(result="failure")
+                raise
+            previous = self.active
+            self.active = self._activate(table, previous)
+            self.metrics.policy_reload(result="success")
+            kept = {id(adapter) for _, adapter in self.active.adapters.values()}
+            stale = [adapter for _, adapter in previous.adapters.values() if id(adapter) not in kept]
+            if stale:
+                task = asyncio.create_task(self._close_later(stale, table.fallback.timeouts.total_s))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+            log.info("policy reloaded from %s", self.settings.policy)
+            return table
+
+    async def reload_logged(self, why: str) -> None:
+        try:
+            await self.reload()
+        except PolicyError as err:
+            log.error("policy reload (%s) rejected, keeping the previous policy: %s", why, err.message)
+
+    @staticmethod
+    async def _close_later(adapters: list[Provider], after_s: float) -> None:
+        """Requests in flight on the old policy finish first; their adapters close afterwards."""
+        await asyncio.sleep(after_s)
+        for adapter in adapters:
+            await adapter.close()
+
+    async def _watch(self, path: Path) -> None:
+        seen = _fingerprint(path)
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = _fingerprint(path)
+            if now != seen:
+                seen = now
+                await self.reload_logged(f"{path} changed")
+
+
+def _fingerprint(path: Path) -> tuple[tuple[str, float, int], ...]:
+    files = sorted(path.glob("*.y*ml")) if path.is_dir() else [path]
+    out = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        out.append((str(f), st.st_mtime, st.st_size))
+    return tuple(out)

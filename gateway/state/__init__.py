@@ -1,0 +1,1 @@
+"""Shared state: rate limits, budgets, circuit breakers and usage records, in-process or in Redis."""
