@@ -17,6 +17,7 @@ from gateway.providers.base import Endpoint
 
 _HINT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_TAGS = 16
+DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to this multiple of the limit
 IMAGE_TOKEN_ESTIMATE = 1000
 _REQUIRED = {Endpoint.CHAT: "messages", Endpoint.COMPLETION: "prompt", Endpoint.EMBEDDING: "input"}
 
@@ -40,15 +41,21 @@ class ParsedRequest:
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The raw body, refusing (413) anything over the limit before or while reading it."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise RequestTooLargeError(f"Request body is {declared} bytes; the limit is {max_bytes} bytes.")
+    too_large = declared is not None and declared.isdigit() and int(declared) > max_bytes
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
-            raise RequestTooLargeError(f"Request body exceeds the limit of {max_bytes} bytes.")
+            too_large = True
+            if size > max_bytes * DRAIN_FACTOR:
+                break  # past this the connection is dropped: reading on would only serve an abuser
+            continue  # read the rest, so that the client, still sending, receives the 413
         chunks.append(chunk)
+    if too_large:
+        raise RequestTooLargeError(
+            f"Request body is {declared or 'over ' + str(max_bytes)} bytes; the limit is {max_bytes} bytes."
+        )
     return b"".join(chunks)
 
 

@@ -87,11 +87,13 @@ class ProxyService:
         first = plan.attempts[0].name
         cost = plan.estimated_cost_usd.get(first, 0.0)
         limits, budget = tenant.limits, tenant.budget
-        quotas = tuple(DeploymentQuota(d.name, d.rpm, d.tpm) for d in plan.attempts if d.rpm or d.tpm)
         tenant_limited = any(
             v is not None for v in (limits.rpm, limits.tpm, budget.usd_per_day, budget.usd_per_month)
         )
-        if not tenant_limited and not quotas:
+        quota_limited = any(d.rpm or d.tpm for d in plan.attempts)
+        # Every attempt in plan order, unlimited ones too: the store reserves the first one with capacity.
+        quotas = tuple(DeploymentQuota(d.name, d.rpm, d.tpm) for d in plan.attempts) if quota_limited else ()
+        if not tenant_limited and not quota_limited:
             return Admitted(None, tokens, cost, False, {})
         result = await self._rt.store.admit(
             AdmissionRequest(

@@ -114,6 +114,15 @@ class LiteLLMProvider:
         return stream
 
 
+def _usage_only(data: dict[str, Any]) -> bool:
+    """litellm's usage chunk carries an empty choice where OpenAI sends `choices: []`."""
+    return all(
+        not c.get("delta") and not c.get("finish_reason") and not c.get("text")
+        for c in data.get("choices") or []
+        if isinstance(c, dict)
+    )
+
+
 class LiteLLMStream:
     """Re-serialises litellm's stream chunks as OpenAI SSE events."""
 
@@ -143,9 +152,10 @@ class LiteLLMStream:
             usage = data.get("usage")
             if usage:
                 self._usage = Usage.from_openai(usage)
-                if not data.get("choices"):
+                if _usage_only(data):
                     if self._hide_usage_chunk:
                         continue
+                    data["choices"] = []  # OpenAI's shape for the usage chunk
                 elif self._hide_usage_chunk:
                     data.pop("usage")
             return b"data: " + orjson.dumps(data) + b"\n\n"

@@ -1,0 +1,314 @@
+"""The request handlers of a simulated upstream: its routes, fault behaviour, admin endpoints and statistics."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import struct
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.demo import sim_replies as replies
+from gateway.demo.sim_faults import FAULT_HEADER, NAMED_ERRORS, Fault, FaultQueue, parse_fault, parse_fault_header
+from gateway.demo.sim_flavors import Flavor, SimError
+
+_JSON = "application/json"
+_PACED_FAULTS = frozenset({"slow_first_token", "stall_mid_stream", "reset_mid_stream", "inband_error", "delay"})
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+_MALFORMED_JSON = b'{"id": "chatcmpl-simulated", "object": "chat.completion", "choices": [{"message": '
+_MALFORMED_SSE = (
+    b': simulated garbage follows\n\nthis is not an event stream\n\ndata: {"id": "chatcmpl-broken", "cho\n\n'
+)
+
+
+class SimulatedUpstream:
+    """One simulated server's configuration, fault queue and request statistics."""
+
+    def __init__(
+        self, flavor: Flavor, *, name: str, api_key: str | None, models: Sequence[str] | None, chunks: int
+    ) -> None:
+        self.flavor = flavor
+        self.name = name
+        self.chunks = max(1, chunks)
+        self.models = tuple(models) if models else flavor.default_models
+        self._strict_models = bool(models)
+        self._auth = f"Bearer {api_key}" if api_key else None
+        self._serial = itertools.count(1)
+        self.faults = FaultQueue()
+        self.total_requests = 0
+        self.by_path: Counter[str] = Counter()
+        self.by_model: Counter[str] = Counter()
+        self.faults_served: Counter[str] = Counter()
+        self.last_path: str | None = None
+        self.last_headers: Mapping[str, str] = {}
+        self.last_body: Any = None
+
+    # ---- admin -------------------------------------------------------------------------------------------------
+
+    async def post_faults(self, request: web.Request) -> web.Response:
+        try:
+            payload = orjson.loads(await request.read())
+            specs = payload["faults"]
+            if not isinstance(specs, list) or not all(isinstance(spec, dict) for spec in specs):
+                raise ValueError("'faults' must be a list of objects")
+            self.faults.extend([parse_fault(spec) for spec in specs])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            return web.json_response({"error": f"bad fault request: {exc}"}, status=400)
+        return web.json_response({"pending": self.faults.pending()})
+
+    async def delete_faults(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        return web.json_response({"pending": []})
+
+    async def get_stats(self, request: web.Request) -> web.Response:
+        stats = {
+            "name": self.name,
+            "flavor": self.flavor.name,
+            "simulated": True,
+            "total_requests": self.total_requests,
+            "requests_by_path": dict(self.by_path),
+            "requests_by_model": dict(self.by_model),
+            "faults_served": dict(self.faults_served),
+            "faults_pending": self.faults.pending(),
+            "last_path": self.last_path,
+            "last_headers": {_canonical(key): value for key, value in self.last_headers.items()},
+            "last_body": self.last_body,
+        }
+        return web.Response(body=orjson.dumps(stats), content_type=_JSON)
+
+    async def delete_stats(self, request: web.Request) -> web.Response:
+        self.total_requests = 0
+        self.by_path.clear()
+        self.by_model.clear()
+        self.faults_served.clear()
+        self.last_path, self.last_headers, self.last_body = None, {}, None
+        return web.json_response({"reset": True})
+
+    # ---- OpenAI-compatible routes ------------------------------------------------------------------------------
+
+    def _record(self, request: web.Request, body: Any) -> None:
+        self.total_requests += 1
+        self.by_path[request.path] += 1
+        self.last_path = request.path
+        self.last_headers = request.headers  # canonicalized only when someone asks for stats
+        self.last_body = body
+
+    def _error(self, error: SimError, retry_after: str | None = None) -> web.Response:
+        headers = {"Retry-After": retry_after} if retry_after is not None else None
+        return web.Response(
+            status=error.status, body=self.flavor.error_body(error), content_type=_JSON, headers=headers
+        )
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        self._record(request, None)
+        if self._auth is not None and request.headers.get("Authorization") != self._auth:
+            return self._error(self.flavor.errors["invalid_key"])
+        created = int(time.time())
+        data = [{"id": m, "object": "model", "created": created, "owned_by": self.flavor.owned_by} for m in self.models]
+        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type=_JSON)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "chat")
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "completion")
+
+    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "embedding")
+
+    async def _serve(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self._record(request, body if body is not None else raw.decode("utf-8", "replace"))
+        if self._auth is not None and request.headers.get("Authorization") != self._auth:
+            return self._error(self.flavor.errors["invalid_key"])
+        if not isinstance(body, dict):
+            return self._error(SimError(400, "The request body is not a valid JSON object."))
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            if self.flavor.name != "vllm":  # vLLM serves its first model when none is named
+                return self._error(SimError(400, "you must provide a model parameter"))
+            model = self.models[0]
+        self.by_model[model] += 1
+        if self._strict_models and model not in self.models:
+            return self._error(SimError(404, self.flavor.model_not_found.format(model=model), code="model_not_found"))
+        try:
+            header = request.headers.get(FAULT_HEADER)
+            fault = parse_fault_header(header) if header else self.faults.take(model)
+        except ValueError as exc:
+            return self._error(SimError(400, str(exc)))
+        if fault is not None:
+            self.faults_served[fault.kind] += 1
+            early = await self._early_fault(request, fault)
+            if early is not None:
+                return early
+        return await self._answer(request, endpoint, model, body, fault)
+
+    async def _early_fault(self, request: web.Request, fault: Fault) -> web.StreamResponse | None:
+        """Faults that replace the answer entirely; None when the answer goes ahead (maybe misbehaving)."""
+        kind = fault.kind
+        if kind in NAMED_ERRORS or kind == "status":
+            error = (
+                self.flavor.errors[kind]
+                if kind in NAMED_ERRORS
+                else self.flavor.status_error(fault.status, fault.message, fault.code)
+            )
+            if fault.message is not None:
+                error = SimError(error.status, fault.message, error.type, error.code, error.raw_payload)
+            return self._error(error, fault.retry_after)
+        if kind == "reset":
+            _abort(request, hard=True)
+            return web.Response()
+        if kind == "malformed_json":
+            return web.Response(body=_MALFORMED_JSON, content_type=_JSON)
+        if kind == "malformed_sse":
+            response = web.StreamResponse(headers=_SSE_HEADERS)
+            response.force_close()
+            await response.prepare(request)
+            try:
+                await response.write(_MALFORMED_SSE)
+                await response.write_eof()
+            except ConnectionError:
+                pass  # the client is already gone
+            return response
+        return None
+
+    async def _answer(
+        self, request: web.Request, endpoint: str, model: str, body: dict[str, Any], fault: Fault | None
+    ) -> web.StreamResponse:
+        serial = next(self._serial)
+        kind = fault.kind if fault is not None else None
+        stream = body.get("stream") is True and endpoint != "embedding"
+        if fault is not None and kind == "inband_error" and not stream:
+            return web.Response(body=self._inband_payload(fault), content_type=_JSON)
+        if endpoint == "embedding":
+            known = replies.EMBEDDING_KEYS
+            payload = replies.embeddings_body(model, body, replies.extra_keys(body, known))
+            return await self._send(request, payload, fault)
+        if endpoint == "chat":
+            call_id = f"call_sim_{serial:08x}"
+            reply = replies.chat_reply(body, server=self.name, thinking=self.flavor.thinking, call_id=call_id)
+            env = self._envelope(f"chatcmpl-sim-{serial:08x}", "chat.completion", model, body, replies.CHAT_KEYS)
+        else:
+            reply = replies.completion_reply(body, server=self.name)
+            env = self._envelope(f"cmpl-sim-{serial:08x}", "text_completion", model, body, replies.COMPLETION_KEYS)
+        with_usage = kind != "no_usage"
+        if not stream:
+            render = replies.chat_body if endpoint == "chat" else replies.completion_body
+            return await self._send(request, render(env, reply, with_usage=with_usage), fault)
+        stream_options = body.get("stream_options")
+        include_usage = isinstance(stream_options, dict) and stream_options.get("include_usage") is True
+        if endpoint == "chat":
+            env = self._envelope(env.id, "chat.completion.chunk", model, body, replies.CHAT_KEYS)
+            writer = replies.FrameWriter(env)
+            frames = replies.chat_frames(writer, reply, self.chunks)
+        else:
+            writer = replies.FrameWriter(env)
+            frames = replies.completion_frames(writer, reply, self.chunks)
+        if include_usage and with_usage:
+            frames.append(writer.usage_frame(reply))
+        return await self._stream(request, frames, fault)
+
+    def _envelope(
+        self, response_id: str, obj: str, model: str, body: dict[str, Any], known: frozenset[str]
+    ) -> replies.Envelope:
+        extra = replies.extra_keys(body, known)
+        return replies.Envelope(response_id, obj, int(time.time()), model, extra, self.flavor.cached_tokens)
+
+    def _inband_payload(self, fault: Fault) -> bytes:
+        """The error object a stream carries in a `data:` frame: the flavor's error body, under "error" if flat."""
+        base = self.flavor.errors["internal"]
+        code = fault.code if fault.code is not None else base.code
+        payload = self.flavor.payload(SimError(base.status, fault.message or base.message, base.type, code))
+        return orjson.dumps(payload if "error" in payload else {"error": payload})
+
+    async def _send(self, request: web.Request, payload: bytes, fault: Fault | None) -> web.StreamResponse:
+        """A non-stream answer, delayed or cut short as the fault says."""
+        if fault is not None and fault.kind in ("slow_first_token", "stall_mid_stream", "delay"):
+            await asyncio.sleep(fault.delay)
+        if fault is not None and fault.kind == "reset_mid_stream":
+            response = web.StreamResponse(headers={"Content-Type": _JSON})
+            response.content_length = len(payload)
+            await response.prepare(request)
+            try:
+                await response.write(payload[: len(payload) // 2])
+                await _flush_and_abort(request)
+            except ConnectionError:
+                pass  # the client is already gone
+            return response
+        return web.Response(body=payload, content_type=_JSON)
+
+    async def _stream(self, request: web.Request, frames: list[bytes], fault: Fault | None) -> web.StreamResponse:
+        """An SSE answer; frames are written one by one only when a fault paces or breaks the stream."""
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        try:
+            if fault is None or fault.kind not in _PACED_FAULTS:
+                # Nothing to pace: one write carries every frame (still separate SSE events); cheap for the bench.
+                await response.write(b"".join(frames) + replies.DONE_FRAME)
+            elif not await self._paced(request, response, frames, fault):
+                return response  # the connection was dropped on purpose
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away mid-stream; nobody is left to tell
+        return response
+
+    async def _paced(
+        self, request: web.Request, response: web.StreamResponse, frames: list[bytes], fault: Fault
+    ) -> bool:
+        """Write frame by frame, misbehaving at frame `fault.after`; False when the connection was dropped."""
+        kind = fault.kind
+        strike = min(fault.after, len(frames))
+        pace = fault.delay if kind == "delay" else 0.0
+        if kind == "slow_first_token":
+            await asyncio.sleep(fault.delay)
+        for index, frame in enumerate([*frames, replies.DONE_FRAME]):
+            if index == strike:
+                if kind == "stall_mid_stream":
+                    await asyncio.sleep(fault.delay)
+                elif kind == "reset_mid_stream":
+                    await _flush_and_abort(request)
+                    return False
+                elif kind == "inband_error":
+                    await response.write(b"data: " + self._inband_payload(fault) + b"\n\n" + replies.DONE_FRAME)
+                    return True
+            if pace and index < len(frames):
+                await asyncio.sleep(pace)
+            await response.write(frame)
+        return True
+
+
+def _canonical(header: str) -> str:
+    """`x-request-id` -> `X-Request-Id`, so stats read the same whatever case the client sent."""
+    return "-".join(part[:1].upper() + part[1:].lower() for part in header.split("-"))
+
+
+def _abort(request: web.Request, *, hard: bool) -> None:
+    """Drop the connection without a response; `hard` sends a TCP RST instead of a FIN."""
+    transport = request.transport
+    if transport is None:
+        return
+    if hard:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+
+
+async def _flush_and_abort(request: web.Request) -> None:
+    """Let what was written reach the client, then drop the connection (no chunked terminator, no [DONE])."""
+    transport = request.transport
+    for _ in range(200):
+        if transport is None or transport.get_write_buffer_size() == 0:
+            break
+        await asyncio.sleep(0.005)
+    _abort(request, hard=False)

@@ -1,0 +1,327 @@
+"""The in-process StateStore (the single-replica default) and the pieces the Redis store shares with it."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from gateway.state.base import (
+    AdmissionRequest,
+    AdmissionResult,
+    CircuitPhase,
+    CircuitState,
+    Counted,
+    DeploymentQuota,
+    UsageRecord,
+    UsageRow,
+    admission_result,
+    from_micro,
+    to_micro,
+    utc_day,
+    utc_month,
+    window_index,
+)
+
+USAGE_RETENTION_DAYS = 400
+
+# tenant, alias, deployment, provider, vendor, hosting, jurisdiction: what one UsageRow sums over (besides the day)
+UsageKey = tuple[str, str, str, str, str, str, str]
+# Counters of a usage row, all integers so that sums never drift: cost in micro-USD, latency in microseconds.
+USAGE_COUNTERS = (
+    "requests",
+    "errors",
+    "fallbacks",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_micro_usd",
+    "latency_us",
+)
+
+
+def usage_key(record: UsageRecord) -> UsageKey:
+    return (
+        record.tenant,
+        record.alias,
+        record.deployment,
+        record.provider,
+        record.vendor,
+        record.hosting,
+        record.jurisdiction,
+    )
+
+
+def tally_usage(records: Iterable[UsageRecord]) -> dict[str, dict[UsageKey, dict[str, int]]]:
+    """Sum records by day and key, so that a batch costs one write per row, not one per record."""
+    days: dict[str, dict[UsageKey, dict[str, int]]] = {}
+    for record in records:
+        counts = days.setdefault(utc_day(record.ts), {}).setdefault(usage_key(record), {})
+        for name, value in (
+            ("requests", 1),
+            ("errors", 1 if record.status >= 400 else 0),
+            ("fallbacks", 1 if record.fallback else 0),
+            ("input_tokens", record.input_tokens),
+            ("output_tokens", record.output_tokens),
+            ("cached_tokens", record.cached_tokens),
+            ("reasoning_tokens", record.reasoning_tokens),
+            ("cost_micro_usd", to_micro(record.cost_usd)),
+            ("latency_us", round(record.latency_s * 1_000_000)),
+        ):
+            counts[name] = counts.get(name, 0) + value
+    return days
+
+
+def usage_row(day: str, key: UsageKey, counts: Mapping[str, int]) -> UsageRow:
+    """A UsageRow from stored counters; counters this version does not know land in `extra`."""
+    return UsageRow(
+        day,
+        *key,
+        requests=counts.get("requests", 0),
+        errors=counts.get("errors", 0),
+        fallbacks=counts.get("fallbacks", 0),
+        input_tokens=counts.get("input_tokens", 0),
+        output_tokens=counts.get("output_tokens", 0),
+        cached_tokens=counts.get("cached_tokens", 0),
+        reasoning_tokens=counts.get("reasoning_tokens", 0),
+        cost_usd=from_micro(counts.get("cost_micro_usd", 0)),
+        latency_s_sum=counts.get("latency_us", 0) / 1_000_000,
+        extra={name: float(value) for name, value in counts.items() if name not in USAGE_COUNTERS},
+    )
+
+
+def sort_rows(rows: Iterable[UsageRow]) -> list[UsageRow]:
+    return sorted(
+        rows,
+        key=lambda r: (r.day, r.tenant, r.alias, r.deployment, r.provider, r.vendor, r.hosting, r.jurisdiction),
+    )
+
+
+@dataclass
+class _Breaker:
+    failures: deque[float] = field(default_factory=deque)
+    window_s: float = 0.0
+    open_until: float = 0.0  # 0 = closed; past it, half-open
+    probe_until: float = 0.0  # a probe claimed in this half-open period holds until then
+
+
+class LocalCircuitBreakers:
+    """Circuit breakers of this process alone: the memory store's, and the Redis store's while Redis is away."""
+
+    def __init__(self) -> None:
+        self._breakers: dict[str, _Breaker] = {}
+
+    def record(
+        self, name: str, ok: bool, *, failures: int, window_s: float, cooldown_s: float, now: float
+    ) -> CircuitState:
+        b = self._breakers.setdefault(name, _Breaker())
+        if b.open_until and now < b.open_until:
+            return self.state(name, now)  # a late outcome of an attempt that started before the circuit opened
+        if b.open_until:  # half-open: the probe's outcome decides
+            if ok:
+                self._breakers[name] = _Breaker()
+                return CircuitState()
+            return self._open(b, now + cooldown_s)
+        b.window_s = window_s
+        self._prune(b, now)
+        if not ok:
+            b.failures.append(now)
+            if len(b.failures) >= failures:
+                return self._open(b, now + cooldown_s)
+        return CircuitState(CircuitPhase.CLOSED, 0.0, len(b.failures))
+
+    def state(self, name: str, now: float) -> CircuitState:
+        b = self._breakers.get(name)
+        if b is None:
+            return CircuitState()
+        if not b.open_until:
+            self._prune(b, now)
+            return CircuitState(CircuitPhase.CLOSED, 0.0, len(b.failures))
+        phase = CircuitPhase.OPEN if now < b.open_until else CircuitPhase.HALF_OPEN
+        return CircuitState(phase, b.open_until, len(b.failures))
+
+    def claim_probe(self, name: str, now: float, cooldown_s: float) -> bool:
+        b = self._breakers.get(name)
+        if b is None or not b.open_until:
+            return True  # closed: nothing to probe
+        if now < b.open_until or b.probe_until > now:
+            return False
+        b.probe_until = now + cooldown_s
+        return True
+
+    @staticmethod
+    def _open(b: _Breaker, until: float) -> CircuitState:
+        failures = len(b.failures)
+        b.failures.clear()
+        b.open_until = until
+        b.probe_until = 0.0
+        return CircuitState(CircuitPhase.OPEN, until, failures)
+
+    @staticmethod
+    def _prune(b: _Breaker, now: float) -> None:
+        while b.failures and b.failures[0] <= now - b.window_s:
+            b.failures.popleft()
+
+
+class _PeriodCounters:
+    """Integer counters that start again from zero when their period (window, day or month) changes."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, str], tuple[int | str, int]] = {}
+
+    def get(self, kind: str, name: str, period: int | str) -> int:
+        stored = self._values.get((kind, name))
+        return stored[1] if stored is not None and stored[0] == period else 0
+
+    def add(self, kind: str, name: str, period: int | str, delta: int) -> int:
+        value = max(0, self.get(kind, name, period) + delta)
+        self._values[(kind, name)] = (period, value)
+        return value
+
+
+class MemoryStateStore:
+    """Every StateStore operation in this process, with no I/O: exact because no call awaits mid-way."""
+
+    def __init__(self) -> None:
+        self._counters = _PeriodCounters()
+        self._circuits = LocalCircuitBreakers()
+        self._usage: dict[str, dict[UsageKey, dict[str, int]]] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def ping(self) -> bool:
+        return True
+
+    async def admit(self, request: AdmissionRequest) -> AdmissionResult:
+        c, tenant = self._counters, request.tenant
+        window, day, month = window_index(request.now), utc_day(request.now), utc_month(request.now)
+        cost = to_micro(request.est_cost_usd)
+        requests = c.get("rpm", tenant, window)
+        used = c.get("tpm", tenant, window)
+        spent_day = c.get("usd_day", tenant, day)
+        spent_month = c.get("usd_month", tenant, month)
+        reason = _tenant_reason(request, requests, used, spent_day + cost, spent_month + cost)
+        chosen: DeploymentQuota | None = None
+        saturated: tuple[str, ...] = ()
+        if reason is None:
+            chosen, saturated = self._walk(request.deployments, request.tokens, window)
+            if request.deployments and chosen is None:
+                reason = "deployments_saturated"
+        if reason is None:
+            requests = c.add("rpm", tenant, window, 1)
+            used = c.add("tpm", tenant, window, request.tokens)
+            spent_day = c.add("usd_day", tenant, day, cost)
+            spent_month = c.add("usd_month", tenant, month, cost)
+            if chosen is not None:
+                self._count_deployment(chosen, request.tokens, window)
+        counted = Counted(
+            allowed=reason is None,
+            reason=reason,
+            deployment=chosen.name if chosen is not None else None,
+            saturated=saturated,
+            rpm_used=requests,
+            tpm_used=used,
+            spent_day_micro=spent_day,
+            spent_month_micro=spent_month,
+        )
+        return admission_result(request, counted)
+
+    async def reserve_deployment(self, quota: DeploymentQuota, tokens: int, now: float) -> bool:
+        window = window_index(now)
+        chosen, _ = self._walk((quota,), tokens, window)
+        if chosen is None:
+            return False
+        self._count_deployment(chosen, tokens, window)
+        return True
+
+    async def settle(self, tenant: str, *, token_delta: int, cost_delta_usd: float, now: float) -> None:
+        c, cost = self._counters, to_micro(cost_delta_usd)
+        if token_delta:
+            c.add("tpm", tenant, window_index(now), token_delta)
+        if cost:
+            c.add("usd_day", tenant, utc_day(now), cost)
+            c.add("usd_month", tenant, utc_month(now), cost)
+
+    async def spent(self, tenant: str, now: float) -> tuple[float, float]:
+        c = self._counters
+        return (
+            from_micro(c.get("usd_day", tenant, utc_day(now))),
+            from_micro(c.get("usd_month", tenant, utc_month(now))),
+        )
+
+    async def record_outcome(
+        self, deployment: str, ok: bool, *, failures: int, window_s: float, cooldown_s: float, now: float
+    ) -> CircuitState:
+        return self._circuits.record(
+            deployment, ok, failures=failures, window_s=window_s, cooldown_s=cooldown_s, now=now
+        )
+
+    async def circuit_states(self, deployments: Sequence[str], now: float) -> dict[str, CircuitState]:
+        return {name: self._circuits.state(name, now) for name in deployments}
+
+    async def claim_probe(self, deployment: str, now: float, cooldown_s: float) -> bool:
+        return self._circuits.claim_probe(deployment, now, cooldown_s)
+
+    async def record_usage(self, records: Sequence[UsageRecord]) -> None:
+        for day, rows in tally_usage(records).items():
+            if day not in self._usage:
+                self._forget_before(day)
+            stored = self._usage.setdefault(day, {})
+            for key, counts in rows.items():
+                row = stored.setdefault(key, {})
+                for name, value in counts.items():
+                    row[name] = row.get(name, 0) + value
+
+    async def usage(self, since_day: str, until_day: str) -> list[UsageRow]:
+        return sort_rows(
+            usage_row(day, key, counts)
+            for day, rows in self._usage.items()
+            if since_day <= day <= until_day
+            for key, counts in rows.items()
+        )
+
+    def _walk(
+        self, quotas: Iterable[DeploymentQuota], tokens: int, window: int
+    ) -> tuple[DeploymentQuota | None, tuple[str, ...]]:
+        """The first deployment under its limits, and every deployment at its limit, in plan order."""
+        chosen: DeploymentQuota | None = None
+        saturated: list[str] = []
+        for q in quotas:
+            full = (q.rpm is not None and self._counters.get("dep_rpm", q.name, window) + 1 > q.rpm) or (
+                q.tpm is not None and self._counters.get("dep_tpm", q.name, window) + tokens > q.tpm
+            )
+            if full:
+                saturated.append(q.name)
+            elif chosen is None:
+                chosen = q
+        return chosen, tuple(saturated)
+
+    def _count_deployment(self, quota: DeploymentQuota, tokens: int, window: int) -> None:
+        if quota.rpm is not None or quota.tpm is not None:
+            self._counters.add("dep_rpm", quota.name, window, 1)
+            self._counters.add("dep_tpm", quota.name, window, tokens)
+
+    def _forget_before(self, day: str) -> None:
+        start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
+        cutoff = (start - timedelta(days=USAGE_RETENTION_DAYS)).strftime("%Y-%m-%d")
+        for old in [d for d in self._usage if d < cutoff]:
+            del self._usage[old]
+
+
+def _tenant_reason(request: AdmissionRequest, requests: int, used: int, day_after: int, month_after: int) -> str | None:
+    """Why the tenant's own limits or budgets refuse this request, checked in a fixed order; None when they allow it."""
+    if request.tenant_rpm is not None and requests + 1 > request.tenant_rpm:
+        return "tenant_rpm"
+    if request.tenant_tpm is not None and used + request.tokens > request.tenant_tpm:
+        return "tenant_tpm"
+    if request.budget_day_usd is not None and day_after > to_micro(request.budget_day_usd):
+        return "budget_day"
+    if request.budget_month_usd is not None and month_after > to_micro(request.budget_month_usd):
+        return "budget_month"
+    return None

@@ -1,0 +1,392 @@
+"""The Redis StateStore: limits, budgets, circuit breakers and usage shared by every replica, exact through Lua."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import uuid
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import date, timedelta
+
+from redis import exceptions as rx
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+
+from gateway.settings import StateFailureMode
+from gateway.state.base import (
+    AdmissionRequest,
+    AdmissionResult,
+    CircuitPhase,
+    CircuitState,
+    Counted,
+    DeploymentQuota,
+    StateUnavailableError,
+    UsageRecord,
+    UsageRow,
+    admission_result,
+    from_micro,
+    to_micro,
+    utc_day,
+)
+from gateway.state.memory import USAGE_RETENTION_DAYS, LocalCircuitBreakers, UsageKey, sort_rows, tally_usage, usage_row
+from gateway.state.redis_keys import (
+    CIRCUIT_TTL_S,
+    DAY_TTL_S,
+    MONTH_TTL_S,
+    USAGE_TTL_S,
+    WINDOW_TTL_S,
+    admit_args,
+    admit_reply,
+    circuit_keys,
+    deployment_keys,
+    has_quota,
+    lua,
+    parse_usage_field,
+    quota_args,
+    tenant_keys,
+    usage_field,
+    usage_key,
+)
+
+log = logging.getLogger("polyroute.state")
+
+# What an unreachable or failing-over Redis raises. Anything else (a script error, a bad reply) is a bug: it propagates.
+OUTAGE_ERRORS: tuple[type[Exception], ...] = (
+    rx.ConnectionError,  # refused, reset, authentication, loading, pool exhausted; Sentinel: no master known
+    rx.TimeoutError,
+    rx.ClusterError,  # cluster or a slot's master down
+    rx.RedisClusterException,  # no reachable node, slot not covered
+    rx.ReadOnlyError,  # a write reached a replica during a failover
+    rx.OutOfMemoryError,  # Redis at maxmemory refuses writes: as good as away for counting
+)
+
+PENDING_LIMIT = 100_000  # usage records kept in memory while Redis is away
+FLUSH_INTERVAL_S = 1.0
+FLUSH_CHUNK = 1_000
+
+
+class RedisStateStore:
+    """A StateStore over Redis standalone, Sentinel or Cluster; degrades per `failure_mode` while Redis is away.
+
+    Admission is one Lua script (one round trip). In Cluster mode, tenant keys and deployment keys hash to different
+    slots, so admission runs the tenant script first and, when a plan's deployments have quotas, the deployment
+    script second: one extra round trip (and a third, undoing the tenant's count, when every deployment is saturated).
+    """
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        failure_mode: StateFailureMode = StateFailureMode.OPEN,
+        on_error: Callable[[str], None] | None = None,
+        location: str = "redis",
+        secrets: Sequence[str] = (),
+        companions: Sequence[Redis] = (),
+        split_admission: bool | None = None,
+    ) -> None:
+        self._client = client
+        self._failure_mode = failure_mode
+        self._on_error = on_error or (lambda op: None)
+        self._location = location
+        self._secrets = tuple(s for s in secrets if s)
+        self._companions = tuple(companions)  # e.g. Sentinel connections, closed with the store
+        self._split = isinstance(client, RedisCluster) if split_admission is None else split_admission
+        self._admit_lua = AsyncScript(client, lua("quota.lua", "admit.lua"))
+        self._reserve_lua = AsyncScript(client, lua("quota.lua", "reserve.lua"))
+        self._adjust_lua = AsyncScript(client, lua("adjust.lua"))
+        self._record_lua = AsyncScript(client, lua("circuit_record.lua"))
+        self._probe_lua = AsyncScript(client, lua("circuit_probe.lua"))
+        self._usage_lua = AsyncScript(client, lua("usage.lua"))
+        self._local = LocalCircuitBreakers()  # routing keeps its breakers while Redis is away
+        self._pending: deque[UsageRecord] = deque()
+        self._dropped = 0
+        self._down = False
+        self._flusher: asyncio.Task[None] | None = None
+
+    @property
+    def pending_usage(self) -> int:
+        """Usage records waiting for Redis to come back."""
+        return len(self._pending)
+
+    async def start(self) -> None:
+        await self.ping()  # logs an outage at startup; never fails it
+        self._flusher = asyncio.create_task(self._flush_forever(), name="polyroute-usage-flush")
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        if self._pending and not await self.flush():
+            log.error("state store closed with %d usage records that never reached Redis", len(self._pending))
+        await self._client.aclose()
+        for companion in self._companions:
+            await companion.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            await self._client.ping()
+        except OUTAGE_ERRORS as err:
+            self._failed("ping", err)
+            return False
+        self._recovered()
+        return True
+
+    async def admit(self, request: AdmissionRequest) -> AdmissionResult:
+        try:
+            counted = await (self._admit_split(request) if self._split else self._admit_atomic(request))
+        except OUTAGE_ERRORS as err:
+            self._failed("admit", err)
+            if self._failure_mode is StateFailureMode.CLOSED:
+                raise StateUnavailableError("the state store is unreachable: limits cannot be checked") from err
+            first = request.deployments[0].name if request.deployments else None
+            return AdmissionResult(allowed=True, deployment=first, degraded=True)
+        self._recovered()
+        return admission_result(request, counted)
+
+    async def reserve_deployment(self, quota: DeploymentQuota, tokens: int, now: float) -> bool:
+        if not has_quota(quota):
+            return True
+        try:
+            chosen, _ = await self._reserve((quota,), tokens, now)
+        except OUTAGE_ERRORS as err:
+            self._failed("admit", err)
+            if self._failure_mode is StateFailureMode.CLOSED:
+                raise StateUnavailableError("the state store is unreachable: quotas cannot be checked") from err
+            return True
+        self._recovered()
+        return chosen is not None
+
+    async def settle(self, tenant: str, *, token_delta: int, cost_delta_usd: float, now: float) -> None:
+        """Deltas land in the window and day of `now`; a settlement lost to an outage is counted and dropped."""
+        cost = to_micro(cost_delta_usd)
+        if not token_delta and not cost:
+            return
+        try:
+            await self._adjust(tenant, now, requests=0, tokens=token_delta, cost=cost)
+        except OUTAGE_ERRORS as err:
+            self._failed("settle", err)
+            return
+        self._recovered()
+
+    async def spent(self, tenant: str, now: float) -> tuple[float, float]:
+        keys = tenant_keys(tenant, now)
+        try:
+            day, month = await self._client.mget(keys[2], keys[3])
+        except OUTAGE_ERRORS as err:
+            self._failed("other", err)
+            raise StateUnavailableError("the state store is unreachable: spending is unknown") from err
+        self._recovered()
+        return from_micro(int(day or 0)), from_micro(int(month or 0))
+
+    async def record_outcome(
+        self, deployment: str, ok: bool, *, failures: int, window_s: float, cooldown_s: float, now: float
+    ) -> CircuitState:
+        ttl_s = CIRCUIT_TTL_S + math.ceil(cooldown_s)
+        args = [1 if ok else 0, failures, window_s, now, now + cooldown_s, uuid.uuid4().hex, ttl_s]
+        try:
+            phase, open_until, count = await self._record_lua(circuit_keys(deployment), args)
+        except OUTAGE_ERRORS as err:
+            self._failed("circuit", err)
+            return self._local.record(
+                deployment, ok, failures=failures, window_s=window_s, cooldown_s=cooldown_s, now=now
+            )
+        self._recovered()
+        return CircuitState(CircuitPhase(phase), float(open_until), int(count))
+
+    async def circuit_states(self, deployments: Sequence[str], now: float) -> dict[str, CircuitState]:
+        if not deployments:
+            return {}
+        pipe = self._client.pipeline(transaction=False)
+        for name in deployments:
+            open_key, fails_key, _ = circuit_keys(name)
+            pipe.get(open_key)
+            pipe.zcard(fails_key)
+        try:
+            values = await pipe.execute()
+        except OUTAGE_ERRORS as err:
+            self._failed("circuit", err)
+            return {name: self._local.state(name, now) for name in deployments}
+        self._recovered()
+        states: dict[str, CircuitState] = {}
+        for i, name in enumerate(deployments):
+            open_until, failures = float(values[2 * i] or 0), int(values[2 * i + 1])
+            if not open_until:
+                states[name] = CircuitState(CircuitPhase.CLOSED, 0.0, failures)
+            else:
+                phase = CircuitPhase.OPEN if now < open_until else CircuitPhase.HALF_OPEN
+                states[name] = CircuitState(phase, open_until, failures)
+        return states
+
+    async def claim_probe(self, deployment: str, now: float, cooldown_s: float) -> bool:
+        open_key, _, probe_key = circuit_keys(deployment)
+        ttl_ms = max(1, round(cooldown_s * 1000))
+        try:
+            claimed = await self._probe_lua([open_key, probe_key], [now, now + cooldown_s, ttl_ms])
+        except OUTAGE_ERRORS as err:
+            self._failed("circuit", err)
+            return self._local.claim_probe(deployment, now, cooldown_s)
+        self._recovered()
+        return bool(claimed)
+
+    async def record_usage(self, records: Sequence[UsageRecord]) -> None:
+        """Add records to their days' rows; while Redis is away, keep them (bounded) and let the flusher retry."""
+        if records:
+            await self._write_usage(records, self._buffer)
+
+    async def usage(self, since_day: str, until_day: str) -> list[UsageRow]:
+        start, end = date.fromisoformat(since_day), date.fromisoformat(until_day)
+        start = max(start, end - timedelta(days=USAGE_RETENTION_DAYS))  # older days have expired anyway
+        days = [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
+        if not days:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(usage_key(day))
+        try:
+            hashes = await pipe.execute()
+        except OUTAGE_ERRORS as err:
+            self._failed("usage", err)
+            raise StateUnavailableError("the state store is unreachable: usage cannot be read") from err
+        self._recovered()
+        rows: list[UsageRow] = []
+        for day, stored in zip(days, hashes, strict=True):
+            counters: dict[UsageKey, dict[str, int]] = {}
+            for field, value in stored.items():
+                parsed = parse_usage_field(field)
+                if parsed is not None:
+                    counters.setdefault(parsed[0], {})[parsed[1]] = int(value)
+            rows += [usage_row(day, key, counts) for key, counts in counters.items()]
+        return sort_rows(rows)
+
+    async def flush(self) -> bool:
+        """Write buffered usage records to Redis; True when none are left."""
+        while self._pending:
+            chunk = [self._pending.popleft() for _ in range(min(FLUSH_CHUNK, len(self._pending)))]
+            if not await self._write_usage(chunk, self._requeue):
+                return False
+        return True
+
+    # --- internals ---
+
+    async def _admit_atomic(self, r: AdmissionRequest) -> Counted:
+        keys = tenant_keys(r.tenant, r.now) + deployment_keys(r.deployments, r.now)
+        raw = await self._admit_lua(keys, admit_args(r, r.deployments))
+        return admit_reply(raw, r.deployments)
+
+    async def _admit_split(self, r: AdmissionRequest) -> Counted:
+        counted = admit_reply(await self._admit_lua(tenant_keys(r.tenant, r.now), admit_args(r, ())), ())
+        if not counted.allowed or not r.deployments:
+            return counted
+        if not any(has_quota(q) for q in r.deployments):
+            return replace(counted, deployment=r.deployments[0].name)
+        chosen, saturated = await self._reserve(r.deployments, r.tokens, r.now)
+        if chosen is not None:
+            return replace(counted, deployment=chosen, saturated=saturated)
+        cost = to_micro(r.est_cost_usd)
+        await self._adjust(r.tenant, r.now, requests=-1, tokens=-r.tokens, cost=-cost)
+        return Counted(
+            allowed=False,
+            reason="deployments_saturated",
+            deployment=None,
+            saturated=saturated,
+            rpm_used=counted.rpm_used - 1,
+            tpm_used=counted.tpm_used - r.tokens,
+            spent_day_micro=counted.spent_day_micro - cost,
+            spent_month_micro=counted.spent_month_micro - cost,
+        )
+
+    async def _reserve(
+        self, quotas: Sequence[DeploymentQuota], tokens: int, now: float
+    ) -> tuple[str | None, tuple[str, ...]]:
+        args = [tokens, WINDOW_TTL_S, len(quotas), *quota_args(quotas)]
+        chosen, saturated = await self._reserve_lua(deployment_keys(quotas, now), args)
+        name = quotas[int(chosen) - 1].name if int(chosen) else None
+        return name, tuple(quotas[int(i) - 1].name for i in saturated)
+
+    async def _adjust(self, tenant: str, now: float, *, requests: int, tokens: int, cost: int) -> None:
+        args = [requests, tokens, cost, WINDOW_TTL_S, DAY_TTL_S, MONTH_TTL_S]
+        await self._adjust_lua(tenant_keys(tenant, now), args)
+
+    async def _write_usage(self, records: Sequence[UsageRecord], keep: Callable[[list[UsageRecord]], None]) -> bool:
+        """One atomic script per day; on an outage, `keep` receives the records of the days not written."""
+        by_day: dict[str, list[UsageRecord]] = {}
+        for record in records:
+            by_day.setdefault(utc_day(record.ts), []).append(record)
+        days = list(by_day)
+        for n, day in enumerate(days):
+            args: list[str | int] = [USAGE_TTL_S]
+            for key, counts in tally_usage(by_day[day])[day].items():
+                for counter, value in counts.items():
+                    if value:
+                        args += [usage_field(key, counter), value]
+            try:
+                await self._usage_lua([usage_key(day)], args)
+            except OUTAGE_ERRORS as err:
+                self._failed("usage", err)
+                keep([r for d in days[n:] for r in by_day[d]])
+                return False
+            except rx.RedisError:
+                keep([r for d in days[n:] for r in by_day[d]])
+                raise
+        self._recovered()
+        return True
+
+    def _buffer(self, records: list[UsageRecord]) -> None:
+        room = max(0, PENDING_LIMIT - len(self._pending))
+        self._pending.extend(records[:room])
+        if len(records) > room:
+            if not self._dropped:
+                log.error("usage buffer full (%d records): dropping usage records until Redis returns", PENDING_LIMIT)
+            self._dropped += len(records) - room
+
+    def _requeue(self, records: list[UsageRecord]) -> None:
+        self._pending.extendleft(reversed(records))  # back in front, in their order
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            if not self._pending:
+                continue
+            count = len(self._pending)
+            try:
+                flushed = await self.flush()
+            except rx.RedisError:  # not an outage but a bad reply: keep the records and the flusher alive
+                log.exception("writing buffered usage records failed; retrying")
+                continue
+            if flushed:
+                log.info("wrote %d buffered usage records to the state store", count)
+
+    def _failed(self, op: str, err: Exception) -> None:
+        self._on_error(op)
+        if self._down:
+            return
+        self._down = True
+        detail = str(err)
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
+        consequence = (
+            "admitting requests without limits or budgets"
+            if self._failure_mode is StateFailureMode.OPEN
+            else "rejecting requests that need limits or budgets"
+        )
+        log.warning(
+            "state store %s unreachable (%s: %s): %s, buffering usage, circuit breakers local until it returns",
+            self._location,
+            type(err).__name__,
+            detail,
+            consequence,
+        )
+
+    def _recovered(self) -> None:
+        if not self._down:
+            return
+        self._down = False
+        if self._dropped:
+            log.error("%d usage records were dropped while the state store was unreachable", self._dropped)
+            self._dropped = 0
+        log.info("state store %s reachable again", self._location)

@@ -1,0 +1,82 @@
+"""Fixtures for the state stores: a real `redis-server` on a free loopback port, and each store under test."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import pytest
+
+from gateway.settings import Settings, StateFailureMode
+from gateway.state.base import StateStore
+from gateway.state.factory import connect, create_state_store, parse_redis_url
+from gateway.state.memory import MemoryStateStore
+from gateway.state.redis import RedisStateStore
+from tests.unit.state.redis_process import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """Shared by the behavioural suite, emptied before each test."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def own_redis_server() -> Iterator[RedisServer]:
+    """A server of the test's own, protected by a password, that the test may kill and restart."""
+    server = RedisServer(password="s3cret-pw")
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def errors() -> list[str]:
+    """The ops passed to `on_error`, as the app's state-store error counter would count them."""
+    return []
+
+
+@pytest.fixture(params=["memory", "redis", "redis-split"])
+async def store(request: pytest.FixtureRequest, errors: list[str]) -> AsyncIterator[StateStore]:
+    """Each implementation in turn; `redis-split` runs Cluster mode's two-step admission against standalone Redis."""
+    if request.param == "memory":
+        s: StateStore = create_state_store(Settings(redis_url=None), on_error=errors.append)
+        assert isinstance(s, MemoryStateStore)
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        server.flush()
+        if request.param == "redis":
+            s = create_state_store(Settings(redis_url=server.url), on_error=errors.append)
+            assert isinstance(s, RedisStateStore)
+        else:
+            client, _ = connect(parse_redis_url(server.url))
+            s = RedisStateStore(client, on_error=errors.append, split_admission=True)
+    await s.start()
+    yield s
+    await s.close()
+    assert errors == []  # a healthy store never reports an error
+
+
+RedisStoreFactory = Callable[[StateFailureMode], Awaitable[RedisStateStore]]
+
+
+@pytest.fixture
+async def redis_store_on_own_server(
+    own_redis_server: RedisServer, errors: list[str]
+) -> AsyncIterator[RedisStoreFactory]:
+    """Builds started Redis stores on `own_redis_server` in a given failure mode; closes them after the test."""
+    made: list[RedisStateStore] = []
+
+    async def make(mode: StateFailureMode) -> RedisStateStore:
+        settings = Settings(redis_url=own_redis_server.url, state_failure_mode=mode)
+        s = create_state_store(settings, on_error=errors.append)
+        assert isinstance(s, RedisStateStore)
+        await s.start()
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        await s.close()
