@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -41,10 +42,20 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--endpoint", choices=["chat", "completion", "embedding"], default="chat")
     explain.add_argument("--header", action="append", default=[], metavar="K=V", help="a request header")
 
-    usage = sub.add_parser("usage", help="usage by tenant/alias/deployment/vendor from the state store")
-    usage.add_argument("--days", type=int, default=1)
-    usage.add_argument("--group-by", default="tenant,alias,deployment,vendor")
-    usage.add_argument("--url", help="ask a running gateway's /admin/usage instead of the store")
+    usage = sub.add_parser(
+        "usage",
+        help="usage, cost and each vendor's share from the state store",
+        description="Requests, tokens and cost per group, and each vendor's and hosting type's share of requests "
+        "and spend. Read from Redis when POLYROUTE_REDIS_URL is set, else from the running gateway's "
+        "/admin/usage (POLYROUTE_HOST/POLYROUTE_PORT or --url, with POLYROUTE_ADMIN_KEY).",
+    )
+    usage.add_argument("--days", type=int, default=1, help="the last N UTC days, today included (default: 1)")
+    usage.add_argument(
+        "--group-by",
+        default="tenant,alias,deployment,vendor",
+        help="comma list of day, tenant, alias, deployment, provider, vendor, hosting, jurisdiction",
+    )
+    usage.add_argument("--url", help="ask this gateway's /admin/usage instead of the store")
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     args = parser.parse_args(argv)
@@ -78,6 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = Settings(**overrides)
     if settings.policy is None:
         raise PolicyError(["no policy given: pass --policy FILE or set POLYROUTE_POLICY"], "serve")
+    own_multiproc_dir = settings.workers > 1 and settings.multiproc_dir is None
     if settings.workers > 1:
         # Before anything imports prometheus_client: workers share one metrics directory.
         multiproc = settings.multiproc_dir or Path(tempfile.mkdtemp(prefix="polyroute-metrics-"))
@@ -90,24 +102,34 @@ def _serve(args: argparse.Namespace) -> int:
     assert settings.policy is not None
     load_table(settings, settings.policy)  # fail fast, with every problem listed, before binding
     if settings.workers > 1:
-        from gateway.observability.metrics import prepare_multiprocess_dir, serve_multiprocess_metrics
+        from gateway.observability.multiprocess import prepare_multiprocess_dir, serve_multiprocess_metrics
 
         assert settings.multiproc_dir is not None
         prepare_multiprocess_dir(settings.multiproc_dir)
+        if settings.redis_url is None:
+            logging.getLogger("polyroute").warning(
+                "%d workers without POLYROUTE_REDIS_URL: each worker keeps its own limits, budgets and usage "
+                "records, so /admin/usage reports only the worker that answers; /metrics covers all workers",
+                settings.workers,
+            )
         if settings.metrics_port is not None:
             serve_multiprocess_metrics(settings.metrics_port, settings.host, settings.multiproc_dir)
-        uvicorn.run(
-            "gateway.app:app_from_environment",
-            factory=True,
-            workers=settings.workers,
-            host=settings.host,
-            port=settings.port,
-            loop=_loop(),
-            http=_http(),
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
-        )
+        try:
+            uvicorn.run(
+                "gateway.app:app_from_environment",
+                factory=True,
+                workers=settings.workers,
+                host=settings.host,
+                port=settings.port,
+                loop=_loop(),
+                http=_http(),
+                log_level=settings.log_level,
+                access_log=False,
+                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+            )
+        finally:
+            if own_multiproc_dir:
+                shutil.rmtree(settings.multiproc_dir, ignore_errors=True)
         return 0
 
     from gateway.app import create_app, create_metrics_app

@@ -15,7 +15,7 @@ from gateway.api.auth import is_admin
 from gateway.api.parsing import parse_request, read_body, request_facts
 from gateway.api.responses import error_response
 from gateway.errors import AuthenticationError, BadRequestError, NotFoundError, PolyrouteError
-from gateway.observability.usage_report import summarize
+from gateway.observability.usage_report import dimensions, summarize
 from gateway.policy.engine import decide
 from gateway.providers.base import Endpoint
 from gateway.runtime import Runtime
@@ -42,11 +42,15 @@ def admin_routes(runtime: Runtime) -> list[Route]:
             return error_response(err)
         today = datetime.now(UTC).date()
         since = (today - timedelta(days=days - 1)).isoformat()
-        rows = await runtime.store.usage(since, today.isoformat())
         try:
-            report = summarize(rows, group.split(","))
+            dims = dimensions(group.split(","))
         except ValueError as exc:
             return error_response(BadRequestError(str(exc), param="group_by"))
+        try:
+            rows = await runtime.store.usage(since, today.isoformat())
+        except PolyrouteError as err:  # the shared store is unreachable: 503, not an internal error
+            return error_response(err)
+        report = summarize(rows, dims)
         report["since"], report["until"] = since, today.isoformat()
         return Response(orjson.dumps(report), media_type="application/json")
 

@@ -20,6 +20,15 @@ MAX_TAGS = 16
 DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to this multiple of the limit
 IMAGE_TOKEN_ESTIMATE = 1000
 _REQUIRED = {Endpoint.CHAT: "messages", Endpoint.COMPLETION: "prompt", Endpoint.EMBEDDING: "input"}
+# `metadata` follows OpenAI's documented limits, so that a request a self-hosted target accepts is not refused by a
+# cloud target it falls back to; polyroute's own `tags` hint may also be an array.
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+_METADATA_RULE = (
+    f"at most {MAX_METADATA_KEYS} keys of at most {MAX_METADATA_KEY_CHARS} characters, "
+    f"each value a string of at most {MAX_METADATA_VALUE_CHARS} characters ('tags' may also be an array)"
+)
 
 
 @dataclass(frozen=True)
@@ -149,29 +158,60 @@ def _text_size(value: Any) -> int:
 
 def read_hints(headers: Headers, metadata: Any) -> tuple[str | None, frozenset[str]]:
     """Routing hints from `x-polyroute-data-class` / `x-polyroute-tags` or the body's `metadata`."""
-    meta = metadata if isinstance(metadata, dict) else {}
+    meta = _checked_metadata(metadata)
     data_class = headers.get("x-polyroute-data-class") or meta.get("data_class")
     raw_tags = headers.get("x-polyroute-tags") or meta.get("tags")
+    # A bad hint is reported where the client put it.
+    class_param = "x-polyroute-data-class" if headers.get("x-polyroute-data-class") else "metadata.data_class"
+    tags_param = "x-polyroute-tags" if headers.get("x-polyroute-tags") else "metadata.tags"
     if data_class is not None:
         if not isinstance(data_class, str) or not _HINT.match(data_class.strip()):
             raise BadRequestError(
-                "data class must be 1-64 characters of letters, digits, '_', '.', ':' or '-'.",
-                param="x-polyroute-data-class",
+                "data class must be 1-64 characters of letters, digits, '_', '.', ':' or '-'.", param=class_param
             )
         data_class = data_class.strip().lower()
     tags: list[str] = []
     if isinstance(raw_tags, str):
         tags = [t.strip() for t in raw_tags.split(",") if t.strip()]
-    elif isinstance(raw_tags, list):
-        tags = [t.strip() for t in raw_tags if isinstance(t, str) and t.strip()]
+    elif isinstance(raw_tags, list) and all(isinstance(t, str) for t in raw_tags[: MAX_TAGS + 1]):
+        tags = [t.strip() for t in raw_tags[: MAX_TAGS + 1] if t.strip()]
     elif raw_tags is not None:
-        raise BadRequestError("tags must be a comma-separated string or an array.", param="x-polyroute-tags")
+        raise BadRequestError("tags must be a comma-separated string or an array of strings.", param=tags_param)
     if len(tags) > MAX_TAGS or not all(_HINT.match(t) for t in tags):
         raise BadRequestError(
             f"at most {MAX_TAGS} tags, each 1-64 characters of letters, digits, '_', '.', ':' or '-'.",
-            param="x-polyroute-tags",
+            param=tags_param,
         )
     return data_class, frozenset(t.lower() for t in tags)
+
+
+def _checked_metadata(metadata: Any) -> dict[str, Any]:
+    """The body's `metadata`, refused (400, naming the limit) when it is not an object within OpenAI's limits."""
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise BadRequestError(f"'metadata' must be an object: {_METADATA_RULE}.", param="metadata")
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise BadRequestError(
+            f"'metadata' has {len(metadata)} keys; it may have {_METADATA_RULE}.", param="metadata"
+        )
+    for key, value in metadata.items():
+        if len(key) > MAX_METADATA_KEY_CHARS:
+            raise BadRequestError(
+                f"a 'metadata' key is {len(key)} characters long; metadata may have {_METADATA_RULE}.",
+                param="metadata",
+            )
+        if isinstance(value, str):
+            if len(value) > MAX_METADATA_VALUE_CHARS:
+                raise BadRequestError(
+                    f"'metadata.{key}' is {len(value)} characters long; metadata may have {_METADATA_RULE}.",
+                    param="metadata",
+                )
+        elif not (key == "tags" and isinstance(value, list)):
+            raise BadRequestError(
+                f"'metadata.{key}' is not a string; metadata may have {_METADATA_RULE}.", param="metadata"
+            )
+    return metadata
 
 
 def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:

@@ -15,7 +15,7 @@ from gateway.api.auth import authenticate
 from gateway.api.parsing import ParsedRequest, parse_request, read_body, request_facts
 from gateway.api.responses import DONE_EVENT, error_event, error_response, route_headers
 from gateway.errors import LimitExceededError, PolyrouteError, UpstreamError
-from gateway.observability.accounting import FinishedRequest
+from gateway.observability.accounting import FinishedRequest, output_tokens_in_body, output_tokens_in_stream
 from gateway.policy.engine import decide
 from gateway.policy.plan import RequestFacts, RoutePlan
 from gateway.policy.strategies import expected_output_tokens
@@ -95,24 +95,23 @@ class ProxyService:
         quotas = tuple(DeploymentQuota(d.name, d.rpm, d.tpm) for d in plan.attempts) if quota_limited else ()
         if not tenant_limited and not quota_limited:
             return Admitted(None, tokens, cost, False, {})
-        result = await self._rt.store.admit(
-            AdmissionRequest(
-                tenant=tenant.name,
-                tokens=tokens,
-                est_cost_usd=cost,
-                now=time.time(),
-                tenant_rpm=limits.rpm,
-                tenant_tpm=limits.tpm,
-                budget_day_usd=budget.usd_per_day,
-                budget_month_usd=budget.usd_per_month,
-                deployments=quotas,
-            )
+        request = AdmissionRequest(
+            tenant=tenant.name,
+            tokens=tokens,
+            est_cost_usd=cost,
+            now=time.time(),
+            tenant_rpm=limits.rpm,
+            tenant_tpm=limits.tpm,
+            budget_day_usd=budget.usd_per_day,
+            budget_month_usd=budget.usd_per_month,
+            deployments=quotas,
         )
+        result = await self._rt.store.admit(request)
         headers = ratelimit_headers(result)
         if not result.allowed:
             self._rt.metrics.rate_limited(tenant=tenant.name, reason=result.reason or "other")
             raise LimitExceededError(
-                limit_message(result, tenant),
+                limit_message(result, tenant, request, plan),
                 retry_after=result.retry_after_s,
                 code="insufficient_quota" if (result.reason or "").startswith("budget") else None,
                 extra_headers=headers,
@@ -121,6 +120,8 @@ class ProxyService:
         return Admitted(result.deployment, tokens, cost, tenant_limited, headers)
 
     def _report_budget(self, tenant: Tenant, result: AdmissionResult) -> None:
+        if result.degraded:
+            return  # admitted without the store: what was spent is unknown, not zero
         if tenant.budget.usd_per_day is not None:
             self._rt.metrics.budget_remaining(
                 tenant=tenant.name, period="day", usd=tenant.budget.usd_per_day - result.spent_day_usd
@@ -145,24 +146,47 @@ def ratelimit_headers(result: AdmissionResult) -> dict[str, str]:
     return headers
 
 
-def limit_message(result: AdmissionResult, tenant: Tenant) -> str:
-    wait = f"Try again in {max(1, round(result.retry_after_s))}s."
-    reason = result.reason
+def limit_message(result: AdmissionResult, tenant: Tenant, request: AdmissionRequest, plan: RoutePlan) -> str:
+    """What a 429 says: which limit, its value, what was used, and when to come back (as `Retry-After` says)."""
+
+    def usd(value: float) -> str:  # micro-dollars are the stores' unit: never hide a small amount as $0.0000
+        return "$" + (f"{value:.6f}".rstrip("0").rstrip(".") if value else "0")
+
+    seconds = max(1, int(result.retry_after_s + 0.999))  # rounded as the Retry-After header is
+    wait = f"Try again in {seconds}s."
+    reason, name, limits, budget = result.reason, tenant.name, tenant.limits, tenant.budget
     if reason == "tenant_rpm":
-        return f"Rate limit reached for tenant '{tenant.name}': {tenant.limits.rpm} requests per minute. {wait}"
+        return f"Rate limit reached for tenant '{name}': {limits.rpm} requests per minute. {wait}"
+    if reason == "tenant_tpm" and limits.tpm is not None and request.tokens > limits.tpm:
+        return (
+            f"Request too large for tenant '{name}': it may use about {request.tokens} tokens (its prompt and "
+            f"expected output), more than the limit of {limits.tpm} tokens per minute. "
+            "Send a shorter prompt or a lower max_tokens."
+        )
     if reason == "tenant_tpm":
-        return f"Rate limit reached for tenant '{tenant.name}': {tenant.limits.tpm} tokens per minute. {wait}"
-    if reason == "budget_day":
         return (
-            f"Daily budget of ${tenant.budget.usd_per_day:g} for tenant '{tenant.name}' would be exceeded "
-            f"(spent ${result.spent_day_usd:.4f} today). {wait}"
+            f"Rate limit reached for tenant '{name}': {limits.tpm} tokens per minute "
+            f"({result.tpm_remaining or 0} left, this request may use about {request.tokens}). {wait}"
         )
-    if reason == "budget_month":
+    if reason in ("budget_day", "budget_month"):
+        day = reason == "budget_day"
+        period, limit = ("Daily", budget.usd_per_day) if day else ("Monthly", budget.usd_per_month)
+        spent = result.spent_day_usd if day else result.spent_month_usd
+        resets = "at 00:00 UTC" if day else "on the 1st of the month, 00:00 UTC"
         return (
-            f"Monthly budget of ${tenant.budget.usd_per_month:g} for tenant '{tenant.name}' would be exceeded "
-            f"(spent ${result.spent_month_usd:.4f} this month). {wait}"
+            f"{period} budget of {usd(limit or 0.0)} for tenant '{name}' would be exceeded: spent "
+            f"{usd(spent)} {'today' if day else 'this month'}, this request is estimated at "
+            f"{usd(request.est_cost_usd)}. The budget resets {resets}; try again in {seconds}s."
         )
-    return f"Every deployment for this model is at its own rate limit. {wait}"
+    quotas = ", ".join(
+        f"{d.name}: {d.rpm or '-'} requests / {d.tpm or '-'} tokens per minute"
+        for d in plan.attempts
+        if d.name in result.saturated
+    )
+    return (
+        f"Every deployment that may serve '{plan.alias}' is at its own rate limit ({quotas}); "
+        f"these limits protect the upstreams' quotas. {wait}"
+    )
 
 
 class _Job:
@@ -219,7 +243,7 @@ class _Job:
         except PolyrouteError as err:
             return self._failed(err)
         assert isinstance(reply, UpstreamReply)
-        usage = reply.usage or self._estimated_usage(len(reply.body))
+        usage = reply.usage or self._estimated_usage(output_tokens_in_body(reply.body))
         headers = self._headers()
         cost = self._finish(200, usage, None)
         headers["x-polyroute-cost-usd"] = f"{cost:.8f}"
@@ -253,11 +277,11 @@ class _Job:
 
     async def _relay(self, stream: UpstreamStream) -> AsyncIterator[bytes]:
         status = 200
-        sent = len(stream.first_event)
+        sent = 1  # events relayed
         try:
             yield stream.first_event
             async for event in stream.events():
-                sent += len(event)
+                sent += 1
                 yield event
         except UpstreamError as err:
             status = 502
@@ -268,12 +292,12 @@ class _Job:
             raise
         finally:
             await stream.aclose()
-            self._finish(status, stream.usage or self._estimated_usage(sent), self.outcome.first_token_s)
+            usage = stream.usage or self._estimated_usage(output_tokens_in_stream(sent))
+            self._finish(status, usage, self.outcome.first_token_s)
 
-    def _estimated_usage(self, output_bytes: int) -> Usage:
-        return Usage(
-            input_tokens=self.parsed.prompt_tokens, output_tokens=max(0, output_bytes // 4), estimated=True
-        )
+    def _estimated_usage(self, output_tokens: int) -> Usage:
+        """The upstream reported no usage: the prompt as routing estimated it, the output as counted by the caller."""
+        return Usage(input_tokens=self.parsed.prompt_tokens, output_tokens=output_tokens, estimated=True)
 
     def _headers(self) -> dict[str, str]:
         headers = route_headers(self.request_id, self.plan.route, self.outcome)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,29 @@ from gateway.state.base import StateStore, UsageRecord
 log = logging.getLogger("polyroute.accounting")
 QUEUE_LIMIT = 100_000
 BATCH = 512
+
+
+# Generated text in an OpenAI-shaped answer: message content, reasoning, legacy completion text, tool-call arguments.
+_GENERATED_TEXT = re.compile(
+    rb'"(?:content|reasoning_content|reasoning|refusal|text|arguments)"\s*:\s*"((?:[^"\\]|\\.)*)"'
+)
+_BYTES_PER_TOKEN = 4  # the usual rule of thumb; a CJK character is 3 UTF-8 bytes, about one token
+_FRAMING_EVENTS = 3  # a stream's role event, finish event and [DONE] carry no generated token
+
+
+def output_tokens_in_body(body: bytes) -> int:
+    """Estimated output tokens of a non-stream answer whose upstream reported no usage: its generated text / 4."""
+    generated = sum(match.end(1) - match.start(1) for match in _GENERATED_TEXT.finditer(body))
+    return -(-generated // _BYTES_PER_TOKEN)
+
+
+def output_tokens_in_stream(events: int) -> int:
+    """Estimated output tokens of a stream whose upstream reported no usage, from the events relayed.
+
+    OpenAI, vLLM, SGLang, llama.cpp and Ollama stream about one token per event, so counting events costs nothing
+    per event and is close; parsing every event for its text would tax every stream for a rare case.
+    """
+    return max(0, events - _FRAMING_EVENTS)
 
 
 @dataclass(frozen=True)

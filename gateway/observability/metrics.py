@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Generic, Literal, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server, values
-from prometheus_client import multiprocess as _multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gateway.errors import ErrorClass, PolyrouteError
+from gateway.errors import ErrorClass
 from gateway.observability import names
+from gateway.observability.multiprocess import check_files_land_in, check_multiprocess_mode, merged_registry
 
 OTHER: Final = "other"
 """Label value recorded for anything outside the known, bounded set (unknown alias, bad key, new error class)."""
@@ -56,7 +55,9 @@ _HELP: Final[Mapping[str, str]] = {
     names.TOKENS_TOTAL: "Tokens used; type = gen_ai.token.type (input, output; cached = the part of input served "
     "from cache, reasoning = the part of output spent reasoning); estimated = true when the upstream reported no "
     f"usage. {_DEPLOYMENT}; {_PROVIDER}.",
-    names.COST_USD_TOTAL: f"Cost in US dollars from the policy price of each deployment. {_DEPLOYMENT}; {_PROVIDER}.",
+    names.COST_USD_TOTAL: "Cost in US dollars: the deployment's policy price (CNY and EUR converted at "
+    "POLYROUTE_USD_PER_CNY / POLYROUTE_USD_PER_EUR), its GPU-hour cost, or litellm's price map; from estimated "
+    f"tokens when the upstream reported no usage. {_DEPLOYMENT}; {_PROVIDER}.",
     names.FALLBACKS_TOTAL: "Moves from one deployment (from) to the next (to) after an attempt failed with error "
     "class reason.",
     names.CIRCUIT_OPEN: f"1 while a deployment's circuit breaker is open (deployment skipped), else 0. {_DEPLOYMENT}.",
@@ -128,30 +129,6 @@ def _flag(value: bool) -> str:
     return "true" if value else "false"
 
 
-def prepare_multiprocess_dir(path: Path) -> None:
-    """Create `path` and delete metric files left by an earlier run.
-
-    Run once in the supervising process before any worker starts. Multi-process mode itself is chosen by
-    prometheus_client from PROMETHEUS_MULTIPROC_DIR when it is first imported, so that variable must already
-    name `path` in every worker's environment before anything imports prometheus_client.
-    """
-    path.mkdir(parents=True, exist_ok=True)
-    for leftover in path.glob("*.db"):
-        leftover.unlink()
-
-
-def mark_process_dead(pid: int, *, multiprocess_dir: Path) -> None:
-    """Drop an exited worker's live gauges (in-flight requests, circuit state); its counters are kept."""
-    _multiprocess.mark_process_dead(pid, str(multiprocess_dir))  # type: ignore[no-untyped-call]
-
-
-def serve_multiprocess_metrics(port: int, host: str, multiprocess_dir: Path) -> None:
-    """Serve every worker's metrics, merged, on their own port from a background thread of the supervisor."""
-    registry = CollectorRegistry()
-    _multiprocess.MultiProcessCollector(registry, path=str(multiprocess_dir))  # type: ignore[no-untyped-call]
-    start_http_server(port, addr=host, registry=registry)
-
-
 class Metrics:
     """Every polyroute metric, registered in a registry this instance owns.
 
@@ -160,7 +137,7 @@ class Metrics:
     """
 
     def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
-        _check_multiprocess_mode(multiprocess_dir)
+        check_multiprocess_mode(multiprocess_dir)
         self._known = _KnownLabels()
         self._registry = r = CollectorRegistry()
 
@@ -201,11 +178,8 @@ class Metrics:
         if multiprocess_dir is None:
             self._exposed = self._registry
         else:
-            _check_files_land_in(multiprocess_dir)
-            self._exposed = CollectorRegistry()
-            _multiprocess.MultiProcessCollector(  # type: ignore[no-untyped-call]
-                self._exposed, path=str(multiprocess_dir)
-            )
+            check_files_land_in(multiprocess_dir)
+            self._exposed = merged_registry(multiprocess_dir)
 
     def set_known(
         self,
@@ -353,27 +327,3 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of this process, or of all workers in multi-process mode."""
         return generate_latest(self._exposed), CONTENT_TYPE
-
-
-def _check_multiprocess_mode(multiprocess_dir: Path | None) -> None:
-    # prometheus_client fixed its value storage when it was imported; a mismatch would silently lose metrics.
-    files_backed = bool(getattr(values.ValueClass, "_multiprocess", False))
-    if multiprocess_dir is not None and not files_backed:
-        raise PolyrouteError(
-            "metrics: multiprocess_dir is set but prometheus_client was imported without "
-            "PROMETHEUS_MULTIPROC_DIR; set it before the first import of prometheus_client"
-        )
-    if multiprocess_dir is None and files_backed:
-        raise PolyrouteError(
-            "metrics: PROMETHEUS_MULTIPROC_DIR is set but no multiprocess_dir was given; "
-            "pass the same directory to Metrics"
-        )
-
-
-def _check_files_land_in(multiprocess_dir: Path) -> None:
-    # Counters created in __init__ have opened this process's files in PROMETHEUS_MULTIPROC_DIR by now.
-    if not any(multiprocess_dir.glob(f"*_{os.getpid()}.db")):
-        raise PolyrouteError(
-            f"metrics: this process writes no metric files in {multiprocess_dir}; "
-            "PROMETHEUS_MULTIPROC_DIR must name the same directory"
-        )

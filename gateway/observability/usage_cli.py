@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 import orjson
 
+from gateway.errors import PolyrouteError
 from gateway.observability.usage_report import summarize
 from gateway.settings import Settings
 from gateway.state.factory import create_state_store
 
+MAX_DAYS = 400  # the same bound as GET /admin/usage
+_TIMEOUT = aiohttp.ClientTimeout(total=30)
+_COLUMNS = (
+    "requests",
+    "errors",
+    "fallbacks",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+)
+
 
 async def run_usage(settings: Settings, days: int, group_by: str, url: str | None, as_json: bool) -> int:
+    """Print usage of the last `days` UTC days: from `url`, else from Redis, else from the local gateway."""
+    if not 1 <= days <= MAX_DAYS:
+        raise PolyrouteError(f"--days must be between 1 and {MAX_DAYS}")
     if url is None and settings.redis_url is None:
         url = f"http://{settings.host}:{settings.port}"
     if url is not None:
@@ -37,7 +53,10 @@ async def _from_store(settings: Settings, days: int, group_by: str) -> dict[str,
         rows = await store.usage(since, today.isoformat())
     finally:
         await store.close()
-    report = summarize(rows, group_by.split(","))
+    try:
+        report = summarize(rows, group_by.split(","))
+    except ValueError as exc:
+        raise PolyrouteError(f"--group-by: {exc}") from None
     report["since"], report["until"] = since, today.isoformat()
     return report
 
@@ -45,32 +64,58 @@ async def _from_store(settings: Settings, days: int, group_by: str) -> dict[str,
 async def _from_gateway(url: str, admin_key: str | None, days: int, group_by: str) -> dict[str, Any]:
     headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
     params = {"days": str(days), "group_by": group_by}
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(f"{url.rstrip('/')}/admin/usage", params=params, headers=headers) as resp,
-    ):
-        body = await resp.read()
-        if resp.status != 200:
-            print(f"error: {url} answered {resp.status}: {body.decode(errors='replace')}", file=sys.stderr)
-            raise SystemExit(1)
+    endpoint = f"{url.rstrip('/')}/admin/usage"
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=_TIMEOUT) as session,
+            session.get(endpoint, params=params, headers=headers) as resp,
+        ):
+            body = await resp.read()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise PolyrouteError(
+            f"cannot reach a gateway at {url} ({type(exc).__name__}); pass --url, or set POLYROUTE_REDIS_URL "
+            "to read the shared store directly"
+        ) from None
+    if status != 200:
+        raise PolyrouteError(f"{endpoint} answered {status}: {_error_message(body)}")
     data: dict[str, Any] = orjson.loads(body)
     return data
 
 
+def _error_message(body: bytes) -> str:
+    try:
+        message = orjson.loads(body)["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return body[:300].decode(errors="replace")
+    return str(message)
+
+
+def _cell(column: str, value: Any) -> str:
+    if column == "cost_usd":
+        return f"{float(value):.6f}"
+    return str(value)
+
+
 def render_table(report: dict[str, Any]) -> str:
+    """The report as an aligned text table, then each vendor's and hosting type's share of requests and spend."""
     dims: list[str] = report["group_by"]
-    cols = [*dims, "requests", "errors", "fallbacks", "input_tokens", "output_tokens", "cost_usd"]
-    rows = [[str(g.get(c, "")) for c in cols] for g in report["groups"]]
+    cols = [*dims, *_COLUMNS]
+    rows = [[_cell(c, g.get(c, "")) for c in cols] for g in report["groups"]]
     total = report["total"]
-    rows.append(["TOTAL", *[""] * (len(dims) - 1), *[str(total[c]) for c in cols[len(dims):]]])
+    label = ["TOTAL", *[""] * (len(dims) - 1)] if dims else []
+    rows.append([*label, *(_cell(c, total[c]) for c in _COLUMNS)])
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    lines = [f"usage {report.get('since')} .. {report.get('until')}"]
-    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    lines = [f"usage {report.get('since')} .. {report.get('until')} (UTC days)"]
+    lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     for dim in ("vendor", "hosting"):
         shares = report.get(f"share_by_{dim}", {})
         if shares:
-            parts = [f"{k}: {v['request_share']:.0%} of requests, {v['spend_share']:.0%} of spend"
-                     for k, v in shares.items()]
+            parts = [
+                f"{name} {share['request_share']:.1%} of requests, {share['spend_share']:.1%} of spend "
+                f"(${share['cost_usd']:.6f})"
+                for name, share in shares.items()
+            ]
             lines.append(f"share by {dim}: " + "; ".join(parts))
     return "\n".join(lines)

@@ -11,12 +11,18 @@ DIMENSIONS = ("day", "tenant", "alias", "deployment", "provider", "vendor", "hos
 _SUMS = ("requests", "errors", "fallbacks", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
 
 
-def summarize(rows: Iterable[UsageRow], group_by: Sequence[str]) -> dict[str, Any]:
-    """Totals, groups (largest spend first) and the share of requests and spend per vendor and hosting."""
+def dimensions(group_by: Sequence[str]) -> list[str]:
+    """The dimensions to group by, blanks dropped; ValueError naming the choices for an unknown one."""
     dims = [d.strip() for d in group_by if d.strip()]
     unknown = [d for d in dims if d not in DIMENSIONS]
     if unknown:
         raise ValueError(f"unknown group_by dimension(s) {unknown}; choose from {list(DIMENSIONS)}")
+    return dims
+
+
+def summarize(rows: Iterable[UsageRow], group_by: Sequence[str]) -> dict[str, Any]:
+    """Totals, groups (largest spend first) and the share of requests and spend per vendor and hosting."""
+    dims = dimensions(group_by)
     rows = list(rows)
     groups: dict[tuple[str, ...], dict[str, Any]] = {}
     for row in rows:

@@ -142,7 +142,10 @@ class RedisStateStore:
         except OUTAGE_ERRORS as err:
             self._failed("admit", err)
             if self._failure_mode is StateFailureMode.CLOSED:
-                raise StateUnavailableError("the state store is unreachable: limits cannot be checked") from err
+                raise StateUnavailableError(
+                    "Rate limits and budgets cannot be checked right now: the gateway's shared state store is "
+                    "unreachable, and this gateway refuses such requests until it is back. Try again shortly."
+                ) from err
             first = request.deployments[0].name if request.deployments else None
             return AdmissionResult(allowed=True, deployment=first, degraded=True)
         self._recovered()
@@ -156,7 +159,10 @@ class RedisStateStore:
         except OUTAGE_ERRORS as err:
             self._failed("admit", err)
             if self._failure_mode is StateFailureMode.CLOSED:
-                raise StateUnavailableError("the state store is unreachable: quotas cannot be checked") from err
+                raise StateUnavailableError(
+                    "Deployment rate limits cannot be checked right now: the gateway's shared state store is "
+                    "unreachable, and this gateway refuses such requests until it is back. Try again shortly."
+                ) from err
             return True
         self._recovered()
         return chosen is not None

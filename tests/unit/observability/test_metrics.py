@@ -11,11 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.errors import ErrorClass, PolyrouteError
 from gateway.observability import names
-from gateway.observability.metrics import (
-    Metrics,
-    mark_process_dead,
-    prepare_multiprocess_dir,
-)
+from gateway.observability.metrics import Metrics
+from gateway.observability.multiprocess import prepare_multiprocess_dir
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -296,7 +293,8 @@ for _ in range(n):
 m.inflight(alias="coder", delta=2)
 m.circuit(deployment="qwen-plus", is_open=circuit_open)
 m.budget_remaining(tenant="team-a", period="day", usd=budget)
-print(os.getpid())
+print(os.getpid(), flush=True)
+sys.stdin.read()  # keep running, like a serving worker, until the test closes stdin
 """
 
 RENDER = """
@@ -308,11 +306,42 @@ sys.stdout.buffer.write(Metrics(multiprocess_dir=Path(sys.argv[1])).render()[0])
 """
 
 
+def _env(env_dir: Path) -> dict[str, str]:
+    return {"PROMETHEUS_MULTIPROC_DIR": str(env_dir), "PYTHONPATH": str(REPO)}
+
+
 def run_python(code: str, env_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(env_dir), "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, cwd=REPO, capture_output=True, timeout=60, check=False
+        [sys.executable, "-c", code, *args], env=_env(env_dir), cwd=REPO, capture_output=True, timeout=60, check=False
     )
+
+
+class Worker:
+    """A worker process that has recorded its metrics and keeps running until stop()."""
+
+    def __init__(self, directory: Path, n: int, circuit: str, budget: str) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(directory), str(n), circuit, budget],
+            env=_env(directory),
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.popen.stdout is not None
+        line = self.popen.stdout.readline()  # bounded: the worker prints its pid or exits (EOF)
+        assert line.strip().isdigit(), self.stop()
+
+    def stop(self) -> str:
+        """Close its stdin so that it exits (a no-op once it has); returns what it wrote to stderr."""
+        if self.popen.returncode is not None:
+            return ""
+        try:
+            _, err = self.popen.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            _, err = self.popen.communicate()
+        return err.decode()
 
 
 def parse(body: bytes) -> Samples:
@@ -329,41 +358,40 @@ def render_all(directory: Path) -> Samples:
     return parse(result.stdout)
 
 
-def test_multiprocess_workers_are_aggregated(tmp_path: Path) -> None:
+def test_multiprocess_workers_are_aggregated_and_exited_workers_drop_live_gauges(tmp_path: Path) -> None:
     directory = tmp_path / "prom"
     prepare_multiprocess_dir(directory)
-    pids = []
-    for n, circuit, budget in ((3, "open", "40.0"), (5, "closed", "37.5")):  # in order: worker 2 sets budget last
-        worker = run_python(WORKER, directory, str(directory), str(n), circuit, budget)
-        assert worker.returncode == 0, worker.stderr.decode()
-        pids.append(int(worker.stdout))
+    first = Worker(directory, 3, "open", "40.0")
+    second = Worker(directory, 5, "closed", "37.5")  # started second: its budget is the latest write
+    try:
+        s = render_all(directory)
+        ident = {"alias": "coder", **QWEN, "tenant": "team-a"}
+        assert value(s, names.REQUESTS_TOTAL, **ident, status_class="2xx") == 8
+        duration_count = f"{names.REQUEST_DURATION_SECONDS}_count"
+        assert value(s, duration_count, alias="coder", deployment="qwen-plus", stream="true") == 8
+        ttft_bucket = f"{names.TIME_TO_FIRST_TOKEN_SECONDS}_bucket"
+        assert value(s, ttft_bucket, alias="coder", deployment="qwen-plus", le="0.25") == 8
+        assert value(s, names.TOKENS_TOTAL, **ident, type="input", estimated="false") == 80
+        assert value(s, names.INFLIGHT_REQUESTS, alias="coder") == 4
+        assert value(s, names.CIRCUIT_OPEN, deployment="qwen-plus") == 1
+        assert value(s, names.BUDGET_REMAINING_USD, tenant="team-a", period="day") == 37.5
 
-    s = render_all(directory)
-    ident = {"alias": "coder", **QWEN, "tenant": "team-a"}
-    assert value(s, names.REQUESTS_TOTAL, **ident, status_class="2xx") == 8
-    assert (
-        value(s, f"{names.REQUEST_DURATION_SECONDS}_count", alias="coder", deployment="qwen-plus", stream="true") == 8
-    )
-    assert (
-        value(s, f"{names.TIME_TO_FIRST_TOKEN_SECONDS}_bucket", alias="coder", deployment="qwen-plus", le="0.25") == 8
-    )
-    assert value(s, names.TOKENS_TOTAL, **ident, type="input", estimated="false") == 80
-    assert value(s, names.INFLIGHT_REQUESTS, alias="coder") == 4
-    assert value(s, names.CIRCUIT_OPEN, deployment="qwen-plus") == 1
-    assert value(s, names.BUDGET_REMAINING_USD, tenant="team-a", period="day") == 37.5
+        first.stop()  # exits without any clean-up of its own, like a killed worker
 
-    mark_process_dead(pids[0], multiprocess_dir=directory)
-
-    s = render_all(directory)
-    assert value(s, names.REQUESTS_TOTAL, **ident, status_class="2xx") == 8  # counters outlive their worker
-    assert value(s, names.INFLIGHT_REQUESTS, alias="coder") == 2  # a dead worker serves nothing
-    assert value(s, names.CIRCUIT_OPEN, deployment="qwen-plus") == 0
+        s = render_all(directory)
+        assert value(s, names.REQUESTS_TOTAL, **ident, status_class="2xx") == 8  # counters outlive their worker
+        assert value(s, names.INFLIGHT_REQUESTS, alias="coder") == 2  # a dead worker serves nothing
+        assert value(s, names.CIRCUIT_OPEN, deployment="qwen-plus") == 0
+        assert value(s, names.BUDGET_REMAINING_USD, tenant="team-a", period="day") == 37.5
+    finally:
+        first.stop()
+        second.stop()
 
 
 def test_prepare_multiprocess_dir_clears_a_previous_run(tmp_path: Path) -> None:
     directory = tmp_path / "prom"
     prepare_multiprocess_dir(directory)
-    assert run_python(WORKER, directory, str(directory), "4", "closed", "1").returncode == 0
+    Worker(directory, 4, "closed", "1").stop()
 
     prepare_multiprocess_dir(directory)
 
