@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from gateway.errors import PolicyError, PolyrouteError
@@ -125,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
                 http=_http(),
                 log_level=settings.log_level,
                 access_log=False,
-                timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             )
         finally:
             if own_multiproc_dir:
@@ -142,8 +145,15 @@ def _serve(args: argparse.Namespace) -> int:
     async def run_all() -> None:
         await asyncio.gather(*(s.serve() for s in servers))
 
+    # uvicorn handles SIGTERM (stop accepting, drain) and then raises it again for the handler found before it
+    # started: make that one a clean exit, so a drained shutdown ends with status 0, not "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     asyncio.run(run_all())
     return 0
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def _uvicorn_config(app: Any, settings: Settings, port: int) -> Any:
@@ -157,7 +167,7 @@ def _uvicorn_config(app: Any, settings: Settings, port: int) -> Any:
         http=_http(),
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
 
 

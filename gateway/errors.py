@@ -13,7 +13,9 @@
     │   │                                   policy, context window) and no fallback applies
     │   └── LimitExceededError          429 rate_limit_error / insufficient_quota (+ Retry-After)
     ├── UpstreamError                   one attempt against one deployment failed (classified)
-    └── AllTargetsFailedError           502 / 503 / 504: every attempt failed; lists each cause
+    ├── AllTargetsFailedError           502 / 503 / 504: every attempt failed; lists each cause
+    ├── ShuttingDownError               503 the gateway is draining and the shutdown deadline passed
+    └── ClientGoneError                 499 the client disconnected; the upstream request was cancelled
 """
 
 from __future__ import annotations
@@ -183,3 +185,26 @@ class AllTargetsFailedError(PolyrouteError):
             self.status, self.code = 503, "upstream_unavailable"
         else:
             self.status, self.code = 502, "upstream_error"
+
+
+class ShuttingDownError(PolyrouteError):
+    """The gateway is shutting down and this request outlived the drain deadline."""
+
+    status = 503
+    code = "gateway_shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("The gateway is shutting down and the request did not finish before its drain deadline.")
+
+    def headers(self) -> dict[str, str]:
+        return {"connection": "close"}
+
+
+class ClientGoneError(PolyrouteError):
+    """The client disconnected before the answer was ready (nobody reads the 499; it is for metrics and usage)."""
+
+    status = 499
+    code = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the answer was ready.")

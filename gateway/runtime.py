@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.api.lifetime import Drain
 from gateway.errors import PolicyError
 from gateway.observability.accounting import Accountant
 from gateway.observability.metrics import Metrics
@@ -16,7 +18,7 @@ from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import Deployment, PolicyTable
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
-from gateway.providers.registry import build_providers
+from gateway.providers.registry import build_providers, close_shared_clients
 from gateway.routing.executor import AttemptObserver, Executor
 from gateway.routing.health import HealthTracker
 from gateway.settings import Settings, environment
@@ -68,10 +70,12 @@ class Runtime:
         )
         self.executor = Executor(store, self.health, _MetricsObserver(metrics))
         self.accountant = Accountant(store, metrics)
+        self.drain = Drain(settings.shutdown_grace_seconds)
         self.active = self._activate(table, None)
         self._watcher: asyncio.Task[None] | None = None
         self._reload_lock = asyncio.Lock()
         self._retired: set[asyncio.Task[None]] = set()
+        self._stale: list[Provider] = []  # adapters of replaced policies, closed once their requests are done
 
     def _activate(self, table: PolicyTable, previous: ActivePolicy | None) -> ActivePolicy:
         reuse = previous.adapters if previous is not None else None
@@ -97,6 +101,7 @@ class Runtime:
             loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         except (NotImplementedError, RuntimeError):
             log.debug("SIGHUP reload is not available on this platform")
+        self.drain.on_sigterm()
 
     def _on_sighup(self) -> None:
         task = asyncio.create_task(self.reload_logged("SIGHUP"))
@@ -104,24 +109,36 @@ class Runtime:
         task.add_done_callback(self._retired.discard)
 
     async def close(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
-        await self.accountant.close()
-        await self.health.close()
-        for _, adapter in self.active.adapters.values():
-            await adapter.close()
-        await self.store.close()
+        """Stop background work, flush usage, close adapters and the store; each step runs even if one fails."""
+        async with contextlib.AsyncExitStack() as steps:  # callbacks run last-pushed first
+            steps.push_async_callback(self.store.close)
+            steps.push_async_callback(close_shared_clients)
+            for adapter in [*self._stale, *(adapter for _, adapter in self.active.adapters.values())]:
+                steps.push_async_callback(adapter.close)
+            steps.push_async_callback(self.health.close)
+            steps.push_async_callback(self.accountant.close)
+            steps.push_async_callback(self._stop_background)
 
-    async def reload(self) -> PolicyTable:
-        """Load the policy file again and swap it in atomically; an invalid file raises and changes nothing."""
+    async def _stop_background(self) -> None:
+        tasks = [*self._retired, *([self._watcher] if self._watcher is not None else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def reload(self, why: str = "POST /admin/reload") -> PolicyTable:
+        """Load the policy file again and swap it in atomically; an invalid file raises and changes nothing.
+
+        Requests already running keep the ActivePolicy they started with, so they finish on the old policy.
+        """
         if self.settings.policy is None:
             raise PolicyError(["no policy file is configured, so there is nothing to reload"])
         async with self._reload_lock:
             try:
                 table = await asyncio.to_thread(load_table, self.settings, self.settings.policy)
-            except PolicyError:
-                self.metrics.policy_reload(result="failure")
+            except PolicyError as err:
+                self.metrics.policy_reload(result="error")
+                # The problems name YAML paths and never echo values, so no secret reaches the log.
+                log.error("policy reload (%s) rejected, keeping the previous policy: %s", why, err.message)
                 raise
             previous = self.active
             self.active = self._activate(table, previous)
@@ -129,23 +146,22 @@ class Runtime:
             kept = {id(adapter) for _, adapter in self.active.adapters.values()}
             stale = [adapter for _, adapter in previous.adapters.values() if id(adapter) not in kept]
             if stale:
-                task = asyncio.create_task(self._close_later(stale, table.fallback.timeouts.total_s))
+                self._stale.extend(stale)
+                task = asyncio.create_task(self._close_later(stale, previous.table.fallback.timeouts.total_s))
                 self._retired.add(task)
                 task.add_done_callback(self._retired.discard)
-            log.info("policy reloaded from %s", self.settings.policy)
+            log.info("policy reloaded from %s (%s)", self.settings.policy, why)
             return table
 
     async def reload_logged(self, why: str) -> None:
-        try:
-            await self.reload()
-        except PolicyError as err:
-            log.error("policy reload (%s) rejected, keeping the previous policy: %s", why, err.message)
+        with contextlib.suppress(PolicyError):  # reload() logged and counted it
+            await self.reload(why)
 
-    @staticmethod
-    async def _close_later(adapters: list[Provider], after_s: float) -> None:
-        """Requests in flight on the old policy finish first; their adapters close afterwards."""
+    async def _close_later(self, adapters: list[Provider], after_s: float) -> None:
+        """Requests in flight on the old policy finish first (within its total timeout); then their adapters close."""
         await asyncio.sleep(after_s)
         for adapter in adapters:
+            self._stale.remove(adapter)
             await adapter.close()
 
     async def _watch(self, path: Path) -> None:

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from gateway.api.auth import is_admin
 from gateway.api.parsing import parse_request, read_body, request_facts
 from gateway.api.responses import error_response
-from gateway.errors import AuthenticationError, BadRequestError, NotFoundError, PolyrouteError
+from gateway.errors import AuthenticationError, BadRequestError, NotFoundError, PolicyError, PolyrouteError
 from gateway.observability.usage_report import dimensions, summarize
 from gateway.policy.engine import decide
 from gateway.providers.base import Endpoint
@@ -58,6 +58,9 @@ def admin_routes(runtime: Runtime) -> list[Route]:
         try:
             check(request)
             table = await runtime.reload()
+        except PolicyError as err:  # the file is invalid: the running policy stays, the caller learns why
+            err.status = 422
+            return error_response(err)
         except PolyrouteError as err:
             return error_response(err)
         body = {"status": "reloaded", "source": table.source, "aliases": sorted(table.aliases)}

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
 
 from gateway.api.auth import authenticate
+from gateway.api.lifetime import guarded
 from gateway.api.parsing import ParsedRequest, parse_request, read_body, request_facts
 from gateway.api.responses import DONE_EVENT, error_event, error_response, route_headers
-from gateway.errors import LimitExceededError, PolyrouteError, UpstreamError
+from gateway.errors import LimitExceededError, PolyrouteError, ShuttingDownError, UpstreamError
 from gateway.observability.accounting import FinishedRequest, output_tokens_in_body, output_tokens_in_stream
 from gateway.policy.engine import decide
 from gateway.policy.plan import RequestFacts, RoutePlan
@@ -35,6 +37,7 @@ class Admitted:
     cost_usd: float
     counted: bool
     headers: dict[str, str]
+    saturated: frozenset[str] = frozenset()  # deployments admission found at their own rpm/tpm limit
 
 
 class ProxyService:
@@ -75,7 +78,7 @@ class ProxyService:
                 )
             )
             return error_response(err, {"x-request-id": request_id})
-        job = _Job(self._rt, active, parsed, plan, tenant.name, admitted, request_id, started)
+        job = _Job(self._rt, active, parsed, plan, tenant.name, admitted, request_id, started, request.receive)
         self._rt.metrics.inflight(alias=alias, delta=1)
         if parsed.stream:
             return await job.stream()
@@ -117,7 +120,7 @@ class ProxyService:
                 extra_headers=headers,
             )
         self._report_budget(tenant, result)
-        return Admitted(result.deployment, tokens, cost, tenant_limited, headers)
+        return Admitted(result.deployment, tokens, cost, tenant_limited, headers, frozenset(result.saturated))
 
     def _report_budget(self, tenant: Tenant, result: AdmissionResult) -> None:
         if result.degraded:
@@ -202,9 +205,11 @@ class _Job:
         admitted: Admitted,
         request_id: str,
         started: float,
+        receive: Receive,
     ) -> None:
         self.rt, self.active, self.parsed, self.plan = rt, active, parsed, plan
         self.tenant, self.admitted, self.request_id, self.started = tenant, admitted, request_id, started
+        self.receive = receive  # to notice the client leaving while the upstream works
         self.outcome = Outcome()
         self.upstream_s = 0.0
 
@@ -239,7 +244,7 @@ class _Job:
             return await self._execute(d, False)
 
         try:
-            reply = await self._run(attempt)
+            reply = await guarded(self._run(attempt), self.receive, self.rt.drain)
         except PolyrouteError as err:
             return self._failed(err)
         assert isinstance(reply, UpstreamReply)
@@ -254,7 +259,7 @@ class _Job:
             return await self._execute(d, True)
 
         try:
-            opened = await self._run(attempt)
+            opened = await guarded(self._run(attempt), self.receive, self.rt.drain)
         except PolyrouteError as err:
             return self._failed(err)
         assert not isinstance(opened, UpstreamReply)
@@ -273,6 +278,7 @@ class _Job:
             reserved=self.admitted.reserved_deployment,
             tokens=self.admitted.tokens,
             outcome=self.outcome,
+            saturated=self.admitted.saturated,
         )
 
     async def _relay(self, stream: UpstreamStream) -> AsyncIterator[bytes]:
@@ -280,11 +286,12 @@ class _Job:
         sent = 1  # events relayed
         try:
             yield stream.first_event
-            async for event in stream.events():
+            events = stream.events()
+            while (event := await self.rt.drain.next_event(events)) is not None:
                 sent += 1
                 yield event
-        except UpstreamError as err:
-            status = 502
+        except (UpstreamError, ShuttingDownError) as err:
+            status = err.status
             yield error_event(err)
             yield DONE_EVENT
         except BaseException:

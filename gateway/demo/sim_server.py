@@ -20,6 +20,7 @@ from gateway.demo.sim_flavors import Flavor, SimError
 
 _JSON = "application/json"
 _PACED_FAULTS = frozenset({"slow_first_token", "stall_mid_stream", "reset_mid_stream", "inband_error", "delay"})
+_GONE_POLL_S = 0.02  # how often a slow answer checks whether its client is still there
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _MALFORMED_JSON = b'{"id": "chatcmpl-simulated", "object": "chat.completion", "choices": [{"message": '
 _MALFORMED_SSE = (
@@ -45,6 +46,7 @@ class SimulatedUpstream:
         self.by_path: Counter[str] = Counter()
         self.by_model: Counter[str] = Counter()
         self.faults_served: Counter[str] = Counter()
+        self.clients_gone = 0  # requests whose client disconnected before the answer was complete
         self.last_path: str | None = None
         self.last_headers: Mapping[str, str] = {}
         self.last_body: Any = None
@@ -76,6 +78,7 @@ class SimulatedUpstream:
             "requests_by_model": dict(self.by_model),
             "faults_served": dict(self.faults_served),
             "faults_pending": self.faults.pending(),
+            "clients_gone": self.clients_gone,
             "last_path": self.last_path,
             "last_headers": {_canonical(key): value for key, value in self.last_headers.items()},
             "last_body": self.last_body,
@@ -87,6 +90,7 @@ class SimulatedUpstream:
         self.by_path.clear()
         self.by_model.clear()
         self.faults_served.clear()
+        self.clients_gone = 0
         self.last_path, self.last_headers, self.last_body = None, {}, None
         return web.json_response({"reset": True})
 
@@ -233,8 +237,12 @@ class SimulatedUpstream:
 
     async def _send(self, request: web.Request, payload: bytes, fault: Fault | None) -> web.StreamResponse:
         """A non-stream answer, delayed or cut short as the fault says."""
-        if fault is not None and fault.kind in ("slow_first_token", "stall_mid_stream", "delay"):
-            await asyncio.sleep(fault.delay)
+        if (
+            fault is not None
+            and fault.kind in ("slow_first_token", "stall_mid_stream", "delay")
+            and not await self._hold(request, fault.delay)
+        ):
+            return web.Response(status=499)  # nobody is left to read it
         if fault is not None and fault.kind == "reset_mid_stream":
             response = web.StreamResponse(headers={"Content-Type": _JSON})
             response.content_length = len(payload)
@@ -259,8 +267,22 @@ class SimulatedUpstream:
                 return response  # the connection was dropped on purpose
             await response.write_eof()
         except ConnectionError:
-            pass  # the client went away mid-stream; nobody is left to tell
+            self.clients_gone += 1  # the client went away mid-stream; nobody is left to tell
         return response
+
+    async def _hold(self, request: web.Request, delay: float) -> bool:
+        """Sleep `delay` s like a slow upstream; False (and counted) as soon as the client has gone away."""
+        loop = asyncio.get_running_loop()
+        until = loop.time() + delay
+        while True:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                self.clients_gone += 1
+                return False
+            left = until - loop.time()
+            if left <= 0:
+                return True
+            await asyncio.sleep(min(_GONE_POLL_S, left))
 
     async def _paced(
         self, request: web.Request, response: web.StreamResponse, frames: list[bytes], fault: Fault
@@ -269,20 +291,20 @@ class SimulatedUpstream:
         kind = fault.kind
         strike = min(fault.after, len(frames))
         pace = fault.delay if kind == "delay" else 0.0
-        if kind == "slow_first_token":
-            await asyncio.sleep(fault.delay)
+        if kind == "slow_first_token" and not await self._hold(request, fault.delay):
+            return False
         for index, frame in enumerate([*frames, replies.DONE_FRAME]):
             if index == strike:
-                if kind == "stall_mid_stream":
-                    await asyncio.sleep(fault.delay)
+                if kind == "stall_mid_stream" and not await self._hold(request, fault.delay):
+                    return False
                 elif kind == "reset_mid_stream":
                     await _flush_and_abort(request)
                     return False
                 elif kind == "inband_error":
                     await response.write(b"data: " + self._inband_payload(fault) + b"\n\n" + replies.DONE_FRAME)
                     return True
-            if pace and index < len(frames):
-                await asyncio.sleep(pace)
+            if pace and index < len(frames) and not await self._hold(request, pace):
+                return False
             await response.write(frame)
         return True
 

@@ -24,7 +24,7 @@ RATE_LIMIT_REASONS: Final = frozenset(
     {"tenant_rpm", "tenant_tpm", "budget_day", "budget_month", "deployments_saturated", OTHER}
 )
 BUDGET_PERIODS: Final = frozenset({"day", "month"})
-POLICY_RELOAD_RESULTS: Final = frozenset({"success", "failure"})
+POLICY_RELOAD_RESULTS: Final = frozenset({"success", "error"})
 STATE_STORE_OPS: Final = frozenset({"admit", "settle", "circuit", "usage", "ping", OTHER})
 HOSTINGS: Final = frozenset({"cloud", "self_hosted", NONE})
 
@@ -317,7 +317,7 @@ class Metrics:
         self._budget(_clamp(tenant, self._known.tenants), _clamp(period, _BUDGET_PERIODS)).set(usd)
 
     def policy_reload(self, *, result: str) -> None:
-        """Record a policy reload: "success" or "failure"."""
+        """Record a policy reload: "success" or "error" (rejected, the previous policy kept)."""
         self._reloads(_clamp(result, _RELOAD_RESULTS)).inc()
 
     def state_store_error(self, *, op: str) -> None:

@@ -6,19 +6,21 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import openai
 import orjson
 
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
-from gateway.routing.classify import parse_retry_after
+from gateway.routing.classify import classify_status, parse_retry_after
 from gateway.settings import prepare_litellm_environment
 
 prepare_litellm_environment()  # before the import below: never download the price map
 
 import litellm  # noqa: E402
 from litellm import exceptions as llx  # noqa: E402
+from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients  # noqa: E402
 
 _CLASSES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
     (llx.ContextWindowExceededError, ErrorClass.CONTEXT_WINDOW),
@@ -36,24 +38,39 @@ _CLASSES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
 _OWN_KEYS = frozenset({"model", "messages", "stream", "input", "prompt"})
 
 
+# litellm's generic classes: the upstream's own words may say more (Model Studio's DataInspectionFailed is a 400).
+_GENERIC = frozenset({ErrorClass.BAD_REQUEST, ErrorClass.SERVER_ERROR})
+_SPECIFIC = frozenset(
+    {ErrorClass.CONTEXT_WINDOW, ErrorClass.CONTENT_POLICY, ErrorClass.RATE_LIMIT, ErrorClass.TIMEOUT}
+)
+
+
 def classify(exc: openai.OpenAIError) -> UpstreamError:
+    original = getattr(exc, "original_exception", None)
+    if isinstance(exc, llx.MidStreamFallbackError) and isinstance(original, openai.OpenAIError):
+        return classify(original)  # litellm wraps what broke the stream; the cause is what counts
     error_class = ErrorClass.SERVER_ERROR
     for kind, cls in _CLASSES:
         if isinstance(exc, kind):
             error_class = cls
             break
     status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) and 400 <= status <= 599 else None
     retry_after = None
     response = getattr(exc, "response", None)
     if response is not None and hasattr(response, "headers"):
         retry_after = parse_retry_after(response.headers.get("retry-after"))
     message = str(getattr(exc, "message", None) or exc)[:300]
-    return UpstreamError(
-        message,
-        error_class=error_class,
-        upstream_status=status if isinstance(status, int) else None,
-        retry_after=retry_after,
-    )
+    if error_class in _GENERIC:
+        by_words = classify_status(status, message, "")
+        if by_words in _SPECIFIC:
+            error_class = by_words
+    return UpstreamError(message, error_class=error_class, upstream_status=status, retry_after=retry_after)
+
+
+async def close_shared_clients() -> None:
+    """litellm pools its HTTP clients process-wide, not per provider: closed once, when the gateway stops."""
+    await close_litellm_async_clients()
 
 
 class LiteLLMProvider:
@@ -66,10 +83,14 @@ class LiteLLMProvider:
         self._api_base = provider.base_url or None
         self._headers = dict(provider.headers) or None
 
+    async def close(self) -> None:
+        """Nothing of its own to release: litellm's pooled clients are shared (see close_shared_clients)."""
+
     def _kwargs(self, call: UpstreamCall) -> dict[str, Any]:
         kwargs = {k: v for k, v in call.body.items() if k not in _OWN_KEYS}
         kwargs["model"] = f"{self._prefix}/{call.deployment.model}"
-        kwargs["timeout"] = call.timeouts.total_s
+        # httpx applies `read` between bytes; the whole-request `total` is enforced around the call below.
+        kwargs["timeout"] = httpx.Timeout(call.timeouts.total_s, connect=call.timeouts.connect_s)
         kwargs["num_retries"] = 0  # retries and fallback belong to the gateway
         if self._api_key:
             kwargs["api_key"] = self._api_key
@@ -82,12 +103,16 @@ class LiteLLMProvider:
     async def send(self, call: UpstreamCall) -> UpstreamReply:
         kwargs = self._kwargs(call)
         try:
-            if call.endpoint is Endpoint.EMBEDDING:
-                result: Any = await litellm.aembedding(input=call.body.get("input"), **kwargs)
-            elif call.endpoint is Endpoint.COMPLETION:
-                result = await litellm.atext_completion(prompt=call.body.get("prompt"), **kwargs)
-            else:
-                result = await litellm.acompletion(messages=call.body.get("messages"), **kwargs)
+            async with asyncio.timeout(call.timeouts.total_s):  # a non-stream answer has no first token
+                if call.endpoint is Endpoint.EMBEDDING:
+                    result: Any = await litellm.aembedding(input=call.body.get("input"), **kwargs)
+                elif call.endpoint is Endpoint.COMPLETION:
+                    result = await litellm.atext_completion(prompt=call.body.get("prompt"), **kwargs)
+                else:
+                    result = await litellm.acompletion(messages=call.body.get("messages"), **kwargs)
+        except TimeoutError as exc:
+            raise UpstreamError(f"no complete answer within the total timeout of {call.timeouts.total_s:g}s",
+                                error_class=ErrorClass.TIMEOUT) from exc
         except openai.OpenAIError as exc:
             raise classify(exc) from exc
         data = result.model_dump(exclude_none=True)
@@ -98,16 +123,19 @@ class LiteLLMProvider:
         kwargs = self._kwargs(call)
         kwargs["stream"] = True
         kwargs["stream_options"] = {"include_usage": True}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + call.timeouts.total_s
+        first_token_s = min(call.timeouts.first_token_s, call.timeouts.total_s)
         try:
-            async with asyncio.timeout(call.timeouts.first_token_s):
+            async with asyncio.timeout(first_token_s):
                 if call.endpoint is Endpoint.COMPLETION:
                     wrapper = await litellm.atext_completion(prompt=call.body.get("prompt"), **kwargs)
                 else:
                     wrapper = await litellm.acompletion(messages=call.body.get("messages"), **kwargs)
-                stream = LiteLLMStream(wrapper, hide_usage_chunk=not call.client_wants_usage)
+                stream = LiteLLMStream(wrapper, hide_usage_chunk=not call.client_wants_usage, deadline=deadline)
                 await stream.read_first()
         except TimeoutError as exc:
-            raise UpstreamError(f"no first token within {call.timeouts.first_token_s:g}s",
+            raise UpstreamError(f"no first token within the first_token timeout of {first_token_s:g}s",
                                 error_class=ErrorClass.TIMEOUT) from exc
         except openai.OpenAIError as exc:
             raise classify(exc) from exc
@@ -126,8 +154,9 @@ def _usage_only(data: dict[str, Any]) -> bool:
 class LiteLLMStream:
     """Re-serialises litellm's stream chunks as OpenAI SSE events."""
 
-    def __init__(self, wrapper: Any, *, hide_usage_chunk: bool) -> None:
+    def __init__(self, wrapper: Any, *, hide_usage_chunk: bool, deadline: float) -> None:
         self._iter = wrapper.__aiter__()
+        self._deadline = deadline  # loop time when the whole request's `total` runs out
         self._hide_usage_chunk = hide_usage_chunk
         self._usage: Usage | None = None
         self.first_event = b""
@@ -162,8 +191,14 @@ class LiteLLMStream:
 
     async def events(self) -> AsyncIterator[bytes]:
         try:
-            while (event := await self._next()) is not None:
+            while True:
+                async with asyncio.timeout_at(self._deadline):
+                    event = await self._next()
+                if event is None:
+                    break
                 yield event
+        except TimeoutError as exc:
+            raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
         except openai.OpenAIError as exc:
             raise classify(exc) from exc
         yield b"data: [DONE]\n\n"

@@ -20,7 +20,8 @@ PATHS = {
     Endpoint.EMBEDDING: "/embeddings",
 }
 DONE_EVENT = b"data: [DONE]\n\n"
-_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+# Any other aiohttp failure (a reset, a truncated body, an unparsable HTTP answer) means the exchange broke.
+_CONNECTION_ERRORS = (aiohttp.ClientError, ConnectionError)
 
 
 class OpenAICompatibleProvider:
@@ -77,8 +78,10 @@ class OpenAICompatibleProvider:
                 if resp.status >= 400:
                     raise upstream_error(resp.status, body, resp.headers.get("retry-after"), deployment)
                 content_type = resp.headers.get("content-type", "application/json")
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise _connect_timeout(call) from exc
         except TimeoutError as exc:
-            raise UpstreamError(f"no complete answer within {call.timeouts.total_s:g}s",
+            raise UpstreamError(f"no complete answer within the total timeout of {call.timeouts.total_s:g}s",
                                 error_class=ErrorClass.TIMEOUT) from exc
         except _CONNECTION_ERRORS as exc:
             raise UpstreamError(f"connection failed: {type(exc).__name__}",
@@ -97,8 +100,9 @@ class OpenAICompatibleProvider:
 
     async def open_stream(self, call: UpstreamCall) -> SSERelay:
         deployment = call.deployment.name
+        first_token_s = min(call.timeouts.first_token_s, call.timeouts.total_s)
         try:
-            async with asyncio.timeout(call.timeouts.first_token_s):
+            async with asyncio.timeout(first_token_s):
                 resp = await self._request(call, self._stream_headers)
                 relay = SSERelay(resp, hide_usage_chunk=not call.client_wants_usage)
                 try:
@@ -111,13 +115,20 @@ class OpenAICompatibleProvider:
                 except BaseException:
                     resp.release()
                     raise
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise _connect_timeout(call) from exc
         except TimeoutError as exc:
-            raise UpstreamError(f"no first token within {call.timeouts.first_token_s:g}s",
+            raise UpstreamError(f"no first token within the first_token timeout of {first_token_s:g}s",
                                 error_class=ErrorClass.TIMEOUT) from exc
         except _CONNECTION_ERRORS as exc:
             raise UpstreamError(f"connection failed: {type(exc).__name__}",
                                 error_class=ErrorClass.CONNECTION_ERROR) from exc
         return relay
+
+
+def _connect_timeout(call: UpstreamCall) -> UpstreamError:
+    return UpstreamError(f"could not connect within the connect timeout of {call.timeouts.connect_s:g}s",
+                         error_class=ErrorClass.TIMEOUT)
 
 
 async def _non_stream_answer(resp: aiohttp.ClientResponse, deployment: str) -> UpstreamError:
@@ -161,7 +172,7 @@ class SSERelay:
                     return
                 if event:
                     yield event
-        except TimeoutError as exc:
+        except TimeoutError as exc:  # aiohttp's `total` covers reading the whole stream
             raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
         except _CONNECTION_ERRORS as exc:
             raise UpstreamError(f"stream broke: {type(exc).__name__}",

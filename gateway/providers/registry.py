@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import sys
 
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
@@ -29,3 +30,10 @@ def build_providers(
         else:
             built[name] = (config, build_provider(config))
     return built
+
+
+async def close_shared_clients() -> None:
+    """Close what provider libraries pool process-wide (litellm's clients), if one was ever loaded."""
+    module = sys.modules.get("gateway.providers.litellm")
+    if module is not None:
+        await module.close_shared_clients()

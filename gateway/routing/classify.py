@@ -11,6 +11,7 @@ from gateway.errors import ErrorClass, UpstreamError
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
     "maximum context length",
+    "context length",
     "context window",
     "range of input length",
     "input length should be",
@@ -26,6 +27,9 @@ _CONTENT_MARKERS = (
     "inappropriate content",
     "safety system",
 )
+# In-band frames carry no HTTP status; their wording says what happened.
+_RATE_MARKERS = ("throttling", "rate limit", "too many requests", "insufficient_quota")
+_TIMEOUT_MARKERS = ("timeout", "timed out")
 RETRYABLE = frozenset(
     {ErrorClass.RATE_LIMIT, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR}
 )
@@ -55,20 +59,31 @@ def error_fields_of(data: Any) -> tuple[str, str]:
     return message, str(code)
 
 
-def classify_status(status: int, message: str, code: str) -> ErrorClass:
+def classify_status(status: int | None, message: str, code: str) -> ErrorClass:
+    """The class of a failure from its HTTP status (None for an in-band frame) and the upstream's words.
+
+    A status that names the failure (429, 401/403) wins; next the words, because upstreams send context-window
+    and content-policy refusals (Model Studio's `DataInspectionFailed`) as 400, and some as 500; then the status.
+    """
     text = f"{code} {message}".lower()
     if status == 429 or "throttling" in text:
-        return ErrorClass.RATE_LIMIT
-    if status in (408, 504):
-        return ErrorClass.TIMEOUT
+        return ErrorClass.RATE_LIMIT  # Model Studio's per-minute `insufficient_quota` is a 429 too: retryable
     if status in (401, 403):
         return ErrorClass.AUTH
-    if status >= 500:
-        return ErrorClass.SERVER_ERROR
     if any(marker in text for marker in _CONTEXT_MARKERS):
         return ErrorClass.CONTEXT_WINDOW
     if any(marker in text for marker in _CONTENT_MARKERS):
         return ErrorClass.CONTENT_POLICY
+    if status is None:
+        if any(marker in text for marker in _RATE_MARKERS):
+            return ErrorClass.RATE_LIMIT
+        if any(marker in text for marker in _TIMEOUT_MARKERS):
+            return ErrorClass.TIMEOUT
+        return ErrorClass.SERVER_ERROR
+    if status in (408, 504):
+        return ErrorClass.TIMEOUT
+    if status >= 500:
+        return ErrorClass.SERVER_ERROR
     if status == 404:
         return ErrorClass.NOT_FOUND
     return ErrorClass.BAD_REQUEST
@@ -94,11 +109,13 @@ def inband_error(payload: Any) -> UpstreamError | None:
         return None
     message, code = error_fields_of(payload)
     err = payload["error"]
-    status = 500
+    status: int | None = None  # vLLM puts the HTTP status it would have sent in `code`
     if isinstance(err, dict) and isinstance(err.get("code"), int):
         status = err["code"]
     elif isinstance(payload.get("code"), int):
         status = payload["code"]
+    if status is not None and not 400 <= status <= 599:
+        status = None
     error_class = classify_status(status, message, code)
     return UpstreamError(
         f"in-stream error: {code + ': ' if code else ''}{message}",

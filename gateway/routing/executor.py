@@ -73,8 +73,13 @@ class Executor:
         reserved: str | None,
         tokens: int,
         outcome: Outcome,
+        saturated: frozenset[str] = frozenset(),
     ) -> T:
-        """Return the first successful attempt's result; raise AllTargetsFailedError or UpstreamRejectedError."""
+        """Return the first successful attempt's result; raise AllTargetsFailedError or UpstreamRejectedError.
+
+        `reserved` is the deployment admission already counted; `saturated` are those admission found at their
+        own rpm/tpm limit, skipped here without asking the store again.
+        """
         candidates = list(plan.attempts)
         retries = fallback.retries
         larger_than: int | None = None  # after a context-window failure, only larger windows may follow
@@ -90,16 +95,19 @@ class Executor:
                     )
                     continue
                 if not await self._health.admit_attempt(name):
-                    outcome.failures.append(AttemptFailure(name, ErrorClass.SERVER_ERROR, "circuit open"))
+                    outcome.failures.append(
+                        AttemptFailure(name, ErrorClass.SERVER_ERROR, "skipped: circuit breaker is open")
+                    )
+                    continue
+                if name in saturated:
+                    outcome.failures.append(_saturated(name))
                     continue
                 if name == reserved:
                     reserved = None
                 elif (deployment.rpm or deployment.tpm) and not await self._store.reserve_deployment(
                     DeploymentQuota(name, deployment.rpm, deployment.tpm), tokens, time.time()
                 ):
-                    outcome.failures.append(
-                        AttemptFailure(name, ErrorClass.RATE_LIMIT, "deployment at its own rpm/tpm limit")
-                    )
+                    outcome.failures.append(_saturated(name))
                     continue
                 if previous is not None and previous.name != name and outcome.fallback_reason:
                     self._observer.fallback(previous.name, name, outcome.fallback_reason)
@@ -149,6 +157,10 @@ class Executor:
                 rejected.status = err.upstream_status
             return rejected
         return AllTargetsFailedError(outcome.failures)
+
+
+def _saturated(name: str) -> AttemptFailure:
+    return AttemptFailure(name, ErrorClass.RATE_LIMIT, "skipped: deployment at its own rpm/tpm limit")
 
 
 def backoff_delay(round_no: int, base_s: float, cap_s: float, retry_after_s: float) -> float:

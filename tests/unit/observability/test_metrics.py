@@ -246,7 +246,7 @@ def test_removed_deployment_circuit_reads_closed_after_reload(metrics: Metrics) 
 
 def test_alerting_series_exist_before_first_event() -> None:
     s = scrape(Metrics())
-    assert value(s, names.POLICY_RELOADS_TOTAL, result="failure") == 0
+    assert value(s, names.POLICY_RELOADS_TOTAL, result="error") == 0
     assert value(s, names.STATE_STORE_ERRORS_TOTAL, op="admit") == 0
 
 
