@@ -164,6 +164,7 @@ class AttemptFailure:
     error_class: ErrorClass
     message: str
     upstream_status: int | None = None
+    skipped: bool = False  # not tried (open circuit, own rate limit, too small a window): says nothing new
 
 
 class AllTargetsFailedError(PolyrouteError):
@@ -178,10 +179,13 @@ class AllTargetsFailedError(PolyrouteError):
             for f in failures
         ]
         super().__init__("all targets failed: " + "; ".join(parts) if parts else "no target was tried")
-        classes = {f.error_class for f in failures}
-        if classes and classes <= {ErrorClass.TIMEOUT}:
+        # The status speaks of what the upstreams answered; targets that were only skipped do not change it.
+        classes = {f.error_class for f in failures if not f.skipped}
+        if not classes:
+            self.status, self.code = 503, "upstream_unavailable"
+        elif classes <= {ErrorClass.TIMEOUT}:
             self.status, self.code = 504, "upstream_timeout"
-        elif classes and classes <= {ErrorClass.RATE_LIMIT, ErrorClass.CONNECTION_ERROR}:
+        elif classes <= {ErrorClass.RATE_LIMIT, ErrorClass.CONNECTION_ERROR}:
             self.status, self.code = 503, "upstream_unavailable"
         else:
             self.status, self.code = 502, "upstream_error"

@@ -28,7 +28,7 @@ _CONTENT_MARKERS = (
     "safety system",
 )
 # In-band frames carry no HTTP status; their wording says what happened.
-_RATE_MARKERS = ("throttling", "rate limit", "too many requests", "insufficient_quota")
+_RATE_MARKERS = ("throttling", "rate limit", "too many requests", "insufficient_quota", "server busy")
 _TIMEOUT_MARKERS = ("timeout", "timed out")
 RETRYABLE = frozenset(
     {ErrorClass.RATE_LIMIT, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR}

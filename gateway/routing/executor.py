@@ -91,12 +91,14 @@ class Executor:
                 name = deployment.name
                 if larger_than is not None and (deployment.context_window or 0) <= larger_than:
                     outcome.failures.append(
-                        AttemptFailure(name, ErrorClass.CONTEXT_WINDOW, "skipped: context window is not larger")
+                        AttemptFailure(
+                            name, ErrorClass.CONTEXT_WINDOW, "skipped: context window is not larger", skipped=True
+                        )
                     )
                     continue
                 if not await self._health.admit_attempt(name):
                     outcome.failures.append(
-                        AttemptFailure(name, ErrorClass.SERVER_ERROR, "skipped: circuit breaker is open")
+                        AttemptFailure(name, ErrorClass.SERVER_ERROR, "skipped: circuit breaker is open", skipped=True)
                     )
                     continue
                 if name in saturated:
@@ -160,7 +162,7 @@ class Executor:
 
 
 def _saturated(name: str) -> AttemptFailure:
-    return AttemptFailure(name, ErrorClass.RATE_LIMIT, "skipped: deployment at its own rpm/tpm limit")
+    return AttemptFailure(name, ErrorClass.RATE_LIMIT, "skipped: deployment at its own rpm/tpm limit", skipped=True)
 
 
 def backoff_delay(round_no: int, base_s: float, cap_s: float, retry_after_s: float) -> float:

@@ -1,0 +1,90 @@
+"""Error classification: every upstream failure, as Model Studio, vLLM and Ollama word it, gets one ErrorClass."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway.demo.sim_flavors import FLAVORS
+from gateway.errors import ErrorClass
+from gateway.routing.classify import inband_error, parse_retry_after, upstream_error
+
+NAMED = {
+    "throttling": ErrorClass.RATE_LIMIT,
+    "insufficient_quota": ErrorClass.RATE_LIMIT,  # Model Studio's per-minute quota wording: retryable
+    "data_inspection": ErrorClass.CONTENT_POLICY,
+    "context_overflow": ErrorClass.CONTEXT_WINDOW,
+    "invalid_key": ErrorClass.AUTH,
+    "internal": ErrorClass.SERVER_ERROR,
+}
+
+
+@pytest.mark.parametrize("flavor", sorted(FLAVORS))
+@pytest.mark.parametrize("named", sorted(NAMED))
+def test_each_flavors_own_error_bodies(flavor: str, named: str) -> None:
+    error = FLAVORS[flavor].errors[named]
+    failure = upstream_error(error.status, FLAVORS[flavor].error_body(error), None, "d")
+    assert failure.error_class is NAMED[named]
+    assert failure.upstream_status == error.status
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (400, ErrorClass.BAD_REQUEST),
+        (403, ErrorClass.AUTH),
+        (404, ErrorClass.NOT_FOUND),
+        (408, ErrorClass.TIMEOUT),
+        (422, ErrorClass.BAD_REQUEST),
+        (429, ErrorClass.RATE_LIMIT),
+        (500, ErrorClass.SERVER_ERROR),
+        (502, ErrorClass.SERVER_ERROR),
+        (503, ErrorClass.SERVER_ERROR),
+        (504, ErrorClass.TIMEOUT),
+    ],
+)
+def test_plain_statuses(status: int, expected: ErrorClass) -> None:
+    body = orjson.dumps({"error": {"message": "something went wrong", "type": "x", "code": None}})
+    assert upstream_error(status, body, None, "d").error_class is expected
+
+
+def test_model_studio_throttling_codes_are_rate_limits_whatever_the_status() -> None:
+    body = orjson.dumps({"error": {"message": "Allocated quota exceeded", "code": "Throttling.AllocationQuota"}})
+    assert upstream_error(400, body, None, "d").error_class is ErrorClass.RATE_LIMIT
+
+
+def test_unreadable_body_still_classified_by_status_and_keeps_its_words() -> None:
+    failure = upstream_error(502, b"<html>Bad Gateway</html>", None, "d")
+    assert failure.error_class is ErrorClass.SERVER_ERROR
+    assert "Bad Gateway" in failure.message
+
+
+def test_retry_after_is_read() -> None:
+    failure = upstream_error(429, b"{}", "3", "d")
+    assert failure.retry_after == 3.0
+    assert parse_retry_after("soon") is None and parse_retry_after("-1") is None and parse_retry_after(None) is None
+
+
+@pytest.mark.parametrize("flavor", sorted(FLAVORS))
+@pytest.mark.parametrize("named", ["data_inspection", "context_overflow", "throttling", "internal"])
+def test_inband_frames_are_classified_by_their_words(flavor: str, named: str) -> None:
+    payload = FLAVORS[flavor].payload(FLAVORS[flavor].errors[named])
+    frame = payload if "error" in payload else {"error": payload}
+    failure = inband_error(frame)
+    assert failure is not None
+    assert failure.error_class is NAMED[named]
+
+
+def test_inband_frame_with_an_http_status_code_uses_it() -> None:
+    vllm = {"error": {"object": "error", "message": "bad value for top_p", "type": "BadRequestError", "code": 400}}
+    failure = inband_error(vllm)
+    assert failure is not None and failure.error_class is ErrorClass.BAD_REQUEST
+    failure = inband_error({"error": {"message": "upstream request timed out"}})
+    assert failure is not None and failure.error_class is ErrorClass.TIMEOUT
+
+
+def test_chunks_without_an_error_are_not_errors() -> None:
+    assert inband_error({"choices": [{"delta": {"content": "hi"}}]}) is None
+    assert inband_error({"error": None, "choices": []}) is None
+    assert inband_error(["not", "a", "dict"]) is None
+
