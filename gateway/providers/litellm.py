@@ -13,7 +13,7 @@ import orjson
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
-from gateway.routing.classify import classify_status, parse_retry_after
+from gateway.routing.classify import classify_status, inband_error, parse_retry_after
 from gateway.settings import prepare_litellm_environment
 
 prepare_litellm_environment()  # before the import below: never download the price map
@@ -45,15 +45,50 @@ _SPECIFIC = frozenset(
 )
 
 
+def _transport_class(exc: BaseException) -> ErrorClass | None:
+    """What the exceptions litellm wrapped say: it reports a dropped connection as a 500 and broken JSON as a
+    connection error, but the httpx or JSON error it started from is in the chain."""
+    current: BaseException | None = exc
+    for _ in range(12):  # bounded: chains are short, and could in theory loop
+        if current is None:
+            return None
+        if isinstance(current, httpx.TimeoutException | openai.APITimeoutError):
+            return ErrorClass.TIMEOUT
+        if isinstance(current, httpx.TransportError):
+            return ErrorClass.CONNECTION_ERROR
+        if isinstance(current, ValueError):  # json.JSONDecodeError: the upstream's answer was malformed
+            return ErrorClass.SERVER_ERROR
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _inband(exc: BaseException) -> UpstreamError | None:
+    """The openai SDK raises a bare APIError for a `data: {"error": ...}` frame; litellm calls it a connection
+    error. Its body is the upstream's own error object: classify that."""
+    current: BaseException | None = exc
+    for _ in range(12):
+        if current is None:
+            return None
+        if type(current) is openai.APIError and isinstance(current.body, dict):
+            return inband_error({"error": current.body})
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def classify(exc: openai.OpenAIError) -> UpstreamError:
     original = getattr(exc, "original_exception", None)
     if isinstance(exc, llx.MidStreamFallbackError) and isinstance(original, openai.OpenAIError):
         return classify(original)  # litellm wraps what broke the stream; the cause is what counts
+    inband = _inband(exc)
+    if inband is not None:
+        return inband
     error_class = ErrorClass.SERVER_ERROR
     for kind, cls in _CLASSES:
         if isinstance(exc, kind):
             error_class = cls
             break
+    if error_class in (ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR):
+        error_class = _transport_class(exc) or error_class
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) and 400 <= status <= 599 else None
     retry_after = None
