@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.processes import start_gateway, start_simulated
+from tests.support.resilience import Resilience, resilience_stack
 from tests.support.stack import POLICY, Stack
 
 
@@ -34,3 +35,19 @@ def _no_faults_left(request: pytest.FixtureRequest) -> Iterator[None]:
         s: Stack = request.getfixturevalue("stack")
         for upstream in (s.cloud, s.vllm, s.ollama):
             upstream.clear()
+
+
+@pytest.fixture(scope="package")
+def rs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resilience]:
+    """The fault-injection stack of the test_resilience_* modules (see tests/support/resilience.py)."""
+    with resilience_stack(tmp_path_factory.mktemp("resilience")) as stack:
+        yield stack
+
+
+@pytest.fixture(autouse=True)
+def _no_resilience_faults_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "rs" in request.fixturenames:
+        r: Resilience = request.getfixturevalue("rs")
+        r.cloud.clear()
+        r.local.clear()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -15,23 +14,8 @@ from tests.support.resilience import (
     Resilience,
     content_of,
     metric,
-    resilience_stack,
     stream_lines,
 )
-
-
-@pytest.fixture(scope="module")
-def rs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resilience]:
-    with resilience_stack(tmp_path_factory.mktemp("fallback")) as stack:
-        yield stack
-
-
-@pytest.fixture(autouse=True)
-def _clean(rs: Resilience) -> Iterator[None]:
-    yield
-    rs.cloud.clear()
-    rs.local.clear()
-
 
 # (fault on the primary, which requests it applies to, the class the gateway must name)
 FAULTS: list[tuple[dict[str, Any], str, str]] = [

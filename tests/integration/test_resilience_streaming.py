@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import openai
 import pytest
 
@@ -15,22 +13,8 @@ from tests.support.resilience import (
     content_of,
     error_of,
     metric,
-    resilience_stack,
     stream_lines,
 )
-
-
-@pytest.fixture(scope="module")
-def rs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resilience]:
-    with resilience_stack(tmp_path_factory.mktemp("streaming")) as stack:
-        yield stack
-
-
-@pytest.fixture(autouse=True)
-def _clean(rs: Resilience) -> Iterator[None]:
-    yield
-    rs.cloud.clear()
-    rs.local.clear()
 
 
 # openai only: litellm's HTTP transport drops frames it had buffered when the connection breaks, so there a reset

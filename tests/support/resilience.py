@@ -1,4 +1,4 @@
-"""A gateway in front of a simulated Model Studio (reached by both provider types) and a vLLM backup, for fault tests."""
+"""A gateway before a simulated Model Studio (reached by both provider types) and a vLLM backup, for fault tests."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import openai
 
-from tests.support.processes import GatewayProcess, Upstream, start_gateway, start_simulated
+from tests.support.processes import GatewayProcess, Upstream, free_port, start_gateway, start_simulated
 
 T = TypeVar("T")
 CLOUD_KEY = "sk-sim-cloud-secret"
@@ -33,11 +33,16 @@ providers:
   cloud-litellm: {{type: litellm, litellm_prefix: openai, base_url: "{cloud}", api_key: "${{SIM_CLOUD_KEY}}",
                   hosting: cloud, jurisdiction: sg, vendor: alibaba}}
   local:         {{type: openai, base_url: "{local}", hosting: self_hosted, jurisdiction: onprem, vendor: self}}
+  gone-openai:   {{type: openai, base_url: "{gone}", hosting: cloud, jurisdiction: sg, vendor: alibaba}}
+  gone-litellm:  {{type: litellm, litellm_prefix: openai, base_url: "{gone}", api_key: unused,
+                  hosting: cloud, jurisdiction: sg, vendor: alibaba}}
 deployments:
   primary-openai:  {{provider: cloud-openai, model: qwen3.6-plus, context_window: 8000}}
   primary-litellm: {{provider: cloud-litellm, model: qwen-plus, context_window: 8000}}
   backup:          {{provider: local, model: Qwen/Qwen3-32B, context_window: 32768}}
   backup-small:    {{provider: local, model: Qwen/Qwen3-32B, context_window: 4000}}
+  gone-openai:     {{provider: gone-openai, model: qwen3.6-plus}}
+  gone-litellm:    {{provider: gone-litellm, model: qwen-plus}}
 aliases:
   chain-openai:  {{targets: [primary-openai, backup], strategy: priority}}
   chain-litellm: {{targets: [primary-litellm, backup], strategy: priority}}
@@ -45,6 +50,8 @@ aliases:
   solo-litellm:  {{targets: [primary-litellm], strategy: priority}}
   narrow-openai:  {{targets: [primary-openai, backup-small, backup], strategy: priority}}
   narrow-litellm: {{targets: [primary-litellm, backup-small, backup], strategy: priority}}
+  gone-openai:    {{targets: [gone-openai, backup], strategy: priority}}
+  gone-litellm:   {{targets: [gone-litellm, backup], strategy: priority}}
 fallback:
   on: [{on}]
   retries: {{attempts: {retries}, backoff: 20ms, max_backoff: 200ms}}
@@ -97,9 +104,10 @@ class Resilience:
 
 
 def write_policy(path: Path, cloud: Upstream, local: Upstream, **overrides: Any) -> None:
-    values = {"on": FALLBACK_ON, "retries": 0, "first_token": "1s", "total": "4s", "failures": 100,
+    values = {"on": FALLBACK_ON, "retries": 0, "first_token": "1s", "total": "3s", "failures": 100,
               "cooldown": "1s"} | overrides
-    path.write_text(POLICY.format(cloud=cloud.base_url, local=local.base_url, **values))
+    gone = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connections are refused
+    path.write_text(POLICY.format(cloud=cloud.base_url, local=local.base_url, gone=gone, **values))
 
 
 @contextmanager
