@@ -58,16 +58,17 @@ class Drain:
 
     async def next_event(self, events: AsyncIterator[bytes]) -> bytes | None:
         """The next event of a stream, None at its end; ShuttingDownError if the drain deadline comes first."""
-        async with asyncio.timeout_at(self.deadline) as cutoff:
-            self._waiting.add(cutoff)
-            try:
+        cutoff = asyncio.timeout_at(self.deadline)
+        try:
+            async with cutoff:
+                self._waiting.add(cutoff)
                 return await anext(events, None)
-            except TimeoutError:
-                if cutoff.expired():  # only our own cutoff; a TimeoutError from below is not ours to rename
-                    raise ShuttingDownError() from None
-                raise
-            finally:
-                self._waiting.discard(cutoff)
+        except TimeoutError:
+            if cutoff.expired():  # only our own cutoff; a TimeoutError from below is not ours to rename
+                raise ShuttingDownError() from None
+            raise
+        finally:
+            self._waiting.discard(cutoff)
 
     def on_sigterm(self) -> None:
         """Chain a SIGTERM handler in front of the server's own (which stops accepting and waits)."""
