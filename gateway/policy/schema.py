@@ -172,6 +172,9 @@ class RetriesSpec(SpecModel):
 
 
 class TimeoutsSpec(SpecModel):
+    """`connect`: the TCP connect. `first_token`: a stream's first SSE event (non-stream answers have none, so only
+    connect and total apply to them). `total`: the whole request, the stream's last byte included."""
+
     connect: PositiveDuration = _TIMEOUTS.connect_s
     first_token: PositiveDuration = _TIMEOUTS.first_token_s
     total: PositiveDuration = _TIMEOUTS.total_s
