@@ -12,10 +12,13 @@ import sys
 import tempfile
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import PolicyError, PolyrouteError
 from gateway.settings import Settings, export_for_workers
+
+if TYPE_CHECKING:
+    from gateway.policy.table import PolicyTable
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,7 +225,7 @@ def _route_explain(args: argparse.Namespace) -> int:
     parsed = parse_request(raw, Endpoint(args.endpoint), headers)
     facts = request_facts(parsed, tenant)
     try:
-        plan = decide(facts, table, HealthSnapshot(random_seed=0.0))
+        plan = decide(facts, table, HealthSnapshot(open_circuits=_shared_open_circuits(table), random_seed=0.0))
     except PolyrouteError as err:
         print(f"decision: rejected with HTTP {err.status}: {err.message}")
         return 1
@@ -232,6 +235,28 @@ def _route_explain(args: argparse.Namespace) -> int:
         costs = ", ".join(f"{k}=${v:.6f}" for k, v in plan.estimated_cost_usd.items())
         print(f"estimated cost: {costs}")
     return 0
+
+def _shared_open_circuits(table: PolicyTable) -> frozenset[str]:
+    """Open circuits as every gateway sharing POLYROUTE_REDIS_URL sees them; none without it (a server's
+    in-process circuits are visible only through its own POST /admin/routes/explain)."""
+    settings = Settings()
+    if settings.redis_url is None:
+        return frozenset()
+    import time
+
+    from gateway.routing.health import open_circuits
+    from gateway.state.factory import create_state_store
+
+    async def read() -> frozenset[str]:
+        store = create_state_store(settings, on_error=lambda _op: None)
+        await store.start()
+        try:
+            return await open_circuits(store, tuple(table.deployments), time.time())
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -125,3 +125,9 @@ class HealthTracker:
         if state.phase is CircuitPhase.OPEN and not ok:
             log.warning("circuit opened for deployment %s for %.0fs", name, policy.cooldown_s)
         self._set(name, state)
+
+
+async def open_circuits(store: StateStore, deployments: tuple[str, ...], now: float) -> frozenset[str]:
+    """The deployments whose circuit is open in `store` now (what `route explain` shows outside the server)."""
+    states = await store.circuit_states(deployments, now)
+    return frozenset(n for n, st in states.items() if st.phase is CircuitPhase.OPEN and st.open_until > now)
