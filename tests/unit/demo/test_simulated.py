@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -357,3 +358,22 @@ def test_stats_show_counts_and_the_last_request(upstreams: dict[str, Upstream]) 
     assert stats["last_body"]["stream_options"] == {"include_usage": True}
     assert stats["last_headers"]["Authorization"] == "Bearer sk-sim-secret"
     assert cloud.last_header("x-trace") == "t-1"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["once", "stream"])
+def test_a_client_that_leaves_a_slow_answer_is_counted(upstreams: dict[str, Upstream], stream: bool) -> None:
+    vllm = upstreams["vllm"]
+    vllm.reset_stats()
+    fault = "slow_first_token;delay=3" if stream else "delay;delay=3"
+    with client(vllm, timeout=0.3) as impatient, pytest.raises((openai.APITimeoutError, httpx.ReadTimeout)):
+        answer = impatient.chat.completions.create(
+            model="Qwen/Qwen3-32B", messages=[{"role": "user", "content": "hi"}], stream=stream,
+            extra_headers={"x-sim-fault": fault},
+        )
+        if stream:  # a stream's headers come at once; its first frame is what is slow
+            list(answer)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 2.0
+    while vllm.stats()["clients_gone"] == 0:
+        assert time.monotonic() < deadline, "the simulated upstream did not notice its client leaving"
+        time.sleep(0.05)
+    assert vllm.stats()["clients_gone"] == 1
