@@ -137,7 +137,7 @@ class Runtime:
                 table = await asyncio.to_thread(load_table, self.settings, self.settings.policy)
             except PolicyError as err:
                 self.metrics.policy_reload(result="error")
-                # The problems name YAML paths and never echo values, so no secret reaches the log.
+                # Problems name YAML paths; fields that hold secrets (api_key, api_keys) are never quoted in them.
                 log.error("policy reload (%s) rejected, keeping the previous policy: %s", why, err.message)
                 raise
             previous = self.active
