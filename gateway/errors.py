@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -165,6 +166,7 @@ class AttemptFailure:
     message: str
     upstream_status: int | None = None
     skipped: bool = False  # not tried (open circuit, own rate limit, too small a window): says nothing new
+    retry_after: float | None = None  # seconds the upstream asked to wait (its Retry-After)
 
 
 class AllTargetsFailedError(PolyrouteError):
@@ -189,6 +191,13 @@ class AllTargetsFailedError(PolyrouteError):
             self.status, self.code = 503, "upstream_unavailable"
         else:
             self.status, self.code = 502, "upstream_error"
+
+    def headers(self) -> dict[str, str]:
+        """A 503 passes on the shortest wait an upstream asked for, so clients back off as it wanted."""
+        waits = [f.retry_after for f in self.failures if f.retry_after is not None and not f.skipped]
+        if self.status != 503 or not waits:
+            return {}
+        return {"retry-after": str(max(1, math.ceil(min(waits))))}
 
 
 class ShuttingDownError(PolyrouteError):

@@ -124,7 +124,8 @@ class Executor:
                     self._observer.attempt(deployment, err.error_class.value)
                     await self._health.failed(name, err.error_class)
                     outcome.failures.append(
-                        AttemptFailure(name, err.error_class, err.message, err.upstream_status)
+                        AttemptFailure(name, err.error_class, err.message, err.upstream_status,
+                                       retry_after=err.retry_after)
                     )
                     if err.error_class not in fallback.on:
                         raise self._final_error(err, outcome) from err
