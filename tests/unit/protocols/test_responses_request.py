@@ -385,3 +385,14 @@ def test_store_false_and_encrypted_reasoning_include_are_accepted() -> None:
         {"model": "m", "input": "hi", "store": False, "background": False, "include": ["reasoning.encrypted_content"]}
     )
     assert chat == {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_tool_settings_that_ask_nothing_without_tools_are_not_sent() -> None:
+    bare = responses_to_chat({"model": "m", "input": "hi", "parallel_tool_calls": False, "tool_choice": "auto"})
+    with_tools = responses_to_chat(
+        {"model": "m", "input": "hi", "parallel_tool_calls": False, "tool_choice": "auto", "tools": [SHELL]}
+    )
+
+    assert "parallel_tool_calls" not in bare and "tool_choice" not in bare
+    assert with_tools["parallel_tool_calls"] is False
+    assert with_tools["tool_choice"] == "auto"
