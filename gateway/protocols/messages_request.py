@@ -24,6 +24,7 @@ KNOWN_KEYS = frozenset(
         "tools",
         "tool_choice",
         "thinking",
+        "output_config",
     }
 )
 TOOL_ERROR_PREFIX = "[tool error] "  # Chat has no `is_error`: a failed tool's result says so in its text
@@ -68,6 +69,8 @@ def messages_to_chat(body: dict[str, Any], *, require_max_tokens: bool = True) -
         _tool_choice(body["tool_choice"], chat)
     if body.get("thinking") is not None:
         _thinking(body["thinking"], chat)
+    if body.get("output_config") is not None:
+        _output_config(body["output_config"], chat)
     return chat
 
 
@@ -294,3 +297,23 @@ def _thinking(thinking: Any, chat: dict[str, Any]) -> None:
             chat["thinking_budget"] = budget
     else:
         raise BadRequestError("thinking.type: must be enabled, adaptive or disabled.", param="thinking.type")
+
+
+def _output_config(config: Any, chat: dict[str, Any]) -> None:
+    """`effort` is Chat's `reasoning_effort`; a JSON-schema `format` is Chat's `response_format`."""
+    if not isinstance(config, dict):
+        raise BadRequestError("output_config: must be an object.", param="output_config")
+    _only(config, {"effort", "format"}, "output_config")
+    if config.get("effort") is not None:
+        chat["reasoning_effort"] = config["effort"]
+    fmt = config.get("format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+            raise BadRequestError(
+                "output_config.format: only a json_schema format can be translated.", param="output_config.format"
+            )
+        _only(fmt, {"type", "schema"}, "output_config.format")
+        chat["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True},
+        }
