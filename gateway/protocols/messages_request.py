@@ -8,7 +8,7 @@ import orjson
 
 from gateway.errors import BadRequestError
 
-# Every top-level key of a Messages request that is translated; any other key is refused, never dropped.
+# Every top-level key of a Messages request that is translated below.
 KNOWN_KEYS = frozenset(
     {
         "model",
@@ -27,18 +27,44 @@ KNOWN_KEYS = frozenset(
         "output_config",
     }
 )
+# Messages parameters that only Anthropic's own servers can honour: refused by name, never dropped. Any key the
+# Messages API does not define (`enable_thinking`, vLLM's `chat_template_kwargs`, ...) is a Chat extra for the
+# target and is passed through, as on /v1/chat/completions.
+UNTRANSLATABLE_KEYS = {
+    "cache_control": "automatic prompt caching is configured per block on Chat targets (send it on blocks)",
+    "container": "code-execution containers run on Anthropic's servers",
+    "context_management": "server-side context editing has no Chat Completions equivalent",
+    "mcp_servers": "MCP connectors run on Anthropic's servers",
+    "service_tier": "service tiers are Anthropic's",
+    "inference_geo": "inference geography is Anthropic's (use a policy rule on jurisdiction instead)",
+    "speed": "speed modes are Anthropic's",
+    "diagnostics": "diagnostics are Anthropic's",
+    "workspace_id": "workspaces are Anthropic's",
+    "user_profile_id": "user profiles are Anthropic's",
+}
+_CHAT_NAMES = {"messages", "max_tokens", "stop", "tool_choice", "tools", "user", "response_format"}
 TOOL_ERROR_PREFIX = "[tool error] "  # Chat has no `is_error`: a failed tool's result says so in its text
 _CUSTOM_TOOL_KEYS = frozenset({"name", "description", "input_schema", "type", "cache_control"})
 
 
 def messages_to_chat(body: dict[str, Any], *, require_max_tokens: bool = True) -> dict[str, Any]:
     """The Chat Completions body that asks the same of a Chat-only target (`count_tokens` has no max_tokens)."""
-    unknown = sorted(key for key in body if key not in KNOWN_KEYS)
-    if unknown:
+    for key in body:
+        if key in UNTRANSLATABLE_KEYS:
+            raise BadRequestError(
+                f"'{key}' cannot be translated for a target that speaks only Chat Completions: "
+                f"{UNTRANSLATABLE_KEYS[key]}.",
+                param=key,
+            )
+    chat: dict[str, Any] = {
+        key: value for key, value in body.items() if key not in KNOWN_KEYS and key not in _CHAT_NAMES
+    }
+    clashing = sorted((body.keys() - KNOWN_KEYS) & _CHAT_NAMES)
+    if clashing:
         raise BadRequestError(
-            f"'{unknown[0]}' cannot be translated for a target that speaks only Chat Completions.", param=unknown[0]
+            f"'{clashing[0]}' is a Chat Completions parameter; Messages has its own.", param=clashing[0]
         )
-    chat: dict[str, Any] = {"model": body.get("model")}
+    chat["model"] = body.get("model")
     max_tokens = body.get("max_tokens")
     if max_tokens is None and require_max_tokens:
         raise BadRequestError("max_tokens: Field required", param="max_tokens")

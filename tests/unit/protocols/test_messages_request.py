@@ -98,6 +98,8 @@ def test_thinking_and_metadata() -> None:
     ("body", "param"),
     [
         ({"messages": [{"role": "user", "content": "x"}], "mcp_servers": []}, "mcp_servers"),
+        ({"messages": [{"role": "user", "content": "x"}], "container": "c1"}, "container"),
+        ({"messages": [{"role": "user", "content": "x"}], "stop": ["x"]}, "stop"),
         ({"messages": [{"role": "user", "content": [{"type": "document", "source": {}}]}]},
          "messages[0].content[0].type"),
         ({"messages": [{"role": "assistant", "content": [{"type": "redacted_thinking", "data": "x"}]}]},
@@ -124,3 +126,8 @@ def test_max_tokens_is_required_except_for_counting() -> None:
     assert caught.value.param == "max_tokens"
     counted = messages_to_chat({"model": "m", "messages": [{"role": "user", "content": "x"}]}, require_max_tokens=False)
     assert "max_tokens" not in counted
+
+
+def test_keys_messages_does_not_define_are_chat_extras_for_the_target() -> None:
+    chat = translate(messages=[{"role": "user", "content": "x"}], chat_template_kwargs={"enable_thinking": False})
+    assert chat["chat_template_kwargs"] == {"enable_thinking": False}
