@@ -189,10 +189,8 @@ def test_what_cannot_be_translated_is_a_400_naming_it(
     stack: ProtocolStack, content: Any, tools: Any, named: str
 ) -> None:
     extra = {"tools": tools} if tools else {}
-    with pytest.raises(anthropic.BadRequestError) as caught:
-        client(stack).messages.create(
-            model="translated", max_tokens=64, messages=[{"role": "user", "content": content}], **extra
-        )
+    with client(stack) as api, pytest.raises(anthropic.BadRequestError) as caught:
+        api.messages.create(model="translated", max_tokens=64, messages=[{"role": "user", "content": content}], **extra)
     assert caught.value.status_code == 400
     assert caught.value.body["type"] == "error"  # type: ignore[index]
     assert caught.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
@@ -253,34 +251,36 @@ def test_fallback_moves_from_native_target_to_translated_one(stack: ProtocolStac
 
 def test_auth_by_x_api_key_or_bearer_and_errors_in_anthropic_shape(stack: ProtocolStack) -> None:
     ask: Any = {"max_tokens": 16, "messages": first_turn()}
-    assert client(stack).messages.create(model="translated", **ask).content  # x-api-key, as the SDK sends it
-    bearer = anthropic.Anthropic(base_url=stack.anthropic_url, auth_token=AGENT_KEY, api_key=None, max_retries=0)
-    assert bearer.messages.create(model="translated", **ask).content
-    with pytest.raises(anthropic.AuthenticationError) as bad_key:
-        client(stack, api_key="sk-wrong").messages.create(model="translated", **ask)
+    # Clients are closed as soon as used: an error keeps its response (and so its connection) referenced.
+    with client(stack) as api:
+        assert api.messages.create(model="translated", **ask).content  # x-api-key, as the SDK sends it
+        with pytest.raises(anthropic.NotFoundError) as unknown:
+            api.messages.create(model="no-such-alias", **ask)
+    assert unknown.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+    with anthropic.Anthropic(base_url=stack.anthropic_url, auth_token=AGENT_KEY, api_key=None, max_retries=0) as api:
+        assert api.messages.create(model="translated", **ask).content
+    with client(stack, api_key="sk-wrong") as api, pytest.raises(anthropic.AuthenticationError) as bad_key:
+        api.messages.create(model="translated", **ask)
     assert bad_key.value.body == {"type": "error", "error": {"type": "authentication_error",
                                                              "message": "Incorrect API key provided."}}
-    with pytest.raises(anthropic.PermissionDeniedError) as denied:
-        client(stack, api_key=LIMITED_KEY).messages.create(model="native", **ask)
+    with client(stack, api_key=LIMITED_KEY) as api, pytest.raises(anthropic.PermissionDeniedError) as denied:
+        api.messages.create(model="native", **ask)
     assert denied.value.body["error"]["type"] == "permission_error"  # type: ignore[index]
-    with pytest.raises(anthropic.NotFoundError) as unknown:
-        client(stack).messages.create(model="no-such-alias", **ask)
-    assert unknown.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
 
 
 def test_rate_limit_is_an_anthropic_rate_limit_error(stack: ProtocolStack) -> None:
-    tight = client(stack, api_key=TIGHT_KEY)
-    tight.messages.create(model="translated", max_tokens=16, messages=first_turn())
-    with pytest.raises(anthropic.RateLimitError) as limited:
+    with client(stack, api_key=TIGHT_KEY) as tight:
         tight.messages.create(model="translated", max_tokens=16, messages=first_turn())
+        with pytest.raises(anthropic.RateLimitError) as limited:
+            tight.messages.create(model="translated", max_tokens=16, messages=first_turn())
     assert limited.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
     assert int(limited.value.response.headers["retry-after"]) >= 1
 
 
 def test_all_targets_failing_is_an_anthropic_error(stack: ProtocolStack) -> None:
     stack.vllm.inject([{"fault": "internal", "count": 1}])
-    with pytest.raises(anthropic.APIStatusError) as failed:
-        client(stack).messages.create(model="translated", max_tokens=16, messages=first_turn())
+    with client(stack) as api, pytest.raises(anthropic.APIStatusError) as failed:
+        api.messages.create(model="translated", max_tokens=16, messages=first_turn())
     assert failed.value.status_code == 502
     assert failed.value.body["error"]["type"] == "api_error"  # type: ignore[index]
     assert "qwen-coder" in failed.value.body["error"]["message"]  # type: ignore[index]
@@ -290,8 +290,7 @@ def test_all_targets_failing_is_an_anthropic_error(stack: ProtocolStack) -> None
 def test_failure_mid_stream_ends_with_an_anthropic_error_event(stack: ProtocolStack, alias: str, upstream: str) -> None:
     getattr(stack, upstream).inject([{"fault": "inband_error", "after": 3, "count": 1, "message": "GPU fell over"}])
     received: list[str] = []
-    api = client(stack)
-    with pytest.raises(anthropic.APIStatusError) as failed, api.messages.stream(
+    with client(stack) as api, pytest.raises(anthropic.APIStatusError) as failed, api.messages.stream(
         model=alias, max_tokens=64, messages=first_turn()
     ) as stream:
         received.extend(event.type for event in stream)
@@ -305,12 +304,12 @@ def test_failure_mid_stream_ends_with_an_anthropic_error_event(stack: ProtocolSt
 
 
 def test_count_tokens_is_the_gateway_estimate(stack: ProtocolStack) -> None:
-    api = client(stack)
-    short = api.messages.count_tokens(model="translated", messages=first_turn())
-    longer = api.messages.count_tokens(model="native", system=SYSTEM, tools=TOOLS, messages=first_turn())
+    with client(stack) as api:
+        short = api.messages.count_tokens(model="translated", messages=first_turn())
+        longer = api.messages.count_tokens(model="native", system=SYSTEM, tools=TOOLS, messages=first_turn())
+        with pytest.raises(anthropic.NotFoundError):
+            api.messages.count_tokens(model="no-such-alias", messages=first_turn())
     assert 0 < short.input_tokens < longer.input_tokens
-    with pytest.raises(anthropic.NotFoundError):
-        api.messages.count_tokens(model="no-such-alias", messages=first_turn())
 
 
 def tokens(stack: ProtocolStack, alias: str, kind: str) -> float:
