@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.agent_routes import agent_routes
 from gateway.api.auth import authenticate
 from gateway.api.proxy import ProxyService
 from gateway.api.responses import error_response
@@ -48,4 +49,5 @@ def model_routes(runtime: Runtime) -> list[Route]:
         Route("/v1/completions", completions, methods=["POST"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        *agent_routes(runtime, proxy),
     ]

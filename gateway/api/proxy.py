@@ -15,6 +15,7 @@ from starlette.types import Receive
 from gateway.api.auth import authenticate
 from gateway.api.lifetime import guarded
 from gateway.api.parsing import ParsedRequest, parse_request, read_body, request_facts
+from gateway.api.protocol_request import ProtocolRequest, parse_protocol_request, protocol_error_response
 from gateway.api.responses import DONE_EVENT, error_event, error_response, route_headers
 from gateway.errors import LimitExceededError, PolyrouteError, ShuttingDownError, UpstreamError
 from gateway.observability.accounting import FinishedRequest, output_tokens_in_body, output_tokens_in_stream
@@ -22,6 +23,7 @@ from gateway.policy.engine import decide
 from gateway.policy.plan import RequestFacts, RoutePlan
 from gateway.policy.strategies import expected_output_tokens
 from gateway.policy.table import Deployment, Tenant
+from gateway.protocols.adapters import CLIENT_PROTOCOLS
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, UpstreamStream, Usage
 from gateway.routing.executor import Outcome
 from gateway.runtime import ActivePolicy, Runtime
@@ -52,11 +54,16 @@ class ProxyService:
         request_id = given_id if given_id and _REQUEST_ID.match(given_id) else uuid.uuid4().hex
         active = self._rt.active
         tenant_name, alias = "none", "none"
+        adapter = CLIENT_PROTOCOLS.get(endpoint)  # Messages and Responses: translated to Chat for routing
+        proto: ProtocolRequest | None = None
         try:
             tenant = authenticate(request.headers, active.table)
             tenant_name = tenant.name
             raw = await read_body(request, self._rt.settings.max_body_bytes)
-            parsed = parse_request(raw, endpoint, request.headers)
+            if adapter is None:
+                parsed = parse_request(raw, endpoint, request.headers)
+            else:
+                parsed, proto = parse_protocol_request(raw, adapter, request.headers)
             alias = parsed.model
             facts = request_facts(parsed, tenant)
             plan = decide(facts, active.table, self._rt.health.snapshot())
@@ -77,8 +84,12 @@ class ProxyService:
                     fallback=False,
                 )
             )
+            if adapter is not None:
+                return protocol_error_response(adapter, err, {"x-request-id": request_id})
             return error_response(err, {"x-request-id": request_id})
-        job = _Job(self._rt, active, parsed, plan, tenant.name, admitted, request_id, started, request.receive)
+        job = _Job(
+            self._rt, active, parsed, plan, tenant.name, admitted, request_id, started, request.receive, proto=proto
+        )
         self._rt.metrics.inflight(alias=alias, delta=1)
         if parsed.stream:
             return await job.stream()
@@ -206,14 +217,19 @@ class _Job:
         request_id: str,
         started: float,
         receive: Receive,
+        *,
+        proto: ProtocolRequest | None = None,
     ) -> None:
         self.rt, self.active, self.parsed, self.plan = rt, active, parsed, plan
         self.tenant, self.admitted, self.request_id, self.started = tenant, admitted, request_id, started
         self.receive = receive  # to notice the client leaving while the upstream works
+        self.proto = proto
         self.outcome = Outcome()
         self.upstream_s = 0.0
 
     def _call(self, deployment: Deployment) -> UpstreamCall:
+        if self.proto is not None:
+            return self.proto.call(deployment, timeouts=self.plan.timeouts, request_id=self.request_id)
         body = dict(self.parsed.body)
         body["model"] = deployment.model
         if self.parsed.stream and self.parsed.endpoint is not Endpoint.EMBEDDING:
@@ -233,9 +249,9 @@ class _Job:
         provider = self.active.providers[deployment.provider.name]
         begun = time.perf_counter()
         try:
-            if stream:
-                return await provider.open_stream(self._call(deployment))
-            return await provider.send(self._call(deployment))
+            call = self._call(deployment)
+            result = await (provider.open_stream(call) if stream else provider.send(call))
+            return result if self.proto is None else await self.proto.adapt(call, result)
         finally:
             self.upstream_s += time.perf_counter() - begun
 
@@ -292,8 +308,7 @@ class _Job:
                 yield event
         except (UpstreamError, ShuttingDownError) as err:
             status = err.status
-            yield error_event(err)
-            yield DONE_EVENT
+            yield self._stream_error(stream, err)
         except BaseException:
             status = 499  # the client went away; the upstream request is dropped below
             raise
@@ -301,6 +316,11 @@ class _Job:
             await stream.aclose()
             usage = stream.usage or self._estimated_usage(output_tokens_in_stream(sent))
             self._finish(status, usage, self.outcome.first_token_s)
+
+    def _stream_error(self, stream: UpstreamStream, err: PolyrouteError) -> bytes:
+        if self.proto is not None:
+            return self.proto.stream_error(stream, err)
+        return error_event(err) + DONE_EVENT
 
     def _estimated_usage(self, output_tokens: int) -> Usage:
         """The upstream reported no usage: the prompt as routing estimated it, the output as counted by the caller."""
@@ -313,6 +333,8 @@ class _Job:
 
     def _failed(self, err: PolyrouteError) -> Response:
         self._finish(err.status, None, None)
+        if self.proto is not None:
+            return self.proto.error_response(err, self._headers())
         return error_response(err, self._headers())
 
     def _finish(self, status: int, usage: Usage | None, first_token_s: float | None) -> float:

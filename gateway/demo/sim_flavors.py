@@ -35,6 +35,7 @@ class Flavor:
     model_not_found: str  # message template with {model}
     errors: Mapping[str, SimError]  # named faults -> error
     envelope: Callable[[SimError], dict[str, Any]] = field(repr=False)
+    messages_path: str = "/v1/messages"  # where it serves Anthropic Messages natively (Responses: prefix/responses)
 
     def payload(self, error: SimError) -> dict[str, Any]:
         """The JSON object this flavor sends for `error` (as a body, or inside an in-band stream frame)."""
@@ -129,6 +130,7 @@ MODELSTUDIO = Flavor(
         ),
     },
     envelope=_modelstudio_envelope,
+    messages_path="/apps/anthropic/v1/messages",
 )
 
 VLLM = Flavor(

@@ -204,11 +204,14 @@ def chat_reply(body: Mapping[str, Any], *, server: str, thinking: bool, call_id:
             chars += len(text)
             if message.get("role") == "user":
                 user_text = text
-    tool_call = _tool_call(body, user_text, call_id)
+    # A tool is called only on a user turn; after the tool's result (a `tool` turn) the model answers with it.
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    tool_call = _tool_call(body, user_text, call_id) if last.get("role") == "user" else None
     reasoning = ""
     if thinking and body.get("enable_thinking") is True:
         reasoning = f"The user asked {server} something; the simulated answer is an echo."
-    text = "" if tool_call else _echo(server, user_text)
+    answered = f"tool {last.get('tool_call_id')} said: {text_of(last.get('content'))}"
+    text = "" if tool_call else _echo(server, answered if last.get("role") == "tool" else user_text)
     words = len(tool_call.arguments.split()) if tool_call else len(text.split())
     return Reply(text, reasoning, tool_call, estimate_tokens(chars), words + len(reasoning.split()))
 

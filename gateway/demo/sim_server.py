@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.demo import sim_native as native
 from gateway.demo import sim_replies as replies
 from gateway.demo.sim_faults import FAULT_HEADER, NAMED_ERRORS, Fault, FaultQueue, parse_fault, parse_fault_header
 from gateway.demo.sim_flavors import Flavor, SimError
@@ -126,6 +127,12 @@ class SimulatedUpstream:
     async def embeddings(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "embedding")
 
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "messages")
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "responses")
+
     async def _serve(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         raw = await request.read()
         try:
@@ -194,6 +201,8 @@ class SimulatedUpstream:
         stream = body.get("stream") is True and endpoint != "embedding"
         if fault is not None and kind == "inband_error" and not stream:
             return web.Response(body=self._inband_payload(fault), content_type=_JSON)
+        if endpoint in ("messages", "responses"):
+            return await self._native(request, endpoint, body, stream, fault, serial)
         if endpoint == "embedding":
             known = replies.EMBEDDING_KEYS
             payload = replies.embeddings_body(model, body, replies.extra_keys(body, known))
@@ -221,6 +230,32 @@ class SimulatedUpstream:
         if include_usage and with_usage:
             frames.append(writer.usage_frame(reply))
         return await self._stream(request, frames, fault)
+
+    async def _native(
+        self, request: web.Request, protocol: str, body: dict[str, Any], stream: bool, fault: Fault | None, serial: int
+    ) -> web.StreamResponse:
+        """A native Messages or Responses answer; of the paced faults, streams simulate only `inband_error`."""
+        reply = native.native_reply(body, server=self.name, protocol=protocol, serial=serial)
+        messages = protocol == "messages"
+        if not stream:
+            return await self._send(request, native.message_body(reply) if messages else native.response_body(reply),
+                                    fault)
+        frames = native.message_frames(reply, self.chunks) if messages else native.response_frames(reply, self.chunks)
+        if fault is not None and fault.kind in _PACED_FAULTS:
+            if fault.kind != "inband_error":
+                return self._error(SimError(400, f"fault {fault.kind!r} is not simulated on native streams"))
+            message = fault.message or self.flavor.errors["internal"].message
+            strike = min(fault.after, len(frames))
+            error = native.message_error_frame(message) if messages else native.response_error_frame(message, strike)
+            frames = [*frames[:strike], error]
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        await response.prepare(request)
+        try:
+            await response.write(b"".join(frames))
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away mid-stream
+        return response
 
     def _envelope(
         self, response_id: str, obj: str, model: str, body: dict[str, Any], known: frozenset[str]

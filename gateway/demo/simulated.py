@@ -33,7 +33,9 @@ def create_simulated_app(
 
     Replies are deterministic echoes naming `name`, labelled `system_fingerprint: polyroute-simulated`.
     Routes under the flavor's prefix (`/compatible-mode/v1` for modelstudio, `/v1` otherwise):
-    `POST chat/completions`, `POST completions`, `POST embeddings`, `GET models`; admin routes without auth:
+    `POST chat/completions`, `POST completions`, `POST embeddings`, `GET models`, `POST responses` (OpenAI
+    Responses, natively), and Anthropic Messages natively at the flavor's `messages_path` (Model Studio:
+    `/apps/anthropic/v1/messages`, else `/v1/messages`); admin routes without auth:
     `POST|DELETE /_sim/faults`, `GET|DELETE /_sim/stats`. With `api_key`, the API routes require
     `Authorization: Bearer <api_key>`. With `models` given, other models get the flavor's 404; without, any
     model is served. `chunks` is the number of content frames per streamed reply. Faults (sim_faults.py)
@@ -50,6 +52,8 @@ def create_simulated_app(
         f"{prefix}/completions": ("POST", upstream.completions),
         f"{prefix}/embeddings": ("POST", upstream.embeddings),
         f"{prefix}/models": ("GET", upstream.list_models),
+        f"{prefix}/responses": ("POST", upstream.responses),
+        upstream.flavor.messages_path: ("POST", upstream.messages),
     }
     for path, (method, handler) in routes.items():
         app.router.add_route(method, path, handler)

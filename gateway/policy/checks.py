@@ -19,7 +19,7 @@ from gateway.policy.schema import (
     TenantSpec,
     key_hash,
 )
-from gateway.policy.table import Strategy
+from gateway.policy.table import Protocol, Strategy
 
 
 def check_policy(parsed: ParsedPolicy) -> list[Problem]:
@@ -69,6 +69,27 @@ def _check_providers(providers: Mapping[str, ProviderSpec]) -> list[Problem]:
             problems.append(Problem((*loc, "litellm_prefix"), "required for a litellm provider (e.g. anthropic)"))
         if p.type == "openai" and p.litellm_prefix is not None:
             problems.append(Problem((*loc, "litellm_prefix"), "only used by litellm providers"))
+        problems += _check_protocols(p, loc)
+    return problems
+
+
+def _check_protocols(p: ProviderSpec, loc: Loc) -> list[Problem]:
+    """`chat` is the protocol every request can be translated to, so every provider must speak it."""
+    problems: list[Problem] = []
+    if Protocol.CHAT not in p.protocols:
+        problems.append(Problem((*loc, "protocols"), "must include chat (every provider serves Chat Completions)"))
+    seen: set[Protocol] = set()
+    for index, protocol in enumerate(p.protocols):
+        if protocol in seen:
+            problems.append(Problem((*loc, "protocols", index), f"{protocol.value} is listed twice"))
+        seen.add(protocol)
+        if p.type == "litellm" and protocol is not Protocol.CHAT:
+            problems.append(
+                Problem((*loc, "protocols", index), "a litellm provider speaks only chat (polyroute translates)")
+            )
+    for name in p.base_urls:
+        if Protocol(name) not in seen:
+            problems.append(Problem((*loc, "base_urls", name), f"{name} is not listed in protocols"))
     return problems
 
 

@@ -19,6 +19,7 @@ def describe_policy(table: PolicyTable) -> str:
             f"  {p.name}: {p.type} ({p.litellm_prefix or 'openai-compatible'}), {p.hosting.value}, "
             f"jurisdiction {p.jurisdiction}, vendor {p.vendor}, {where}, {key}{extra}"
         )
+        lines += [f"    speaks {protocol.value} natively at {_public_url(url)}" for protocol, url in p.native_urls]
     lines += ["", f"deployments ({len(table.deployments)}):"]
     for d in table.deployments.values():
         context = f"context {d.context_window:,}" if d.context_window else "context unknown"

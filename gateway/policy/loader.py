@@ -19,6 +19,7 @@ from gateway.policy.schema import (
     Loc,
     PolicySpec,
     Problem,
+    ProviderSpec,
     RequireSpec,
     WhenSpec,
     key_hash,
@@ -35,6 +36,7 @@ from gateway.policy.table import (
     IntRange,
     Limits,
     PolicyTable,
+    Protocol,
     Provider,
     Requirement,
     Retries,
@@ -263,6 +265,8 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
             litellm_prefix=p.litellm_prefix,
             headers=tuple(p.headers.items()),
             max_connections=p.max_connections,
+            protocols=frozenset(p.protocols),
+            native_urls=native_urls(p),
         )
         for name, p in spec.providers.items()
     }
@@ -315,6 +319,24 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
         source=source,
         key_index={digest: t.name for t in tenants.values() for digest in t.key_hashes},
     )
+
+
+# What each protocol's SDK appends to the base URL it is given (`base_urls`), and what is appended to `base_url`
+# (an OpenAI-style `.../v1`) when a provider speaks the protocol at the same root, as vLLM and Ollama do.
+_SDK_PATHS = {Protocol.RESPONSES: "/responses", Protocol.MESSAGES: "/v1/messages"}
+_SAME_ROOT_PATHS = {Protocol.RESPONSES: "/responses", Protocol.MESSAGES: "/messages"}
+
+
+def native_urls(p: ProviderSpec) -> tuple[tuple[Protocol, str], ...]:
+    """The URL of each non-chat protocol a provider speaks natively (see README, "Coding agents")."""
+    urls: list[tuple[Protocol, str]] = []
+    for protocol in sorted(set(p.protocols) - {Protocol.CHAT}):
+        given = p.base_urls.get(protocol.value)  # type: ignore[call-overload]
+        if given is not None:
+            urls.append((protocol, given.rstrip("/") + _SDK_PATHS[protocol]))
+        elif p.base_url is not None:
+            urls.append((protocol, p.base_url.rstrip("/") + _SAME_ROOT_PATHS[protocol]))
+    return tuple(urls)
 
 
 def _frozen(values: list[str] | None, normalize: Callable[[str], str] = str) -> frozenset[str] | None:

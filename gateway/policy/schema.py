@@ -28,6 +28,7 @@ from gateway.policy.table import (
     CircuitBreakerPolicy,
     FallbackPolicy,
     Hosting,
+    Protocol,
     Retries,
     Strategy,
     Timeouts,
@@ -99,6 +100,8 @@ class ProviderSpec(SpecModel):
     litellm_prefix: str | None = None
     headers: dict[str, str] = Field(default_factory=dict, repr=False)
     max_connections: PositiveInt = 200
+    protocols: Annotated[list[Protocol], BeforeValidator(_as_list)] = Field(default_factory=lambda: [Protocol.CHAT])
+    base_urls: dict[Literal["responses", "messages"], HttpUrl] = Field(default_factory=dict)
 
 
 class PriceSpec(SpecModel):

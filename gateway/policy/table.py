@@ -12,6 +12,14 @@ class Hosting(StrEnum):
     SELF_HOSTED = "self_hosted"
 
 
+class Protocol(StrEnum):
+    """A client protocol: what a client speaks to polyroute, and what a provider may speak natively."""
+
+    CHAT = "chat"  # OpenAI Chat Completions (and legacy completions, embeddings): every provider speaks it
+    RESPONSES = "responses"  # OpenAI Responses
+    MESSAGES = "messages"  # Anthropic Messages
+
+
 class Strategy(StrEnum):
     PRIORITY = "priority"
     WEIGHTED = "weighted"
@@ -34,6 +42,12 @@ class Provider:
     litellm_prefix: str | None = None
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     max_connections: int = 200
+    protocols: frozenset[Protocol] = frozenset({Protocol.CHAT})
+    native_urls: tuple[tuple[Protocol, str], ...] = ()  # the URL each non-chat protocol is POSTed to
+
+    def native_url(self, protocol: Protocol) -> str | None:
+        """Where this provider serves `protocol` natively; None when requests must be translated to chat."""
+        return next((url for p, url in self.native_urls if p is protocol), None)
 
 
 @dataclass(frozen=True)

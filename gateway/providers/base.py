@@ -14,6 +14,8 @@ class Endpoint(StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     EMBEDDING = "embedding"
+    RESPONSES = "responses"  # OpenAI Responses, relayed to a provider that speaks it natively
+    MESSAGES = "messages"  # Anthropic Messages, relayed to a provider that speaks it natively
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,36 @@ class Usage:
             cached_tokens=_int(prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0),
             reasoning_tokens=_int(
                 completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else 0
+            ),
+        )
+
+
+    @classmethod
+    def from_anthropic(cls, usage: Any) -> Usage | None:
+        """Read an Anthropic Messages `usage` object (cache writes count as input, as they are billed)."""
+        if not isinstance(usage, dict):
+            return None
+        cached = _int(usage.get("cache_read_input_tokens"))
+        written = _int(usage.get("cache_creation_input_tokens"))
+        return cls(
+            input_tokens=_int(usage.get("input_tokens")) + cached + written,
+            output_tokens=_int(usage.get("output_tokens")),
+            cached_tokens=cached,
+        )
+
+    @classmethod
+    def from_responses(cls, usage: Any) -> Usage | None:
+        """Read an OpenAI Responses `usage` object."""
+        if not isinstance(usage, dict):
+            return None
+        input_details = usage.get("input_tokens_details") or {}
+        output_details = usage.get("output_tokens_details") or {}
+        return cls(
+            input_tokens=_int(usage.get("input_tokens")),
+            output_tokens=_int(usage.get("output_tokens")),
+            cached_tokens=_int(input_details.get("cached_tokens") if isinstance(input_details, dict) else 0),
+            reasoning_tokens=_int(
+                output_details.get("reasoning_tokens") if isinstance(output_details, dict) else 0
             ),
         )
 

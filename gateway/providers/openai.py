@@ -10,8 +10,9 @@ import aiohttp
 import orjson
 
 from gateway.errors import ErrorClass, UpstreamError
-from gateway.policy.table import Provider, Timeouts
+from gateway.policy.table import Protocol, Provider, Timeouts
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
+from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
 from gateway.routing.classify import inband_error, upstream_error
 
 PATHS = {
@@ -19,6 +20,8 @@ PATHS = {
     Endpoint.COMPLETION: "/completions",
     Endpoint.EMBEDDING: "/embeddings",
 }
+NATIVE = {Endpoint.RESPONSES: Protocol.RESPONSES, Endpoint.MESSAGES: Protocol.MESSAGES}
+ANTHROPIC_VERSION = "2023-06-01"  # sent when the client named none
 DONE_EVENT = b"data: [DONE]\n\n"
 # Any other aiohttp failure (a reset, a truncated body, an unparsable HTTP answer) means the exchange broke.
 _CONNECTION_ERRORS = (aiohttp.ClientError, ConnectionError)
@@ -36,6 +39,11 @@ class OpenAICompatibleProvider:
             headers["authorization"] = f"Bearer {provider.api_key}"
         self._headers = headers
         self._stream_headers = {**headers, "accept": "text/event-stream"}
+        self._native_urls = {protocol: url for protocol, url in provider.native_urls}
+        # Anthropic-style servers read the key from x-api-key; Model Studio, vLLM and Ollama accept either header.
+        self._anthropic_headers = {"anthropic-version": ANTHROPIC_VERSION}
+        if provider.api_key:
+            self._anthropic_headers["x-api-key"] = provider.api_key
         self._max_connections = provider.max_connections
         self._session: aiohttp.ClientSession | None = None
         self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
@@ -63,6 +71,18 @@ class OpenAICompatibleProvider:
     def _request(self, call: UpstreamCall, headers: dict[str, str]) -> Any:
         if call.request_id:
             headers = {**headers, "x-request-id": call.request_id}
+        protocol = NATIVE.get(call.endpoint)
+        if protocol is not None:
+            if protocol is Protocol.MESSAGES:
+                headers = {**headers, **self._anthropic_headers}
+            headers.update(call.extra_headers)
+            url = self._native_urls.get(protocol)
+            if url is None:
+                raise UpstreamError(f"provider {self.name} does not speak {protocol.value}",
+                                    error_class=ErrorClass.NOT_FOUND)
+            return self._client().post(
+                url, data=orjson.dumps(call.body), headers=headers, timeout=self._timeout(call.timeouts)
+            )
         return self._client().post(
             self._base + PATHS[call.endpoint],
             data=orjson.dumps(call.body),
@@ -91,6 +111,12 @@ class OpenAICompatibleProvider:
         except orjson.JSONDecodeError as exc:
             raise UpstreamError("upstream answered 200 with a body that is not JSON",
                                 error_class=ErrorClass.SERVER_ERROR) from exc
+        if call.endpoint in NATIVE:
+            failure = native_error(data)
+            if failure is not None:
+                raise failure
+            return UpstreamReply(body=body, usage=native_usage(call.endpoint, data),
+                                 content_type=content_type.split(";")[0])
         if isinstance(data, dict) and "error" in data and not data.get("choices") and not data.get("data"):
             failure = inband_error(data)
             if failure is not None:
@@ -98,13 +124,17 @@ class OpenAICompatibleProvider:
         usage = Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
         return UpstreamReply(body=body, usage=usage, content_type=content_type.split(";")[0])
 
-    async def open_stream(self, call: UpstreamCall) -> SSERelay:
+    async def open_stream(self, call: UpstreamCall) -> SSERelay | NativeSSERelay:
         deployment = call.deployment.name
         first_token_s = min(call.timeouts.first_token_s, call.timeouts.total_s)
         try:
             async with asyncio.timeout(first_token_s):
                 resp = await self._request(call, self._stream_headers)
-                relay = SSERelay(resp, hide_usage_chunk=not call.client_wants_usage)
+                relay: SSERelay | NativeSSERelay = (
+                    NativeSSERelay(resp, call.endpoint)
+                    if call.endpoint in NATIVE
+                    else SSERelay(resp, hide_usage_chunk=not call.client_wants_usage)
+                )
                 try:
                     if resp.status >= 400:
                         body = await resp.read()

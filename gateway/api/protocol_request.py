@@ -1,0 +1,148 @@
+"""A Messages or Responses request: read once, translated to Chat for routing, relayed or translated per attempt."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.datastructures import Headers
+from starlette.responses import Response
+
+from gateway.api.parsing import ParsedRequest, parse_request
+from gateway.errors import BadRequestError, PolyrouteError
+from gateway.policy.table import Deployment, Timeouts
+from gateway.protocols.adapters import ClientProtocol, TranslatedStream, translate_reply
+from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, UpstreamStream
+from gateway.providers.native_sse import NativeSSERelay
+
+# Client headers that a native target needs to read the body as the client meant it.
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+@dataclass(frozen=True)
+class ProtocolRequest:
+    """The body as the client sent it, its Chat translation (None with the reason when it has none)."""
+
+    adapter: ClientProtocol
+    body: dict[str, Any]
+    chat: dict[str, Any] | None
+    untranslatable: BadRequestError | None
+    stream: bool
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def call(self, deployment: Deployment, *, timeouts: Timeouts, request_id: str) -> UpstreamCall:
+        """Relay the client's body to a target that speaks the protocol; send the translation to any other."""
+        provider = deployment.provider
+        if provider.type == "openai" and provider.native_url(self.adapter.protocol) is not None:
+            endpoint, body = self.adapter.endpoint, {**self.body, "model": deployment.model}
+            headers = self.headers
+        elif self.chat is None:
+            assert self.untranslatable is not None
+            raise self.untranslatable
+        else:
+            endpoint, body, headers = Endpoint.CHAT, {**self.chat, "model": deployment.model}, {}
+            if self.stream:
+                body["stream_options"] = {"include_usage": True}  # the translator reports usage itself
+        return UpstreamCall(
+            endpoint=endpoint,
+            deployment=deployment,
+            body=body,
+            timeouts=timeouts,
+            stream=self.stream,
+            client_wants_usage=True,
+            request_id=request_id,
+            extra_headers=headers,
+        )
+
+    async def adapt(
+        self, call: UpstreamCall, result: UpstreamReply | UpstreamStream
+    ) -> UpstreamReply | UpstreamStream:
+        """A relayed answer as it came; a translated one re-shaped for the client's protocol."""
+        if call.endpoint is not Endpoint.CHAT:
+            return result
+        if isinstance(result, UpstreamReply):
+            return translate_reply(self.adapter, result, self.body)
+        translator = self.adapter.translator(self.body, self.adapter.new_id(), call.deployment.model)
+        try:
+            return TranslatedStream(result, translator, self.adapter)
+        except BaseException:
+            await result.aclose()
+            raise
+
+    def error_response(self, err: PolyrouteError, headers: dict[str, str]) -> Response:
+        return protocol_error_response(self.adapter, err, headers)
+
+    def stream_error(self, stream: UpstreamStream, err: PolyrouteError) -> bytes:
+        """The protocol's own error event, ending a stream whose upstream failed after the first byte."""
+        if isinstance(stream, TranslatedStream):
+            return stream.fail(err)
+        sent = stream.sent if isinstance(stream, NativeSSERelay) else 0
+        return self.adapter.native_error_event(err, sent)
+
+
+def protocol_error_response(adapter: ClientProtocol, err: PolyrouteError, headers: dict[str, str]) -> Response:
+    """An error in the client protocol's own shape, with the status and headers an OpenAI-shaped one would have."""
+    return Response(
+        adapter.error_body(err),
+        status_code=err.status,
+        media_type="application/json",
+        headers={**headers, **err.headers()},
+    )
+
+
+def parse_protocol_request(
+    raw: bytes, adapter: ClientProtocol, headers: Headers
+) -> tuple[ParsedRequest, ProtocolRequest]:
+    """Routing reads the Chat translation, so rules, limits and capabilities see what any Chat request would.
+
+    A body that cannot be translated may still be relayed to a target that speaks its protocol: routing then
+    reads a rough stand-in (its size, its tools), and only an attempt on a Chat-only target gets the 400.
+    """
+    body = _json_object(raw)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("You must provide a model parameter (a non-empty string).", param="model")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool | None):
+        raise BadRequestError("'stream' must be a boolean.", param="stream")
+    try:
+        chat: dict[str, Any] | None = adapter.to_chat(body)
+        problem = None
+    except BadRequestError as err:
+        chat, problem = None, err
+    routing = dict(chat) if chat is not None else _stand_in(raw, body)
+    routing["model"] = model
+    if stream:
+        routing["stream"] = True
+    parsed = parse_request(orjson.dumps(routing), Endpoint.CHAT, headers)
+    forwarded = {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
+    return parsed, ProtocolRequest(adapter, body, chat, problem, bool(stream), forwarded)
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise BadRequestError("Request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequestError(f"Request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequestError("Request body must be a JSON object.")
+    return body
+
+
+def _stand_in(raw: bytes, body: dict[str, Any]) -> dict[str, Any]:
+    """What routing reads of a body with no Chat translation: its size as the prompt, its tools, its hints."""
+    stand_in: dict[str, Any] = {"messages": [{"role": "user", "content": raw.decode("utf-8", "replace")}]}
+    limit = body.get("max_tokens", body.get("max_output_tokens"))
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0:
+        stand_in["max_tokens"] = limit
+    if body.get("tools"):
+        stand_in["tools"] = body["tools"]
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict):
+        hints = {key: metadata[key] for key in ("data_class", "tags") if key in metadata}
+        if hints:
+            stand_in["metadata"] = hints
+    return stand_in

@@ -1,0 +1,1 @@
+"""Client protocols other than Chat Completions, translated to and from it."""

@@ -1,0 +1,134 @@
+"""One adapter per client protocol besides Chat: its translation both ways, its stream events and its error shape."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.errors import ErrorClass, PolyrouteError, UpstreamError
+from gateway.policy.table import Protocol as WireProtocol
+from gateway.protocols import messages_reply, responses_reply
+from gateway.protocols.messages_request import messages_to_chat
+from gateway.protocols.responses_request import responses_to_chat
+from gateway.providers.base import Endpoint, UpstreamReply, UpstreamStream, Usage
+
+
+class StreamTranslator(Protocol):
+    """Chat Completions stream chunks in, a client protocol's SSE events (wire bytes) out."""
+
+    def start(self) -> list[bytes]: ...
+
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]: ...
+
+    def finish(self) -> list[bytes]: ...
+
+    def fail(self, message: str, code: str) -> list[bytes]: ...
+
+
+@dataclass(frozen=True)
+class ClientProtocol:
+    """What polyroute needs to serve one client protocol from a Chat target, or relay it to a native one."""
+
+    protocol: WireProtocol
+    endpoint: Endpoint  # the upstream endpoint of a native relay
+    id_prefix: str
+    to_chat: Callable[[dict[str, Any]], dict[str, Any]]
+    reply: Callable[[dict[str, Any], dict[str, Any], str], dict[str, Any]]  # (chat reply, request, id)
+    translator: Callable[[dict[str, Any], str, str], StreamTranslator]  # (request, id, model)
+    error_body: Callable[[PolyrouteError], bytes]
+    fail_code: Callable[[PolyrouteError], str]  # the `code` a translator's fail() event carries
+    native_error_event: Callable[[PolyrouteError, int], bytes]  # (error, events relayed so far)
+
+    def new_id(self) -> str:
+        return self.id_prefix + uuid.uuid4().hex
+
+
+def _responses_error_event(err: PolyrouteError, sent: int) -> bytes:
+    data = {"type": "error", "code": err.code or err.error_type, "message": err.message, "param": err.param,
+            "sequence_number": sent}
+    return b"event: error\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+MESSAGES = ClientProtocol(
+    protocol=WireProtocol.MESSAGES,
+    endpoint=Endpoint.MESSAGES,
+    id_prefix="msg_",
+    to_chat=messages_to_chat,
+    reply=lambda chat, request, id_: messages_reply.chat_to_message(chat, request=request, message_id=id_),
+    translator=lambda request, id_, model: messages_reply.MessagesStreamTranslator(
+        request=request, message_id=id_, model=model
+    ),
+    error_body=messages_reply.error_body,
+    fail_code=messages_reply.error_type,
+    native_error_event=lambda err, _sent: messages_reply.error_event(err),
+)
+RESPONSES = ClientProtocol(
+    protocol=WireProtocol.RESPONSES,
+    endpoint=Endpoint.RESPONSES,
+    id_prefix="resp_",
+    to_chat=responses_to_chat,
+    reply=lambda chat, request, id_: responses_reply.chat_to_response(chat, request=request, response_id=id_),
+    translator=lambda request, id_, model: responses_reply.ResponsesStreamTranslator(
+        request=request, response_id=id_, model=model
+    ),
+    error_body=responses_reply.error_body,
+    fail_code=lambda err: err.code or err.error_type,
+    native_error_event=_responses_error_event,
+)
+CLIENT_PROTOCOLS = {Endpoint.MESSAGES: MESSAGES, Endpoint.RESPONSES: RESPONSES}
+
+
+def translate_reply(adapter: ClientProtocol, reply: UpstreamReply, request: dict[str, Any]) -> UpstreamReply:
+    """A Chat reply re-shaped for the client's protocol; usage stays as the upstream reported it."""
+    try:
+        chat = orjson.loads(reply.body)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError("upstream answered 200 with a body that is not JSON",
+                            error_class=ErrorClass.SERVER_ERROR) from exc
+    if not isinstance(chat, dict):
+        raise UpstreamError("upstream answered 200 with a body that is not an object",
+                            error_class=ErrorClass.SERVER_ERROR)
+    body = adapter.reply(chat, request, adapter.new_id())
+    return UpstreamReply(body=orjson.dumps(body), usage=reply.usage)
+
+
+class TranslatedStream:
+    """A Chat stream relayed as the client's protocol's events; the upstream's usage chunk feeds the translator."""
+
+    def __init__(self, inner: UpstreamStream, translator: StreamTranslator, adapter: ClientProtocol) -> None:
+        self._inner = inner
+        self._translator = translator
+        self._adapter = adapter
+        self.first_event = b"".join(translator.start() + self._translate(inner.first_event))
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._inner.usage
+
+    async def events(self) -> AsyncIterator[bytes]:
+        async for raw in self._inner.events():
+            translated = self._translate(raw)
+            if translated:
+                yield b"".join(translated)
+
+    def _translate(self, raw: bytes) -> list[bytes]:
+        payload = raw.removeprefix(b"data:").strip()
+        if payload == b"[DONE]":
+            return self._translator.finish()
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError("malformed JSON in event stream", error_class=ErrorClass.SERVER_ERROR) from exc
+        if not isinstance(chunk, dict):
+            raise UpstreamError("malformed event in stream", error_class=ErrorClass.SERVER_ERROR)
+        return self._translator.feed(chunk)
+
+    def fail(self, err: PolyrouteError) -> bytes:
+        return b"".join(self._translator.fail(err.message, self._adapter.fail_code(err)))
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
