@@ -345,7 +345,8 @@ class _Job:
             FinishedRequest(
                 tenant=self.tenant,
                 alias=self.plan.alias,
-                deployment=self.outcome.deployment,
+                # A request every target failed is recorded (and counted) at the last target it tried.
+                deployment=self.outcome.deployment or self.outcome.last_tried,
                 status=status,
                 stream=self.parsed.stream,
                 duration_s=duration,

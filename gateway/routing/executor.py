@@ -31,7 +31,8 @@ _REQUEST_FAULTS = frozenset({ErrorClass.BAD_REQUEST, ErrorClass.CONTEXT_WINDOW, 
 class Outcome:
     """What happened while carrying out a plan; becomes response headers, metrics and the usage record."""
 
-    deployment: Deployment | None = None
+    deployment: Deployment | None = None  # the one that answered
+    last_tried: Deployment | None = None  # the last one attempted, answered or not: a failure is recorded there
     attempts: int = 0
     fallback_reason: str | None = None
     failures: list[AttemptFailure] = field(default_factory=list)
@@ -113,7 +114,7 @@ class Executor:
                     continue
                 if previous is not None and previous.name != name and outcome.fallback_reason:
                     self._observer.fallback(previous.name, name, outcome.fallback_reason)
-                previous = deployment
+                previous = outcome.last_tried = deployment
                 outcome.attempts += 1
                 started = time.perf_counter()
                 self._health.begin(name)

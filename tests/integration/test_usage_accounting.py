@@ -198,6 +198,24 @@ def test_cost_in_header_equals_cost_in_metrics_and_usage(gw: Gateway, alias: str
     assert delta.usage(deployment, "cost_usd") == pytest.approx(metric_cost, abs=3 * 0.5e-6 + 1e-12)
 
 
+def test_a_request_every_target_failed_is_an_error_of_the_target_it_last_tried(gw: Gateway) -> None:
+    gw.vllm.inject([{"fault": "status", "status": 500, "count": 2}])
+    delta = Delta(gw)
+    with gw.client() as client:
+        with pytest.raises(openai.InternalServerError) as failed:
+            client.chat.completions.create(model="local", messages=HELLO)
+        with pytest.raises(openai.APIStatusError) as failed_stream:
+            list(client.chat.completions.create(model="local", messages=HELLO, stream=True))
+    assert failed.value.status_code == failed_stream.value.status_code == 502
+
+    delta.settle("qwen-local", 2)
+
+    assert delta.metric(names.REQUESTS_TOTAL, deployment="qwen-local", status_class="5xx") == 2
+    assert delta.usage("qwen-local", "errors") == 2
+    assert delta.usage("qwen-local", "cost_usd") == 0
+    assert delta.metric(names.COST_USD_TOTAL, deployment="qwen-local") == 0
+
+
 def test_cached_and_reasoning_tokens_are_counted(gw: Gateway) -> None:
     delta = Delta(gw)
     thinking = {"enable_thinking": True}
