@@ -8,6 +8,7 @@ import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +143,9 @@ def _serve(args: argparse.Namespace) -> int:
     async def run_all() -> None:
         await asyncio.gather(*(s.serve() for s in servers))
 
-    asyncio.run(run_all())
+    # Server.serve() does not install uvicorn's event loop (only uvicorn.run does): choose it here.
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(run_all())
     return 0
 
 
@@ -163,6 +166,14 @@ def _uvicorn_config(app: Any, settings: Settings, port: int) -> Any:
 
 def _loop() -> str:
     return "uvloop" if _has("uvloop") else "asyncio"
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if not _has("uvloop"):
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 def _http() -> str:

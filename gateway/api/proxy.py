@@ -280,9 +280,9 @@ class _Job:
         sent = 1  # events relayed
         try:
             yield stream.first_event
-            async for event in stream.events():
-                sent += 1
-                yield event
+            async for events in stream.events():
+                sent += events.count(b"\n\n")  # an item may carry several events, each ending in a blank line
+                yield events
         except UpstreamError as err:
             status = 502
             yield error_event(err)
