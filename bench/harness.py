@@ -81,14 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     results = run(chosen, plan, work_dir)
     elapsed = time.monotonic() - began
 
-    out_dir = args.out or (BENCH / "out" if args.smoke else BENCH / "results")
+    partial = args.smoke or args.only or args.seconds
+    out_dir = args.out or (BENCH / "out" if partial else BENCH / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     name = ("smoke-" if args.smoke else "") + stamp.strftime("%Y%m%dT%H%M%SZ")
     text = report.render(results, plan_text(plan, args), stamp, elapsed, smoke=args.smoke)
     md = out_dir / f"{name}.md"
     md.write_text(text)
     (out_dir / f"{name}.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
-    if not args.smoke and args.out is None and not args.only:
+    if not partial and args.out is None:
         shutil.copyfile(md, BENCH / "RESULTS.md")
         print(f"bench: copied the table to {BENCH / 'RESULTS.md'}")
     print(text)

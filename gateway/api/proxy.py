@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -46,7 +46,7 @@ class ProxyService:
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         started = time.perf_counter()
         given_id = request.headers.get("x-request-id")
-        request_id = given_id if given_id and _REQUEST_ID.match(given_id) else uuid.uuid4().hex
+        request_id = given_id if given_id and _REQUEST_ID.match(given_id) else os.urandom(16).hex()
         active = self._rt.active
         tenant_name, alias = "none", "none"
         try:
@@ -117,7 +117,9 @@ class ProxyService:
                 extra_headers=headers,
             )
         self._report_budget(tenant, result)
-        return Admitted(result.deployment, tokens, cost, tenant_limited, headers)
+        # Settling corrects the tokens and cost reserved above; only a TPM limit or a budget ever reads them.
+        settle = limits.tpm is not None or budget.usd_per_day is not None or budget.usd_per_month is not None
+        return Admitted(result.deployment, tokens, cost, settle, headers)
 
     def _report_budget(self, tenant: Tenant, result: AdmissionResult) -> None:
         if result.degraded:

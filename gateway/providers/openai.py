@@ -214,6 +214,11 @@ class SSERelay:
     def _take_event(self) -> bytes | None:
         """The next complete event in the buffer (b"" for one to drop), or None until more bytes arrive."""
         buf, pos = self._buf, self._pos
+        end = buf.find(b"\n\n", pos)
+        if end >= 0 and buf.startswith(b"data:", pos) and buf.find(b"\n", pos, end) < 0:
+            # The usual event, a single `data:` line: no walk line by line.
+            self._pos = end + 2
+            return self._payload(buf[pos + 5 : end].rstrip(b"\r").lstrip())
         data_lines: list[bytes] = []
         while True:
             end = buf.find(b"\n", pos)
@@ -241,7 +246,9 @@ class SSERelay:
             elif not line.startswith((b":", b"event:", b"id:", b"retry:")):
                 raise UpstreamError("malformed event stream line", error_class=ErrorClass.SERVER_ERROR)
         self._pos = min(pos, len(buf))
-        payload = b"\n".join(data_lines)
+        return self._payload(b"\n".join(data_lines))
+
+    def _payload(self, payload: bytes) -> bytes:
         if payload == b"[DONE]":
             self._finished = True
             return DONE_EVENT
