@@ -126,6 +126,7 @@ def _serve(args: argparse.Namespace) -> int:
                 http=_http(),
                 log_level=settings.log_level,
                 access_log=False,
+                proxy_headers=False,  # nothing reads the client address or scheme: no per-request rewrite
                 timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
             )
         finally:
@@ -160,6 +161,7 @@ def _uvicorn_config(app: Any, settings: Settings, port: int) -> Any:
         http=_http(),
         log_level=settings.log_level,
         access_log=False,
+        proxy_headers=False,  # nothing reads the client address or scheme: no per-request rewrite
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds),
     )
 
