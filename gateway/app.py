@@ -6,10 +6,11 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from gateway import __version__
 from gateway.api.admin import admin_routes
@@ -26,8 +27,12 @@ from gateway.state.factory import create_state_store
 log = logging.getLogger("polyroute")
 
 
-def create_app(settings: Settings, *, table: PolicyTable | None = None) -> FastAPI:
-    """The ASGI app. The policy comes from `table` or is loaded from `settings.policy` at startup."""
+def create_app(settings: Settings, *, table: PolicyTable | None = None) -> Starlette:
+    """The ASGI app. The policy comes from `table` or is loaded from `settings.policy` at startup.
+
+    Plain Starlette, not FastAPI: every route is a Starlette route, and FastAPI's per-request layers (its telemetry
+    and body-limit middlewares, the exit stack) would only add latency to every proxied request.
+    """
     if table is None:
         if settings.policy is None:
             raise PolicyError(["no policy given: pass --policy FILE or set POLYROUTE_POLICY"], "settings")
@@ -37,7 +42,7 @@ def create_app(settings: Settings, *, table: PolicyTable | None = None) -> FastA
     runtime = Runtime(settings, table, store, metrics)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         log.info("polyroute %s serving policy %s", __version__, runtime.active.table.source)
         try:
@@ -45,21 +50,13 @@ def create_app(settings: Settings, *, table: PolicyTable | None = None) -> FastA
         finally:
             await runtime.close()
 
-    app = FastAPI(
-        title="polyroute",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-    )
-    app.state.runtime = runtime
-    for route in (
+    routes = [
         *model_routes(runtime),
         *health_routes(runtime, with_metrics=settings.metrics_port is None),
         *admin_routes(runtime),
-    ):
-        app.router.routes.append(route)
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.runtime = runtime
 
     async def http_error(_: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -79,19 +76,17 @@ def create_app(settings: Settings, *, table: PolicyTable | None = None) -> FastA
     return app
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment() -> Starlette:
     """The factory each worker process calls (settings come from the POLYROUTE_* environment)."""
     return create_app(Settings())
 
 
-def create_metrics_app(app: FastAPI) -> FastAPI:
+def create_metrics_app(app: Starlette) -> Starlette:
     """A second, tiny app that serves only /metrics (for POLYROUTE_METRICS_PORT)."""
     runtime: Runtime = app.state.runtime
-    metrics_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
     async def metrics(_: Request) -> Response:
         payload, content_type = runtime.metrics.render()
         return Response(payload, media_type=content_type)
 
-    metrics_app.add_route("/metrics", metrics)
-    return metrics_app
+    return Starlette(routes=[Route("/metrics", metrics)])

@@ -10,6 +10,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -131,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
                 http=_http(),
                 log_level=settings.log_level,
                 access_log=False,
+                proxy_headers=False,  # nothing reads the client address or scheme: no per-request rewrite
                 timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
             )
         finally:
@@ -151,7 +153,9 @@ def _serve(args: argparse.Namespace) -> int:
     # uvicorn handles SIGTERM (stop accepting, drain) and then raises it again for the handler found before it
     # started: make that one a clean exit, so a drained shutdown ends with status 0, not "killed by SIGTERM".
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    asyncio.run(run_all())
+    # Server.serve() does not install uvicorn's event loop (only uvicorn.run does): choose it here.
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(run_all())
     return 0
 
 
@@ -170,12 +174,21 @@ def _uvicorn_config(app: Any, settings: Settings, port: int) -> Any:
         http=_http(),
         log_level=settings.log_level,
         access_log=False,
+        proxy_headers=False,  # nothing reads the client address or scheme: no per-request rewrite
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds),
     )
 
 
 def _loop() -> str:
     return "uvloop" if _has("uvloop") else "asyncio"
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if not _has("uvloop"):
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
 
 
 def _http() -> str:

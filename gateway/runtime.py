@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from gateway.api.lifetime import Drain
@@ -35,7 +36,7 @@ class ActivePolicy:
     table: PolicyTable
     adapters: dict[str, tuple[ProviderConfig, Provider]]
 
-    @property
+    @cached_property  # read on every attempt: built once per policy, not once per request
     def providers(self) -> dict[str, Provider]:
         return {name: adapter for name, (_, adapter) in self.adapters.items()}
 

@@ -159,11 +159,12 @@ def _text_size(value: Any) -> int:
 def read_hints(headers: Headers, metadata: Any) -> tuple[str | None, frozenset[str]]:
     """Routing hints from `x-polyroute-data-class` / `x-polyroute-tags` or the body's `metadata`."""
     meta = _checked_metadata(metadata)
-    data_class = headers.get("x-polyroute-data-class") or meta.get("data_class")
-    raw_tags = headers.get("x-polyroute-tags") or meta.get("tags")
+    class_header, tags_header = headers.get("x-polyroute-data-class"), headers.get("x-polyroute-tags")
+    data_class = class_header or meta.get("data_class")
+    raw_tags = tags_header or meta.get("tags")
     # A bad hint is reported where the client put it.
-    class_param = "x-polyroute-data-class" if headers.get("x-polyroute-data-class") else "metadata.data_class"
-    tags_param = "x-polyroute-tags" if headers.get("x-polyroute-tags") else "metadata.tags"
+    class_param = "x-polyroute-data-class" if class_header else "metadata.data_class"
+    tags_param = "x-polyroute-tags" if tags_header else "metadata.tags"
     if data_class is not None:
         if not isinstance(data_class, str) or not _HINT.match(data_class.strip()):
             raise BadRequestError(

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -51,7 +51,7 @@ class ProxyService:
     async def handle(self, request: Request, endpoint: Endpoint) -> Response:
         started = time.perf_counter()
         given_id = request.headers.get("x-request-id")
-        request_id = given_id if given_id and _REQUEST_ID.match(given_id) else uuid.uuid4().hex
+        request_id = given_id if given_id and _REQUEST_ID.match(given_id) else os.urandom(16).hex()
         active = self._rt.active
         tenant_name, alias = "none", "none"
         adapter = CLIENT_PROTOCOLS.get(endpoint)  # Messages and Responses: translated to Chat for routing
@@ -131,7 +131,9 @@ class ProxyService:
                 extra_headers=headers,
             )
         self._report_budget(tenant, result)
-        return Admitted(result.deployment, tokens, cost, tenant_limited, headers, frozenset(result.saturated))
+        # Settling corrects the tokens and cost reserved above; only a TPM limit or a budget ever reads them.
+        settle = limits.tpm is not None or budget.usd_per_day is not None or budget.usd_per_month is not None
+        return Admitted(result.deployment, tokens, cost, settle, headers, frozenset(result.saturated))
 
     def _report_budget(self, tenant: Tenant, result: AdmissionResult) -> None:
         if result.degraded:
@@ -303,9 +305,9 @@ class _Job:
         try:
             yield stream.first_event
             events = stream.events()
-            while (event := await self.rt.drain.next_event(events)) is not None:
-                sent += 1
-                yield event
+            while (batch := await self.rt.drain.next_event(events)) is not None:
+                sent += batch.count(b"\n\n")  # an item may carry several events, each ending in a blank line
+                yield batch
         except (UpstreamError, ShuttingDownError) as err:
             status = err.status
             yield self._stream_error(stream, err)

@@ -35,6 +35,7 @@ DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0
 TTFT_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0)
 OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
+_IDENTITY_CACHE: Final = 4096
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _TOKEN_TYPES: Final = ("input", "output", "cached", "reasoning")
 
@@ -139,6 +140,7 @@ class Metrics:
     def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
         check_multiprocess_mode(multiprocess_dir)
         self._known = _KnownLabels()
+        self._identities: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._registry = r = CollectorRegistry()
 
         def counter(name: str, *labels: str) -> _Children[Counter]:
@@ -200,6 +202,7 @@ class Metrics:
             tenants=_bounded(tenants),
         )
         self._known = known
+        self._identities = {}
         for deployment in known.deployments.keys() - previous.deployments.keys():
             self._circuit(deployment)  # show every deployment, closed until told otherwise
         for deployment in previous.deployments.keys() - known.deployments.keys():
@@ -221,22 +224,33 @@ class Metrics:
         stream: bool,
     ) -> None:
         """Record one finished client request (any status, streamed or not)."""
-        k = self._known
-        alias_v = _clamp(alias, k.aliases)
-        deployment_v = _clamp(deployment, k.deployments)
-        self._requests(
-            alias_v,
-            deployment_v,
-            _clamp(provider, k.providers),
-            _clamp(vendor, k.vendors),
-            _clamp(hosting, _HOSTINGS),
-            _clamp(tenant, k.tenants),
-            _status_class(status),
-        ).inc()
-        self._duration(alias_v, deployment_v, _flag(stream)).observe(duration_s)
+        identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
+        self._requests(*identity, _status_class(status)).inc()
+        self._duration(identity[0], identity[1], _flag(stream)).observe(duration_s)
         self._overhead.observe(overhead_s)
         if ttft_s is not None:
-            self._ttft(alias_v, deployment_v).observe(ttft_s)
+            self._ttft(identity[0], identity[1]).observe(ttft_s)
+
+    def _identity(
+        self, alias: str, deployment: str, provider: str, vendor: str, hosting: str, tenant: str
+    ) -> tuple[str, ...]:
+        """The clamped identity labels, remembered: every request of a route repeats the same six values."""
+        raw = (alias, deployment, provider, vendor, hosting, tenant)
+        found = self._identities.get(raw)
+        if found is None:
+            k = self._known
+            found = (
+                _clamp(alias, k.aliases),
+                _clamp(deployment, k.deployments),
+                _clamp(provider, k.providers),
+                _clamp(vendor, k.vendors),
+                _clamp(hosting, _HOSTINGS),
+                _clamp(tenant, k.tenants),
+            )
+            if len(self._identities) >= _IDENTITY_CACHE:
+                self._identities.clear()  # what clients send is unbounded; the cache must not be
+            self._identities[raw] = found
+        return found
 
     def upstream_attempt(self, *, deployment: str, provider: str, outcome: str) -> None:
         """Record one attempt against an upstream: "success" or its error class."""
@@ -261,15 +275,7 @@ class Metrics:
         estimated: bool,
     ) -> None:
         """Add one request's token usage; zero counts create no series."""
-        k = self._known
-        identity = (
-            _clamp(alias, k.aliases),
-            _clamp(deployment, k.deployments),
-            _clamp(provider, k.providers),
-            _clamp(vendor, k.vendors),
-            _clamp(hosting, _HOSTINGS),
-            _clamp(tenant, k.tenants),
-        )
+        identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
         flag = _flag(estimated)
         for token_type, count in zip(_TOKEN_TYPES, (input, output, cached, reasoning), strict=True):
             if count > 0:
@@ -281,15 +287,7 @@ class Metrics:
         """Add one request's cost in US dollars; zero, negative or NaN amounts are ignored."""
         if not usd > 0:
             return
-        k = self._known
-        self._cost(
-            _clamp(alias, k.aliases),
-            _clamp(deployment, k.deployments),
-            _clamp(provider, k.providers),
-            _clamp(vendor, k.vendors),
-            _clamp(hosting, _HOSTINGS),
-            _clamp(tenant, k.tenants),
-        ).inc(usd)
+        self._cost(*self._identity(alias, deployment, provider, vendor, hosting, tenant)).inc(usd)
 
     def fallback(self, *, from_deployment: str, to_deployment: str, reason: str) -> None:
         """Record a move to the next deployment after an attempt failed with error class `reason`."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from gateway.errors import NoEligibleTargetError, NotFoundError, PermissionDeniedError
 from gateway.policy.plan import Exclusion, HealthSnapshot, RequestFacts, RoutePlan
 from gateway.policy.strategies import estimated_cost, order
-from gateway.policy.table import Condition, Deployment, PolicyTable, Requirement, Rule
+from gateway.policy.table import Alias, Condition, Deployment, PolicyTable, Requirement, Rule
 
 
 class AllCircuitsOpenError(NoEligibleTargetError):
@@ -28,11 +30,6 @@ def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> R
         raise PermissionDeniedError(
             f"Tenant '{facts.tenant}' may not use the model '{facts.alias}'.", param="model"
         )
-    trace = [
-        f"request: alias={facts.alias} tenant={facts.tenant} endpoint={facts.endpoint} stream={facts.stream}"
-        f" data_class={facts.data_class or '-'} tags={','.join(sorted(facts.tags)) or '-'}"
-        f" prompt_tokens~{facts.prompt_tokens}"
-    ]
     applied: list[Rule] = []
     route_alias = alias
     route_name = f"alias:{alias.name}"
@@ -43,11 +40,6 @@ def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> R
         if rule.route is not None and route_name.startswith("alias:"):
             route_alias = table.aliases[rule.route]
             route_name = rule.name
-            trace.append(f"rule {rule.name}: matched, routes to alias {rule.route}")
-        else:
-            trace.append(f"rule {rule.name}: matched, requires {describe_requirement(rule.require)}")
-    if not applied:
-        trace.append("rules: none matched")
 
     eligible: list[Deployment] = []
     excluded: list[Exclusion] = []
@@ -56,10 +48,8 @@ def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> R
         reason = exclusion_reason(deployment, facts, applied, health)
         if reason is None:
             eligible.append(deployment)
-            trace.append(f"target {name}: eligible")
         else:
             excluded.append(Exclusion(name, reason))
-            trace.append(f"target {name}: excluded by {reason}")
 
     if not eligible:
         detail = "; ".join(f"{e.deployment}: excluded by {e.reason}" for e in excluded)
@@ -71,9 +61,6 @@ def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> R
 
     ordered = order(route_alias, eligible, facts, health)
     costs = {d.name: c for d in ordered if (c := estimated_cost(d, facts)) is not None}
-    trace.append(
-        f"strategy {route_alias.strategy.value}: " + " > ".join(d.name for d in ordered)
-    )
     return RoutePlan(
         alias=facts.alias,
         route=route_name,
@@ -82,9 +69,39 @@ def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> R
         applied_rules=tuple(r.name for r in applied),
         strategy=route_alias.strategy.value,
         timeouts=table.fallback.timeouts,
-        trace=tuple(trace),
+        explain=partial(_trace, facts, tuple(applied), route_alias, tuple(excluded), tuple(ordered)),
         estimated_cost_usd=costs,
     )
+
+
+def _trace(
+    facts: RequestFacts,
+    applied: tuple[Rule, ...],
+    route_alias: Alias,
+    excluded: tuple[Exclusion, ...],
+    ordered: tuple[Deployment, ...],
+) -> tuple[str, ...]:
+    """The decision as a human reads it, one line per step, from what `decide` kept of it."""
+    trace = [
+        f"request: alias={facts.alias} tenant={facts.tenant} endpoint={facts.endpoint} stream={facts.stream}"
+        f" data_class={facts.data_class or '-'} tags={','.join(sorted(facts.tags)) or '-'}"
+        f" prompt_tokens~{facts.prompt_tokens}"
+    ]
+    routed = False
+    for rule in applied:
+        if rule.route is not None and not routed:
+            routed = True
+            trace.append(f"rule {rule.name}: matched, routes to alias {rule.route}")
+        else:
+            trace.append(f"rule {rule.name}: matched, requires {describe_requirement(rule.require)}")
+    if not applied:
+        trace.append("rules: none matched")
+    reasons = {e.deployment: e.reason for e in excluded}
+    for name in route_alias.targets:
+        reason = reasons.get(name)
+        trace.append(f"target {name}: eligible" if reason is None else f"target {name}: excluded by {reason}")
+    trace.append(f"strategy {route_alias.strategy.value}: " + " > ".join(d.name for d in ordered))
+    return tuple(trace)
 
 
 def matches(when: Condition, facts: RequestFacts) -> bool:

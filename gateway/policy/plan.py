@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from gateway.policy.table import Deployment, Timeouts
 
@@ -42,7 +44,10 @@ class Exclusion:
 
 @dataclass(frozen=True)
 class RoutePlan:
-    """An ordered list of deployments to try, the rules that shaped it, and a human-readable trace."""
+    """An ordered list of deployments to try, the rules that shaped it, and a human-readable trace.
+
+    The trace is written only when someone reads it (explain, the demo): a proxied request never pays for its text.
+    """
 
     alias: str
     route: str  # the rule that chose the target set, or "alias:<name>"
@@ -51,8 +56,12 @@ class RoutePlan:
     applied_rules: tuple[str, ...]
     strategy: str
     timeouts: Timeouts
-    trace: tuple[str, ...]
+    explain: Callable[[], tuple[str, ...]] = field(default=tuple, repr=False, compare=False)
     estimated_cost_usd: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def trace(self) -> tuple[str, ...]:
+        return self.explain()
 
     def render(self) -> str:
         return "\n".join(self.trace)

@@ -116,7 +116,15 @@ class TranslatedStream:
                 yield b"".join(translated)
 
     def _translate(self, raw: bytes) -> list[bytes]:
-        payload = raw.removeprefix(b"data:").strip()
+        """Translate every event in `raw` (an upstream item may carry several, each ending in a blank line)."""
+        out: list[bytes] = []
+        for event in raw.split(b"\n\n"):
+            lines = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
+            if lines:
+                out += self._translate_one(b"\n".join(lines))
+        return out
+
+    def _translate_one(self, payload: bytes) -> list[bytes]:
         if payload == b"[DONE]":
             return self._translator.finish()
         try:

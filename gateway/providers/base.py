@@ -108,7 +108,8 @@ class UpstreamStream(Protocol):
     first_event: bytes
 
     def events(self) -> AsyncIterator[bytes]:
-        """The remaining SSE events as wire bytes (`data: ...\\n\\n`), ending with `data: [DONE]`."""
+        """The remaining SSE events as wire bytes (`data: ...\\n\\n`), ending with `data: [DONE]`; an item may hold
+        several events (those that arrived together), never a part of one."""
         ...
 
     @property

@@ -161,6 +161,18 @@ def _connect_timeout(call: UpstreamCall) -> UpstreamError:
                          error_class=ErrorClass.TIMEOUT)
 
 
+def _finish_reason_set(payload: bytes) -> bool:
+    """Whether an event may carry a finish reason: every content chunk says `"finish_reason":null`, and parsing
+    each one only to read that null would tax every token of every stream."""
+    at = payload.find(b'"finish_reason"')
+    while at >= 0:
+        value = payload[at + 15 : at + 40].lstrip(b" :\t")
+        if not value.startswith(b"null"):
+            return True
+        at = payload.find(b'"finish_reason"', at + 15)
+    return False
+
+
 async def _non_stream_answer(resp: aiohttp.ClientResponse, deployment: str) -> UpstreamError:
     body = await resp.read()
     failure = upstream_error(500, body, None, deployment)
@@ -171,13 +183,20 @@ async def _non_stream_answer(resp: aiohttp.ClientResponse, deployment: str) -> U
 
 
 class SSERelay:
-    """Reads an upstream SSE stream event by event; relays the bytes, watches for usage and in-band errors."""
+    """Reads an upstream SSE stream event by event; relays the bytes, watches for usage and in-band errors.
+
+    Bytes are read as they arrive into a buffer of its own, so that every complete event already received is relayed
+    in one write: one send per network read instead of one per event (an upstream often sends several at once).
+    """
 
     def __init__(self, resp: aiohttp.ClientResponse, *, hide_usage_chunk: bool) -> None:
         self._resp = resp
         self._hide_usage_chunk = hide_usage_chunk
         self._usage: Usage | None = None
         self._finished = False
+        self._buf = b""  # received; parsed up to self._pos
+        self._pos = 0
+        self._eof = False
         self.first_event = b""
 
     @property
@@ -195,13 +214,23 @@ class SSERelay:
                 return
 
     async def events(self) -> AsyncIterator[bytes]:
+        """The rest of the stream, each item every event that had arrived by then (never an empty item)."""
         try:
             while True:
                 event = await self._next_event()
                 if event is None:
                     return
-                if event:
-                    yield event
+                batch = [event] if event else []
+                try:
+                    while not self._finished and (more := self._take_event()) is not None:
+                        if more:
+                            batch.append(more)
+                except UpstreamError:
+                    if batch:  # what came before an in-band error still reaches the client, then the error
+                        yield b"".join(batch)
+                    raise
+                if batch:
+                    yield b"".join(batch)
         except TimeoutError as exc:  # aiohttp's `total` covers reading the whole stream
             raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
         except _CONNECTION_ERRORS as exc:
@@ -210,20 +239,45 @@ class SSERelay:
 
     async def _next_event(self) -> bytes | None:
         """The next event to relay; b"" for one to drop; None at the end of the stream."""
-        if self._finished:
-            return None
-        data_lines: list[bytes] = []
-        content = self._resp.content
         while True:
-            line = await content.readline()
-            if not line:
-                if data_lines:
+            if self._finished:
+                return None
+            event = self._take_event()
+            if event is not None:
+                return event
+            data = await self._resp.content.readany()
+            if data:
+                self._buf = self._buf[self._pos :] + data
+                self._pos = 0
+            else:
+                self._eof = True
+
+    def _take_event(self) -> bytes | None:
+        """The next complete event in the buffer (b"" for one to drop), or None until more bytes arrive."""
+        buf, pos = self._buf, self._pos
+        end = buf.find(b"\n\n", pos)
+        if end >= 0 and buf.startswith(b"data:", pos) and buf.find(b"\n", pos, end) < 0:
+            # The usual event, a single `data:` line: no walk line by line.
+            self._pos = end + 2
+            return self._payload(buf[pos + 5 : end].rstrip(b"\r").lstrip())
+        data_lines: list[bytes] = []
+        while True:
+            end = buf.find(b"\n", pos)
+            if end < 0:
+                if not self._eof:
+                    return None
+                if pos < len(buf):  # the last line had no newline
+                    end = len(buf)
+                elif data_lines:
                     break
-                self._finished = True
-                if self._saw_finish:
-                    return DONE_EVENT
-                raise UpstreamError("stream closed before [DONE]", error_class=ErrorClass.CONNECTION_ERROR)
-            line = line.rstrip(b"\r\n")
+                else:
+                    self._buf, self._pos = b"", 0
+                    self._finished = True
+                    if self._saw_finish:
+                        return DONE_EVENT
+                    raise UpstreamError("stream closed before [DONE]", error_class=ErrorClass.CONNECTION_ERROR)
+            line = buf[pos:end].rstrip(b"\r")
+            pos = end + 1
             if not line:
                 if data_lines:
                     break
@@ -232,7 +286,10 @@ class SSERelay:
                 data_lines.append(line[5:].lstrip())
             elif not line.startswith((b":", b"event:", b"id:", b"retry:")):
                 raise UpstreamError("malformed event stream line", error_class=ErrorClass.SERVER_ERROR)
-        payload = b"\n".join(data_lines)
+        self._pos = min(pos, len(buf))
+        return self._payload(b"\n".join(data_lines))
+
+    def _payload(self, payload: bytes) -> bytes:
         if payload == b"[DONE]":
             self._finished = True
             return DONE_EVENT
@@ -241,7 +298,7 @@ class SSERelay:
     _saw_finish = False
 
     def _inspect(self, payload: bytes) -> bytes:
-        if b'"error"' in payload or b'"usage"' in payload or b'"finish_reason"' in payload:
+        if b'"error"' in payload or b'"usage"' in payload or _finish_reason_set(payload):
             try:
                 data = orjson.loads(payload)
             except orjson.JSONDecodeError as exc:
@@ -261,7 +318,8 @@ class SSERelay:
                 self._usage = Usage.from_openai(usage)
                 if self._hide_usage_chunk and not choices:
                     return b""
-        return b"data: " + payload + b"\n\n"
+        # A payload that came as several `data:` lines goes out as several again (SSE joins them with newlines).
+        return b"data: " + payload.replace(b"\n", b"\ndata: ") + b"\n\n"
 
     async def aclose(self) -> None:
         if self._finished:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -184,12 +185,21 @@ def seconds_to_next_window(now: float) -> float:
 
 def utc_day(now: float) -> str:
     """YYYY-MM-DD in UTC: the key of daily budgets and usage rows."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%d")
+    return _day_key(int(now // _DAY_S))
 
 
 def utc_month(now: float) -> str:
     """YYYY-MM in UTC: the key of monthly budgets."""
-    return datetime.fromtimestamp(now, UTC).strftime("%Y-%m")
+    return _day_key(int(now // _DAY_S))[:7]
+
+
+_DAY_S = 86_400  # POSIX time has no leap seconds: every UTC day is exactly this long
+
+
+@functools.lru_cache(maxsize=8)
+def _day_key(day: int) -> str:
+    # Every request asks for today's keys: format the date once a day, not once a request.
+    return datetime.fromtimestamp(day * _DAY_S, UTC).strftime("%Y-%m-%d")
 
 
 def seconds_to_next_day(now: float) -> float:

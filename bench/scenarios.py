@@ -1,0 +1,100 @@
+"""What is benchmarked: the upstream (the floor), the baselines, and polyroute with the in-process store and Redis."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import HOST
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+LITELLM_VENV = BENCH / ".venv-litellm"
+TENANT_KEY = "bench-tenant-key-0123456789"
+MODEL = "bench-model"
+LITELLM_KEY = "sk-bench-master-key-0123456789abcdef0123456789abcdef"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every scenario's command may need: where the upstream and Redis listen, where to write files."""
+
+    upstream_url: str
+    redis_url: str | None
+    work_dir: Path
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    model: str = MODEL
+    key: str = ""
+    # None: send load straight to the upstream (no gateway process).
+    command: Callable[[Context, int], tuple[list[str], dict[str, str]]] | None = None
+    needs_redis: bool = False
+    is_polyroute: bool = False
+
+
+def _passthrough(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    argv = [
+        sys.executable, "-m", "uvicorn", "bench.passthrough:app", "--host", HOST, "--port", str(port),
+        "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
+    ]
+    return argv, {"BENCH_UPSTREAM": ctx.upstream_url, "PYTHONPATH": str(REPO)}
+
+
+def _litellm(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    config = ctx.work_dir / "litellm-config.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {ctx.upstream_url}/v1\n"
+        "      api_key: bench-upstream-key\n"
+        "litellm_settings:\n"
+        "  telemetry: false\n"
+        "general_settings:\n"  # no database: the master key is the only key, checked on every request
+        f"  master_key: {LITELLM_KEY}\n"
+    )
+    argv = [str(LITELLM_VENV / "bin" / "litellm"), "--config", str(config), "--host", HOST, "--port", str(port),
+            "--num_workers", "1"]
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_MODE": "PRODUCTION",
+        "DISABLE_SCHEMA_UPDATE": "True",
+    }
+    return argv, env
+
+
+def _polyroute(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    argv = [
+        str(Path(sys.executable).with_name("polyroute")), "serve", "--policy", str(BENCH / "policy.yaml"),
+        "--host", HOST, "--port", str(port), "--workers", "1",
+    ]
+    env = {
+        "BENCH_UPSTREAM_URL": ctx.upstream_url,
+        "BENCH_TENANT_KEY": TENANT_KEY,
+        "POLYROUTE_LOG_LEVEL": "warning",
+    }
+    if ctx.redis_url is not None:
+        env["POLYROUTE_REDIS_URL"] = ctx.redis_url
+    return argv, env
+
+
+DIRECT = Scenario("direct", "direct to the upstream (floor)")
+PASSTHROUGH = Scenario("passthrough", "FastAPI + aiohttp pass-through", command=_passthrough)
+LITELLM = Scenario("litellm", "LiteLLM proxy 1.106.2", key=LITELLM_KEY, command=_litellm)
+POLYROUTE = Scenario(
+    "polyroute", "polyroute, full pipeline, in-process store", model="bench", key=TENANT_KEY,
+    command=_polyroute, is_polyroute=True,
+)
+POLYROUTE_REDIS = Scenario(
+    "polyroute-redis", "polyroute, full pipeline, Redis store", model="bench", key=TENANT_KEY,
+    command=_polyroute, needs_redis=True, is_polyroute=True,
+)
+ALL = (DIRECT, PASSTHROUGH, LITELLM, POLYROUTE, POLYROUTE_REDIS)

@@ -1,0 +1,48 @@
+"""The benchmark keeps working: a smoke run of `bench/run` (a few seconds per scenario) ends with a full report.
+
+Only that the harness runs end to end and that no request failed is checked here; never a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = ("direct", "passthrough", "polyroute", "polyroute-redis")
+
+
+@pytest.mark.timeout(420)
+def test_smoke_run_reports_every_scenario_without_failed_requests(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(REPO / "bench" / "run"), "--smoke", "--skip-litellm", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+
+    [table] = tmp_path.glob("smoke-*.md")
+    text = table.read_text()
+    summary = text.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip(): line for line in summary.splitlines() if line.startswith("| ")}
+    for name in SCENARIOS:
+        assert name in rows, f"no summary row for {name}:\n{summary}"
+        assert rows[name].rstrip().endswith("| 0 / 0 |"), rows[name]
+    assert "## Targets" in text
+
+    [raw] = tmp_path.glob("smoke-*.json")
+    results = json.loads(raw.read_text())
+    assert [r["name"] for r in results] == list(SCENARIOS)
+    for result in results:
+        assert result["error"] is None
+        assert len(result["loads"]) == 6  # concurrency 1, 16, 64 x non-stream and stream
+        for load in result["loads"]:
+            assert load["requests"] > 0
+            assert load["non_2xx"] == 0 and load["socket_errors"] == 0
+        assert result["ttft"]["failures"] == 0 and result["ttft"]["samples"] > 0
