@@ -16,10 +16,12 @@ from gateway import __version__
 from gateway.api.admin import admin_routes
 from gateway.api.health import health_routes
 from gateway.api.openai_routes import model_routes
+from gateway.api.protocol_request import protocol_error_response
 from gateway.api.responses import error_response
 from gateway.errors import BadRequestError, NotFoundError, PolicyError, PolyrouteError
 from gateway.observability.metrics import Metrics
 from gateway.policy.table import PolicyTable
+from gateway.protocols.adapters import MESSAGES
 from gateway.runtime import Runtime, load_table
 from gateway.settings import Settings
 from gateway.state.factory import create_state_store
@@ -58,18 +60,24 @@ def create_app(settings: Settings, *, table: PolicyTable | None = None) -> Starl
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
 
-    async def http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            return error_response(NotFoundError("Unknown path.", code="unknown_url"))
-        err = BadRequestError(str(exc.detail))
-        err.status = exc.status_code
+    def shaped(request: Request, err: PolyrouteError) -> Response:
+        # An Anthropic client reads errors in Anthropic's shape, even for a path or method polyroute doesn't serve.
+        if request.url.path.startswith("/v1/messages"):
+            return protocol_error_response(MESSAGES, err, {})
         return error_response(err)
 
-    async def unexpected(_: Request, exc: Exception) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return shaped(request, NotFoundError("Unknown path.", code="unknown_url"))
+        err = BadRequestError(str(exc.detail))
+        err.status = exc.status_code
+        return shaped(request, err)
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
         # The one place that turns anything unexpected into a 500 envelope (and logs it).
         log.exception("unhandled error", exc_info=exc)
-        return error_response(PolyrouteError("The gateway hit an internal error."))
+        return shaped(request, PolyrouteError("The gateway hit an internal error."))
 
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

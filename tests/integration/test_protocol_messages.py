@@ -4,7 +4,9 @@ Model Studio), with fallback between them, errors in Anthropic's shape, count_to
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -341,3 +343,20 @@ def test_usage_reaches_metrics_whatever_the_path(stack: ProtocolStack, alias: st
     assert wait_for_tokens(stack, alias, "input", expected_in) == expected_in
     assert wait_for_tokens(stack, alias, "output", expected_out) == expected_out
 
+
+
+def test_unknown_path_or_method_under_messages_is_an_anthropic_error(stack: ProtocolStack) -> None:
+    def fetch(path: str, method: str) -> tuple[int, Any]:
+        url = f"{stack.anthropic_url}{path}"
+        request = urllib.request.Request(url, method=method, headers={"x-api-key": AGENT_KEY})
+        with pytest.raises(urllib.error.HTTPError) as failed:
+            urllib.request.urlopen(request, timeout=10)
+        return failed.value.code, json.loads(failed.value.read())
+
+    assert fetch("/v1/messages/batches", "POST") == (
+        404, {"type": "error", "error": {"type": "not_found_error", "message": "Unknown path."}}
+    )
+    status, body = fetch("/v1/messages", "GET")
+    assert status == 405 and body["type"] == "error" and body["error"]["type"] == "invalid_request_error"
+    status, body = fetch("/v1/chat/completions", "GET")  # OpenAI paths keep OpenAI's envelope
+    assert status == 405 and body["error"]["type"] == "invalid_request_error" and "type" not in body
