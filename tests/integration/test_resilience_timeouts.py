@@ -84,6 +84,27 @@ def test_a_refused_connection_fails_over(rs: Resilience, ptype: str) -> None:
     assert raw.headers["x-polyroute-fallback-reason"] == "connection_error"
 
 
+@pytest.mark.parametrize("ptype", PROVIDER_TYPES)
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_connect_that_hangs_fails_over_at_the_connect_timeout(rs: Resilience, ptype: str, stream: bool) -> None:
+    if stream:
+        headers, lines = stream_lines(rs.client(), f"hang-{ptype}")
+        assert lines[-1] == "[DONE]" and "sim-local" in content_of(lines)
+    else:
+        raw = rs.client().chat.completions.with_raw_response.create(model=f"hang-{ptype}", messages=HELLO)
+        headers = dict(raw.headers)
+    assert headers["x-polyroute-deployment"] == "backup"
+    assert headers["x-polyroute-fallback-reason"] == "timeout"
+
+
+@pytest.mark.parametrize("ptype", PROVIDER_TYPES)
+def test_a_connect_that_hangs_is_a_504_naming_the_connect_timeout(rs: Resilience, ptype: str) -> None:
+    with pytest.raises(openai.APIStatusError) as info:
+        rs.client().chat.completions.create(model=f"stuck-{ptype}", messages=HELLO)
+    assert info.value.status_code == 504
+    assert f"hang-{ptype}: timeout" in str(info.value) and "connect" in str(info.value)
+
+
 def clients_gone(rs: Resilience) -> int:
     gone: int = rs.cloud.stats()["clients_gone"]
     return gone

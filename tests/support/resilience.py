@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -36,6 +38,9 @@ providers:
   gone-openai:   {{type: openai, base_url: "{gone}", hosting: cloud, jurisdiction: sg, vendor: alibaba}}
   gone-litellm:  {{type: litellm, litellm_prefix: openai, base_url: "{gone}", api_key: unused,
                   hosting: cloud, jurisdiction: sg, vendor: alibaba}}
+  hang-openai:   {{type: openai, base_url: "{hang}", hosting: cloud, jurisdiction: sg, vendor: alibaba}}
+  hang-litellm:  {{type: litellm, litellm_prefix: openai, base_url: "{hang}", api_key: unused,
+                  hosting: cloud, jurisdiction: sg, vendor: alibaba}}
 deployments:
   primary-openai:  {{provider: cloud-openai, model: qwen3.6-plus, context_window: 8000}}
   primary-litellm: {{provider: cloud-litellm, model: qwen-plus, context_window: 8000}}
@@ -43,6 +48,8 @@ deployments:
   backup-small:    {{provider: local, model: Qwen/Qwen3-32B, context_window: 4000}}
   gone-openai:     {{provider: gone-openai, model: qwen3.6-plus}}
   gone-litellm:    {{provider: gone-litellm, model: qwen-plus}}
+  hang-openai:     {{provider: hang-openai, model: qwen3.6-plus}}
+  hang-litellm:    {{provider: hang-litellm, model: qwen-plus}}
 aliases:
   chain-openai:  {{targets: [primary-openai, backup], strategy: priority}}
   chain-litellm: {{targets: [primary-litellm, backup], strategy: priority}}
@@ -52,6 +59,10 @@ aliases:
   narrow-litellm: {{targets: [primary-litellm, backup-small, backup], strategy: priority}}
   gone-openai:    {{targets: [gone-openai, backup], strategy: priority}}
   gone-litellm:   {{targets: [gone-litellm, backup], strategy: priority}}
+  hang-openai:    {{targets: [hang-openai, backup], strategy: priority}}
+  hang-litellm:   {{targets: [hang-litellm, backup], strategy: priority}}
+  stuck-openai:   {{targets: [hang-openai], strategy: priority}}
+  stuck-litellm:  {{targets: [hang-litellm], strategy: priority}}
 fallback:
   on: [{on}]
   retries: {{attempts: {retries}, backoff: 20ms, max_backoff: 200ms}}
@@ -107,7 +118,34 @@ def write_policy(path: Path, cloud: Upstream, local: Upstream, **overrides: Any)
     values = {"on": FALLBACK_ON, "retries": 0, "first_token": "1s", "total": "3s", "failures": 100,
               "cooldown": "1s"} | overrides
     gone = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connections are refused
-    path.write_text(POLICY.format(cloud=cloud.base_url, local=local.base_url, gone=gone, **values))
+    path.write_text(
+        POLICY.format(cloud=cloud.base_url, local=local.base_url, gone=gone, hang=unanswered_url(), **values)
+    )
+
+
+@cache
+def unanswered_url() -> str:
+    """A loopback address where a TCP connect hangs: a listener whose backlog is full and never accepted.
+
+    Linux drops the SYNs of further connections then, so the client waits as it would for a host that does not
+    answer; only a connect timeout ends the wait. The sockets live as long as the test process.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):
+        filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+        fillers.append(filler)
+    time.sleep(0.2)  # let the handshakes that will complete fill the backlog
+    _KEEP_OPEN.extend([listener, *fillers])
+    return f"http://127.0.0.1:{port}/v1"
+
+
+_KEEP_OPEN: list[socket.socket] = []
 
 
 @contextmanager
