@@ -20,7 +20,12 @@ from gateway.api.parsing import ParsedRequest, parse_request, request_facts
 from gateway.api.protocol_request import ProtocolRequest, parse_protocol_request, protocol_error_response
 from gateway.api.responses import DONE_EVENT, error_event, error_response, route_headers
 from gateway.errors import PolyrouteError, ShuttingDownError, UpstreamError
-from gateway.observability.accounting import FinishedRequest, output_tokens_in_body, output_tokens_in_stream
+from gateway.observability.accounting import (
+    FinishedRequest,
+    output_tokens_in_body,
+    output_tokens_in_stream,
+    request_cost,
+)
 from gateway.policy.engine import decide
 from gateway.policy.plan import RoutePlan
 from gateway.policy.table import Deployment
@@ -176,12 +181,15 @@ class _Job:
         assert isinstance(reply, UpstreamReply)
         usage = reply.usage or self._estimated_usage(output_tokens_in_body(reply.body))
         headers = self._headers()
-        cost = self._finish(200, usage, None)
-        headers["x-polyroute-cost-usd"] = f"{cost:.8f}"
+        deployment = self.outcome.deployment
+        headers["x-polyroute-cost-usd"] = f"{request_cost(deployment, usage) if deployment else 0.0:.8f}"
         media_type = _MEDIA_TYPES.get(reply.content_type)
         if media_type is None:
             media_type = _MEDIA_TYPES.setdefault(reply.content_type, content_type(reply.content_type))
-        await send_whole(send, 200, media_type, headers, reply.body)
+        try:
+            await send_whole(send, 200, media_type, headers, reply.body)
+        finally:
+            self._finish(200, usage, None)  # metrics and the usage record: the client need not wait for them
 
     async def stream(self, scope: Scope, receive: Receive, send: Send, guard: Guard) -> None:
         async def attempt(d: Deployment) -> UpstreamReply | UpstreamStream:
