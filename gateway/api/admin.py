@@ -11,8 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.asgi_io import read_body
 from gateway.api.auth import is_admin
-from gateway.api.parsing import parse_request, read_body, request_facts
+from gateway.api.parsing import parse_request, request_facts
 from gateway.api.responses import error_response
 from gateway.errors import AuthenticationError, BadRequestError, NotFoundError, PolicyError, PolyrouteError
 from gateway.observability.usage_report import dimensions, summarize
@@ -70,7 +71,7 @@ def admin_routes(runtime: Runtime) -> list[Route]:
         """Dry-run a request body (and optional tenant/hints) through the same decision code, no upstream call."""
         try:
             check(request)
-            raw = await read_body(request, runtime.settings.max_body_bytes)
+            raw = await read_body(request.receive, request.headers, runtime.settings.max_body_bytes)
             endpoint = Endpoint(request.query_params.get("endpoint", "chat"))
             parsed = parse_request(raw, endpoint, request.headers)
             table = runtime.active.table

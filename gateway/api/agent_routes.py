@@ -7,8 +7,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.api.asgi_io import read_body
 from gateway.api.auth import authenticate
-from gateway.api.parsing import estimate_prompt, read_body
+from gateway.api.parsing import estimate_prompt
 from gateway.api.protocol_request import protocol_error_response
 from gateway.api.proxy import ProxyService
 from gateway.errors import BadRequestError, NotFoundError, PermissionDeniedError, PolyrouteError
@@ -19,18 +20,12 @@ from gateway.runtime import Runtime
 
 
 def agent_routes(runtime: Runtime, proxy: ProxyService) -> list[Route]:
-    async def messages(request: Request) -> Response:
-        return await proxy.handle(request, Endpoint.MESSAGES)
-
-    async def responses(request: Request) -> Response:
-        return await proxy.handle(request, Endpoint.RESPONSES)
-
     async def count_tokens(request: Request) -> Response:
         """polyroute's own estimate (as routing uses it); no upstream is asked and no limit is charged."""
         table = runtime.active.table
         try:
             tenant = authenticate(request.headers, table)
-            raw = await read_body(request, runtime.settings.max_body_bytes)
+            raw = await read_body(request.receive, request.headers, runtime.settings.max_body_bytes)
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
@@ -50,7 +45,7 @@ def agent_routes(runtime: Runtime, proxy: ProxyService) -> list[Route]:
         return Response(orjson.dumps({"input_tokens": tokens}), media_type="application/json")
 
     return [
-        Route("/v1/messages", messages, methods=["POST"]),
+        Route("/v1/messages", proxy.route(Endpoint.MESSAGES), methods=["POST"]),
         Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
-        Route("/v1/responses", responses, methods=["POST"]),
+        Route("/v1/responses", proxy.route(Endpoint.RESPONSES), methods=["POST"]),
     ]

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -31,7 +31,6 @@ class Drain:
     def __init__(self, grace_s: float) -> None:
         self.grace_s = grace_s
         self.deadline: float | None = None  # loop time; None until the drain begins
-        self._waiting: set[asyncio.Timeout] = set()
         self._passed: asyncio.Future[None] | None = None
 
     @property
@@ -48,27 +47,11 @@ class Drain:
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + max(0.0, self.grace_s - min(_MARGIN_S, self.grace_s / 4))
         log.info("draining in-flight requests for up to %.1fs", self.deadline - loop.time())
-        for cutoff in self._waiting:
-            cutoff.reschedule(self.deadline)
         loop.call_at(self.deadline, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         if not self.passed.done():
             self.passed.set_result(None)
-
-    async def next_event(self, events: AsyncIterator[bytes]) -> bytes | None:
-        """The next event of a stream, None at its end; ShuttingDownError if the drain deadline comes first."""
-        cutoff = asyncio.timeout_at(self.deadline)
-        try:
-            async with cutoff:
-                self._waiting.add(cutoff)
-                return await anext(events, None)
-        except TimeoutError:
-            if cutoff.expired():  # only our own cutoff; a TimeoutError from below is not ours to rename
-                raise ShuttingDownError() from None
-            raise
-        finally:
-            self._waiting.discard(cutoff)
 
     def on_sigterm(self) -> None:
         """Chain a SIGTERM handler in front of the server's own (which stops accepting and waits)."""
@@ -92,40 +75,61 @@ async def _until_disconnected(receive: Receive) -> None:
             return
 
 
-async def guarded(work: Awaitable[T], receive: Receive, drain: Drain) -> T:
-    """Await `work` (the upstream attempts); cancel it when the client disconnects or the drain deadline passes.
+class Guard:
+    """Cancels a request's task when its client disconnects or the drain deadline passes, until disarmed.
 
-    Raises ClientGoneError or ShuttingDownError then. Must be called after the request body was read, so that
-    the next ASGI message can only be the disconnect.
+    One per request, for the upstream attempts and the whole relay of a stream: a single watcher task reads the next
+    ASGI message, which can only be the disconnect once the body was read (so create it after reading the body).
+    The task is cancelled rather than asked at every event, so that a stream pays nothing per relayed event; the
+    code that catches the CancelledError asks `reason` whether the cancellation was this guard's (and why).
     """
-    current = asyncio.current_task()
-    assert current is not None
-    stopped: list[PolyrouteError] = []
-    finished = False
 
-    def stop(why: PolyrouteError) -> None:
-        if not finished and not stopped:
-            stopped.append(why)
-            current.cancel()
+    def __init__(self, receive: Receive, drain: Drain) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._stopped: PolyrouteError | None = None  # why the task was cancelled, until `reason` consumes it
+        self._fired = False  # the task is cancelled at most once
+        self._armed = True
+        self._watcher = asyncio.create_task(_until_disconnected(receive))
+        self._watcher.add_done_callback(self._on_disconnect)
+        self._passed = drain.passed
+        self._passed.add_done_callback(self._on_deadline)
 
-    def on_disconnect(task: asyncio.Task[None]) -> None:
+    def _stop(self, why: PolyrouteError) -> None:
+        if self._armed and not self._fired:
+            self._fired = True
+            self._stopped = why
+            self._task.cancel()
+
+    def _on_disconnect(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is None:
-            stop(ClientGoneError())
+            self._stop(ClientGoneError())
 
-    def on_deadline(_: Any) -> None:
-        stop(ShuttingDownError())
+    def _on_deadline(self, _: Any) -> None:
+        self._stop(ShuttingDownError())
 
-    watcher = asyncio.create_task(_until_disconnected(receive))
-    watcher.add_done_callback(on_disconnect)
-    passed = drain.passed
-    passed.add_done_callback(on_deadline)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if stopped and current.uncancel() == 0:
-            raise stopped[0] from None
-        raise
-    finally:
-        finished = True
-        passed.remove_done_callback(on_deadline)
-        watcher.cancel()
+    def reason(self) -> PolyrouteError | None:
+        """Called on a CancelledError: why this guard cancelled the task (the cancellation is then consumed), or
+        None when the cancellation came from elsewhere and must propagate."""
+        why, self._stopped = self._stopped, None
+        if why is not None and self._task.uncancel() == 0:
+            return why
+        return None
+
+    async def watch(self, work: Awaitable[T]) -> T:
+        """Await `work`; ClientGoneError or ShuttingDownError instead when the guard stops it."""
+        try:
+            return await work
+        except asyncio.CancelledError:
+            why = self.reason()
+            if why is not None:
+                raise why from None
+            raise
+
+    def disarm(self) -> None:
+        """From here on nothing is cancelled (call it before the last send: the server then reports a disconnect)."""
+        if self._armed:
+            self._armed = False
+            self._passed.remove_done_callback(self._on_deadline)
+            self._watcher.cancel()

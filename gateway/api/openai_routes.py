@@ -21,15 +21,6 @@ from gateway.runtime import Runtime
 def model_routes(runtime: Runtime) -> list[Route]:
     proxy = ProxyService(runtime)
 
-    async def chat(request: Request) -> Response:
-        return await proxy.handle(request, Endpoint.CHAT)
-
-    async def completions(request: Request) -> Response:
-        return await proxy.handle(request, Endpoint.COMPLETION)
-
-    async def embeddings(request: Request) -> Response:
-        return await proxy.handle(request, Endpoint.EMBEDDING)
-
     async def models(request: Request) -> Response:
         table = runtime.active.table
         try:
@@ -45,9 +36,9 @@ def model_routes(runtime: Runtime) -> list[Route]:
         return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
     return [
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
-        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/chat/completions", proxy.route(Endpoint.CHAT), methods=["POST"]),
+        Route("/v1/completions", proxy.route(Endpoint.COMPLETION), methods=["POST"]),
+        Route("/v1/embeddings", proxy.route(Endpoint.EMBEDDING), methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
         *agent_routes(runtime, proxy),
     ]

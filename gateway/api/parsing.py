@@ -8,16 +8,14 @@ from typing import Any
 
 import orjson
 from starlette.datastructures import Headers
-from starlette.requests import Request
 
-from gateway.errors import BadRequestError, RequestTooLargeError
+from gateway.errors import BadRequestError
 from gateway.policy.plan import RequestFacts
 from gateway.policy.table import Tenant
 from gateway.providers.base import Endpoint
 
 _HINT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_TAGS = 16
-DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to this multiple of the limit
 IMAGE_TOKEN_ESTIMATE = 1000
 _REQUIRED = {Endpoint.CHAT: "messages", Endpoint.COMPLETION: "prompt", Endpoint.EMBEDDING: "input"}
 # `metadata` follows OpenAI's documented limits, so that a request a self-hosted target accepts is not refused by a
@@ -45,27 +43,6 @@ class ParsedRequest:
     needs: frozenset[str]
     data_class: str | None
     tags: frozenset[str]
-
-
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refusing (413) anything over the limit before or while reading it."""
-    declared = request.headers.get("content-length")
-    too_large = declared is not None and declared.isdigit() and int(declared) > max_bytes
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            too_large = True
-            if size > max_bytes * DRAIN_FACTOR:
-                break  # past this the connection is dropped: reading on would only serve an abuser
-            continue  # read the rest, so that the client, still sending, receives the 413
-        chunks.append(chunk)
-    if too_large:
-        raise RequestTooLargeError(
-            f"Request body is {declared or 'over ' + str(max_bytes)} bytes; the limit is {max_bytes} bytes."
-        )
-    return b"".join(chunks)
 
 
 def parse_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedRequest:

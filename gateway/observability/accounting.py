@@ -167,15 +167,16 @@ class Accountant:
 
     async def _write(self, batch: list[tuple[FinishedRequest, float, UsageRecord | None]]) -> None:
         now = time.time()
+        # Corrections add up: one settlement per tenant and batch instead of one store round trip per request.
+        deltas: dict[str, tuple[int, float]] = {}
         for done, cost, _ in batch:
             if done.settle:
                 used = done.usage.input_tokens + done.usage.output_tokens if done.usage else done.reserved_tokens
-                await self._store.settle(
-                    done.tenant,
-                    token_delta=used - done.reserved_tokens,
-                    cost_delta_usd=cost - done.reserved_cost_usd,
-                    now=now,
-                )
+                tokens, usd = deltas.get(done.tenant, (0, 0.0))
+                deltas[done.tenant] = (tokens + used - done.reserved_tokens, usd + cost - done.reserved_cost_usd)
+        for tenant, (token_delta, cost_delta_usd) in deltas.items():
+            if token_delta or cost_delta_usd:
+                await self._store.settle(tenant, token_delta=token_delta, cost_delta_usd=cost_delta_usd, now=now)
         records = [r for _, _, r in batch if r is not None]
         if records:
             await self._store.record_usage(records)

@@ -259,7 +259,15 @@ class SSERelay:
         if end >= 0 and buf.startswith(b"data:", pos) and buf.find(b"\n", pos, end) < 0:
             # The usual event, a single `data:` line: no walk line by line.
             self._pos = end + 2
-            return self._payload(buf[pos + 5 : end].rstrip(b"\r").lstrip())
+            payload = buf[pos + 5 : end].rstrip(b"\r").lstrip()
+            if payload == b"[DONE]":
+                self._finished = True
+                return DONE_EVENT
+            if not self._inspect(payload):
+                return b""
+            if len(payload) == end - pos - 6 and buf[pos + 5] == 0x20:
+                return buf[pos : end + 2]  # exactly `data: <payload>` and a blank line: relayed as it came
+            return b"data: " + payload + b"\n\n"
         data_lines: list[bytes] = []
         while True:
             end = buf.find(b"\n", pos)
@@ -293,11 +301,15 @@ class SSERelay:
         if payload == b"[DONE]":
             self._finished = True
             return DONE_EVENT
-        return self._inspect(payload)
+        if not self._inspect(payload):
+            return b""
+        # A payload that came as several `data:` lines goes out as several again (SSE joins them with newlines).
+        return b"data: " + payload.replace(b"\n", b"\ndata: ") + b"\n\n"
 
     _saw_finish = False
 
-    def _inspect(self, payload: bytes) -> bytes:
+    def _inspect(self, payload: bytes) -> bool:
+        """Watch an event for usage, a finish reason and in-band errors; False for the usage chunk to hide."""
         if b'"error"' in payload or b'"usage"' in payload or _finish_reason_set(payload):
             try:
                 data = orjson.loads(payload)
@@ -317,9 +329,8 @@ class SSERelay:
             if usage:
                 self._usage = Usage.from_openai(usage)
                 if self._hide_usage_chunk and not choices:
-                    return b""
-        # A payload that came as several `data:` lines goes out as several again (SSE joins them with newlines).
-        return b"data: " + payload.replace(b"\n", b"\ndata: ") + b"\n\n"
+                    return False
+        return True
 
     async def aclose(self) -> None:
         if self._finished:

@@ -1,0 +1,70 @@
+"""Raw ASGI I/O for the model routes: the request body and responses sent as ASGI messages directly.
+
+The model routes are plain ASGI apps rather than Starlette request/response endpoints: a Starlette
+`StreamingResponse` runs a task group and a disconnect listener of its own for every stream, while the proxy already
+watches the client itself (gateway.api.lifetime.Guard), and building `Request`/`Response` objects is work every
+proxied request would pay for nothing.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import Headers
+from starlette.types import Message, Receive, Send
+
+from gateway.errors import ClientGoneError, RequestTooLargeError
+
+DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to this multiple of the limit
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+async def read_body(receive: Receive, headers: Headers, max_bytes: int) -> bytes:
+    """The raw body, refusing (413) anything over the limit before or while reading it."""
+    declared = headers.get("content-length")
+    too_large = declared is not None and declared.isdigit() and int(declared) > max_bytes
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientGoneError()  # http.disconnect: the client left while sending
+        chunk: bytes = message.get("body", b"")
+        size += len(chunk)
+        if size > max_bytes:
+            too_large = True
+            if size > max_bytes * DRAIN_FACTOR:
+                break  # past this the connection is dropped: reading on would only serve an abuser
+        elif chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if too_large:
+        raise RequestTooLargeError(
+            f"Request body is {declared or 'over ' + str(max_bytes)} bytes; the limit is {max_bytes} bytes."
+        )
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def content_type(media_type: str) -> bytes:
+    """The Content-Type Starlette would send for `media_type` (text types say their charset)."""
+    if media_type.startswith("text/") and "charset=" not in media_type.lower():
+        media_type += "; charset=utf-8"
+    return media_type.encode("latin-1")
+
+
+def response_start(status: int, media_type: bytes, headers: dict[str, str], length: int | None) -> Message:
+    """The `http.response.start` message; `length` None for a body sent in chunks."""
+    raw: RawHeaders = [(b"content-type", media_type)]
+    if length is not None:
+        raw.append((b"content-length", b"%d" % length))
+    raw += [(name.encode("latin-1"), value.encode("latin-1")) for name, value in headers.items()]
+    return {"type": "http.response.start", "status": status, "headers": raw}
+
+
+async def send_whole(send: Send, status: int, media_type: bytes, headers: dict[str, str], body: bytes) -> None:
+    """A complete response in two messages."""
+    await send(response_start(status, media_type, headers, len(body)))
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def body_chunk(data: bytes, *, more: bool = True) -> Message:
+    return {"type": "http.response.body", "body": data, "more_body": more}
