@@ -121,6 +121,7 @@ def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -
         return MemoryStateStore()
     target = parse_redis_url(settings.redis_url)
     client, companions = connect(target)
+    lean = client.connection_pool if isinstance(client, Redis) and target.kind == "standalone" else None
     return RedisStateStore(
         client,
         failure_mode=settings.state_failure_mode,
@@ -128,6 +129,7 @@ def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -
         location=target.display,
         secrets=[target.password] if target.password else [],
         companions=companions,
+        admission_pool=None if lean is None else (lean, POOL_SIZE, POOL_WAIT_S, RETRIES),
     )
 
 

@@ -7,12 +7,13 @@ import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import date, timedelta
+from typing import Any
 
 from redis import exceptions as rx
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
@@ -51,6 +52,7 @@ from gateway.state.redis_keys import (
     usage_field,
     usage_key,
 )
+from gateway.state.redis_script import PooledScript
 
 log = logging.getLogger("polyroute.state")
 
@@ -87,7 +89,10 @@ class RedisStateStore:
         secrets: Sequence[str] = (),
         companions: Sequence[Redis] = (),
         split_admission: bool | None = None,
+        admission_pool: tuple[ConnectionPool, int, float, int] | None = None,
     ) -> None:
+        """`admission_pool` (standalone only: the pool, its size, the wait for a connection, retries) runs the
+        per-request admission script over connections of its own instead of through the client."""
         self._client = client
         self._failure_mode = failure_mode
         self._on_error = on_error or (lambda op: None)
@@ -95,7 +100,14 @@ class RedisStateStore:
         self._secrets = tuple(s for s in secrets if s)
         self._companions = tuple(companions)  # e.g. Sentinel connections, closed with the store
         self._split = isinstance(client, RedisCluster) if split_admission is None else split_admission
-        self._admit_lua = AsyncScript(client, lua("quota.lua", "admit.lua"))
+        admit_text = lua("quota.lua", "admit.lua")
+        self._admit_lua = AsyncScript(client, admit_text)
+        self._admit_direct: PooledScript | None = None
+        self._admit_call: Callable[[Sequence[str], Sequence[int]], Awaitable[Any]] = self._admit_lua
+        if admission_pool is not None and not self._split:
+            pool, size, wait_s, retries = admission_pool
+            self._admit_direct = PooledScript(pool, admit_text, size=size, wait_s=wait_s, retries=retries)
+            self._admit_call = self._admit_direct
         self._reserve_lua = AsyncScript(client, lua("quota.lua", "reserve.lua"))
         self._adjust_lua = AsyncScript(client, lua("adjust.lua"))
         self._record_lua = AsyncScript(client, lua("circuit_record.lua"))
@@ -123,6 +135,8 @@ class RedisStateStore:
             self._flusher = None
         if self._pending and not await self.flush():
             log.error("state store closed with %d usage records that never reached Redis", len(self._pending))
+        if self._admit_direct is not None:
+            await self._admit_direct.aclose()
         await self._client.aclose()
         for companion in self._companions:
             await companion.aclose()
@@ -281,7 +295,7 @@ class RedisStateStore:
 
     async def _admit_atomic(self, r: AdmissionRequest) -> Counted:
         keys = tenant_keys(r.tenant, r.now) + deployment_keys(r.deployments, r.now)
-        raw = await self._admit_lua(keys, admit_args(r, r.deployments))
+        raw = await self._admit_call(keys, admit_args(r, r.deployments))
         return admit_reply(raw, r.deployments)
 
     async def _admit_split(self, r: AdmissionRequest) -> Counted:
