@@ -17,6 +17,7 @@ from gateway.settings import Settings
 from gateway.state.base import StateStore
 from gateway.state.memory import MemoryStateStore
 from gateway.state.redis import RedisStateStore
+from gateway.state.redis_script import ScriptConnections
 
 # Short timeouts so that no request waits on an unreachable Redis; one retry so that a connection left stale by a
 # Redis restart is replaced transparently instead of surfacing as an outage.
@@ -129,7 +130,7 @@ def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -
         location=target.display,
         secrets=[target.password] if target.password else [],
         companions=companions,
-        admission_pool=None if lean is None else (lean, POOL_SIZE, POOL_WAIT_S, RETRIES),
+        scripts=None if lean is None else ScriptConnections(lean, size=POOL_SIZE, wait_s=POOL_WAIT_S, retries=RETRIES),
     )
 
 

@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from redis import exceptions as rx
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
@@ -52,9 +52,11 @@ from gateway.state.redis_keys import (
     usage_field,
     usage_key,
 )
-from gateway.state.redis_script import PooledScript
+from gateway.state.redis_script import ScriptConnections
 
 log = logging.getLogger("polyroute.state")
+
+ScriptCall = Callable[[Sequence[str], Sequence[int | str]], Awaitable[Any]]
 
 # What an unreachable or failing-over Redis raises. Anything else (a script error, a bad reply) is a bug: it propagates.
 OUTAGE_ERRORS: tuple[type[Exception], ...] = (
@@ -89,10 +91,10 @@ class RedisStateStore:
         secrets: Sequence[str] = (),
         companions: Sequence[Redis] = (),
         split_admission: bool | None = None,
-        admission_pool: tuple[ConnectionPool, int, float, int] | None = None,
+        scripts: ScriptConnections | None = None,
     ) -> None:
-        """`admission_pool` (standalone only: the pool, its size, the wait for a connection, retries) runs the
-        per-request admission script over connections of its own instead of through the client."""
+        """`scripts` (standalone only) runs admission, settlement and usage writes, the commands of every request,
+        over connections of their own instead of through the client."""
         self._client = client
         self._failure_mode = failure_mode
         self._on_error = on_error or (lambda op: None)
@@ -100,19 +102,13 @@ class RedisStateStore:
         self._secrets = tuple(s for s in secrets if s)
         self._companions = tuple(companions)  # e.g. Sentinel connections, closed with the store
         self._split = isinstance(client, RedisCluster) if split_admission is None else split_admission
-        admit_text = lua("quota.lua", "admit.lua")
-        self._admit_lua = AsyncScript(client, admit_text)
-        self._admit_direct: PooledScript | None = None
-        self._admit_call: Callable[[Sequence[str], Sequence[int]], Awaitable[Any]] = self._admit_lua
-        if admission_pool is not None and not self._split:
-            pool, size, wait_s, retries = admission_pool
-            self._admit_direct = PooledScript(pool, admit_text, size=size, wait_s=wait_s, retries=retries)
-            self._admit_call = self._admit_direct
+        self._scripts = scripts
+        self._admit_lua = self._script(client, lua("quota.lua", "admit.lua"), lean=not self._split)
         self._reserve_lua = AsyncScript(client, lua("quota.lua", "reserve.lua"))
-        self._adjust_lua = AsyncScript(client, lua("adjust.lua"))
+        self._adjust_lua = self._script(client, lua("adjust.lua"))
         self._record_lua = AsyncScript(client, lua("circuit_record.lua"))
         self._probe_lua = AsyncScript(client, lua("circuit_probe.lua"))
-        self._usage_lua = AsyncScript(client, lua("usage.lua"))
+        self._usage_lua = self._script(client, lua("usage.lua"))
         self._local = LocalCircuitBreakers()  # routing keeps its breakers while Redis is away
         self._pending: deque[UsageRecord] = deque()
         self._dropped = 0
@@ -135,8 +131,8 @@ class RedisStateStore:
             self._flusher = None
         if self._pending and not await self.flush():
             log.error("state store closed with %d usage records that never reached Redis", len(self._pending))
-        if self._admit_direct is not None:
-            await self._admit_direct.aclose()
+        if self._scripts is not None:
+            await self._scripts.aclose()
         await self._client.aclose()
         for companion in self._companions:
             await companion.aclose()
@@ -293,9 +289,12 @@ class RedisStateStore:
 
     # --- internals ---
 
+    def _script(self, client: Redis | RedisCluster, text: str, *, lean: bool = True) -> ScriptCall:
+        return self._scripts.script(text) if self._scripts is not None and lean else AsyncScript(client, text)
+
     async def _admit_atomic(self, r: AdmissionRequest) -> Counted:
         keys = tenant_keys(r.tenant, r.now) + deployment_keys(r.deployments, r.now)
-        raw = await self._admit_call(keys, admit_args(r, r.deployments))
+        raw = await self._admit_lua(keys, admit_args(r, r.deployments))
         return admit_reply(raw, r.deployments)
 
     async def _admit_split(self, r: AdmissionRequest) -> Counted:

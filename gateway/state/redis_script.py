@@ -1,4 +1,4 @@
-"""A Lua script run on standalone Redis over connections of its own: the per-request admission, with one layer."""
+"""Lua scripts run on standalone Redis over connections of their own: the per-request commands, with one layer."""
 
 from __future__ import annotations
 
@@ -12,26 +12,28 @@ from redis import exceptions as rx
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 
 
-class PooledScript:
-    """`EVALSHA` straight on a connection, loading the script when Redis lacks it; one retry on a broken connection.
+class ScriptConnections:
+    """`EVALSHA` straight on a connection, loading a script when Redis lacks it; one retry on a broken connection.
 
-    The client's own command path (a pool lock and condition, a timeout per checkout, retry and observability hooks)
-    costs more CPU than the round trip itself for a command sent on every request. Connections are made like the
-    pool's (same address, credentials, TLS and socket timeouts); at most `size` are open, and a caller beyond that
-    waits up to `wait_s` for one, then fails as the client would, with a `ConnectionError`.
+    The client's own command path (a pool lock and condition, a timeout per checkout, retry and observability hooks,
+    an argument packer in Python) costs more CPU than the round trip itself for commands sent on every request.
+    Connections are made like the pool's (same address, credentials, TLS and socket timeouts); at most `size` are
+    open, and a caller beyond that waits up to `wait_s` for one, then fails as the client would, with a
+    `ConnectionError`.
     """
 
-    def __init__(self, pool: ConnectionPool, text: str, *, size: int, wait_s: float, retries: int) -> None:
+    def __init__(self, pool: ConnectionPool, *, size: int, wait_s: float, retries: int) -> None:
         self._pool = pool
-        self._text = text
-        self._sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
         self._wait_s = wait_s
         self._retries = retries
         self._slots = asyncio.Semaphore(size)
         self._idle: list[AbstractConnection] = []
         self._open: set[AbstractConnection] = set()
 
-    async def __call__(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
+    def script(self, text: str) -> PooledScript:
+        return PooledScript(self, text)
+
+    async def run(self, sha: str, text: str, operands: tuple[int | str, ...]) -> Any:
         if self._slots.locked():
             try:
                 await asyncio.wait_for(self._slots.acquire(), self._wait_s)
@@ -41,7 +43,16 @@ class PooledScript:
             await self._slots.acquire()
         conn = self._idle.pop() if self._idle else self._connection()
         try:
-            return await self._run(conn, (len(keys), *keys, *args))
+            attempt = 0
+            while True:
+                try:
+                    return await _evalsha(conn, sha, text, operands)
+                except (rx.ConnectionError, rx.TimeoutError):
+                    # A connection left stale by a Redis restart is replaced once, as the client's retry does.
+                    if attempt >= self._retries:
+                        raise
+                    attempt += 1
+                    await conn.disconnect()
         finally:
             self._idle.append(conn)
             self._slots.release()
@@ -57,30 +68,31 @@ class PooledScript:
         self._open.add(conn)
         return conn
 
-    async def _run(self, conn: AbstractConnection, operands: tuple[int | str, ...]) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return await self._evalsha(conn, operands)
-            except (rx.ConnectionError, rx.TimeoutError):
-                # A connection left stale by a Redis restart is replaced once, as the client's retry does.
-                if attempt >= self._retries:
-                    raise
-                attempt += 1
-                await conn.disconnect()
 
-    async def _evalsha(self, conn: AbstractConnection, operands: tuple[int | str, ...]) -> Any:
-        # Both calls drop the connection themselves on any error or cancellation, so it never keeps a stray reply.
-        # hiredis packs in C what the connection's own packer builds argument by argument (keys are UTF-8 text,
-        # arguments integers: the same bytes either way).
-        await conn.send_packed_command(_pack("EVALSHA", self._sha, *operands))
-        try:
-            return await conn.read_response()
-        except rx.NoScriptError:
-            await conn.send_packed_command(_pack("EVAL", self._text, *operands), check_health=False)
-            return await conn.read_response()
+class PooledScript:
+    """One script, called like redis-py's `AsyncScript`: `await script(keys, args)`."""
+
+    def __init__(self, connections: ScriptConnections, text: str) -> None:
+        self._connections = connections
+        self._text = text
+        self._sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
+        return await self._connections.run(self._sha, self._text, (len(keys), *keys, *args))
+
+
+async def _evalsha(conn: AbstractConnection, sha: str, text: str, operands: tuple[int | str, ...]) -> Any:
+    # Both calls drop the connection themselves on any error or cancellation, so it never keeps a stray reply.
+    await conn.send_packed_command(_pack("EVALSHA", sha, *operands))
+    try:
+        return await conn.read_response()
+    except rx.NoScriptError:
+        await conn.send_packed_command(_pack("EVAL", text, *operands), check_health=False)
+        return await conn.read_response()
 
 
 def _pack(*parts: int | str) -> bytes:
+    """hiredis packs in C what the connection's packer builds argument by argument: the same bytes for UTF-8 text
+    and integers, the only arguments these scripts take."""
     packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]  # its stub declares a one-element tuple
     return packed

@@ -1,4 +1,4 @@
-"""The admission script's own connections: it loads itself, survives a Redis restart, and never mixes up replies."""
+"""Scripts on connections of their own: loaded when missing, through a Redis restart, never mixing up replies."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import redis
 from redis import exceptions as rx
 from redis.asyncio import ConnectionPool
 
-from gateway.state.redis_script import PooledScript
+from gateway.state.redis_script import ScriptConnections
 from tests.unit.state.redis_process import RedisServer
 
 ECHO = "return {KEYS[1], ARGV[1]}"
@@ -38,15 +38,17 @@ def flush_scripts(server: RedisServer) -> None:
 async def test_the_script_is_loaded_when_redis_does_not_know_it(
     pool: ConnectionPool, own_redis_server: RedisServer
 ) -> None:
-    script = PooledScript(pool, ECHO, size=4, wait_s=1.0, retries=1)
+    connections = ScriptConnections(pool, size=4, wait_s=1.0, retries=1)
+    script = connections.script(ECHO)
     assert await script(["k"], [1]) == ["k", "1"]
     flush_scripts(own_redis_server)
     assert await script(["k2"], ["two"]) == ["k2", "two"]
-    await script.aclose()
+    await connections.aclose()
 
 
 async def test_a_restart_of_redis_is_absorbed_by_one_retry(pool: ConnectionPool, own_redis_server: RedisServer) -> None:
-    script = PooledScript(pool, ECHO, size=4, wait_s=1.0, retries=1)
+    connections = ScriptConnections(pool, size=4, wait_s=1.0, retries=1)
+    script = connections.script(ECHO)
     assert await script(["k"], [1]) == ["k", "1"]
     own_redis_server.kill()
     own_redis_server.start()
@@ -54,25 +56,27 @@ async def test_a_restart_of_redis_is_absorbed_by_one_retry(pool: ConnectionPool,
     own_redis_server.kill()
     with pytest.raises((rx.ConnectionError, rx.TimeoutError)):
         await asyncio.wait_for(script(["k"], [3]), SAFETY_S)
-    await script.aclose()
+    await connections.aclose()
 
 
 async def test_a_cancelled_call_leaves_no_reply_for_the_next(pool: ConnectionPool) -> None:
-    slow = PooledScript(pool, SLOW, size=1, wait_s=1.0, retries=1)
+    connections = ScriptConnections(pool, size=1, wait_s=1.0, retries=1)
+    slow = connections.script(SLOW)
     call = asyncio.create_task(slow([], ["first"]))
     await asyncio.sleep(0.05)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
     assert await asyncio.wait_for(slow([], ["second"]), SAFETY_S) == "second"
-    await slow.aclose()
+    await connections.aclose()
 
 
 async def test_callers_beyond_the_pool_wait_then_fail_as_unreachable(pool: ConnectionPool) -> None:
-    slow = PooledScript(pool, SLOW, size=1, wait_s=0.01, retries=1)
+    connections = ScriptConnections(pool, size=1, wait_s=0.01, retries=1)
+    slow = connections.script(SLOW)
     first = asyncio.create_task(slow([], ["first"]))
     await asyncio.sleep(0)
     with pytest.raises(rx.ConnectionError, match="No connection available"):
         await slow([], ["second"])
     assert await asyncio.wait_for(first, SAFETY_S) == "first"
-    await slow.aclose()
+    await connections.aclose()
