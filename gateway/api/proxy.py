@@ -182,14 +182,15 @@ class _Job:
         usage = reply.usage or self._estimated_usage(output_tokens_in_body(reply.body))
         headers = self._headers()
         deployment = self.outcome.deployment
-        headers["x-polyroute-cost-usd"] = f"{request_cost(deployment, usage) if deployment else 0.0:.8f}"
+        cost = request_cost(deployment, usage) if deployment else 0.0
+        headers["x-polyroute-cost-usd"] = f"{cost:.8f}"
         media_type = _MEDIA_TYPES.get(reply.content_type)
         if media_type is None:
             media_type = _MEDIA_TYPES.setdefault(reply.content_type, content_type(reply.content_type))
         try:
             await send_whole(send, 200, media_type, headers, reply.body)
         finally:
-            self._finish(200, usage, None)  # metrics and the usage record: the client need not wait for them
+            self._finish(200, usage, None, cost)  # metrics and the usage record: the client need not wait for them
 
     async def stream(self, scope: Scope, receive: Receive, send: Send, guard: Guard) -> None:
         async def attempt(d: Deployment) -> UpstreamReply | UpstreamStream:
@@ -273,7 +274,9 @@ class _Job:
             return self.proto.error_response(err, self._headers())
         return error_response(err, self._headers())
 
-    def _finish(self, status: int, usage: Usage | None, first_token_s: float | None) -> float:
+    def _finish(
+        self, status: int, usage: Usage | None, first_token_s: float | None, cost_usd: float | None = None
+    ) -> float:
         self.rt.metrics.inflight(alias=self.plan.alias, delta=-1)
         duration = time.perf_counter() - self.started
         gateway_time = (first_token_s if first_token_s is not None else duration) - self.upstream_s
@@ -294,6 +297,7 @@ class _Job:
                 reserved_tokens=self.admitted.tokens,
                 reserved_cost_usd=self.admitted.cost_usd,
                 settle=self.admitted.counted,
+                cost_usd=cost_usd,
             )
         )
 

@@ -60,6 +60,7 @@ class FinishedRequest:
     reserved_tokens: int = 0
     reserved_cost_usd: float = 0.0
     settle: bool = False  # admission reserved tokens/cost that must be corrected
+    cost_usd: float | None = None  # already worked out for the response header (else computed here)
 
 
 def request_cost(deployment: Deployment, usage: Usage) -> float:
@@ -112,7 +113,7 @@ class Accountant:
         cost = 0.0
         usage = done.usage
         if dep is not None and usage is not None:
-            cost = request_cost(dep, usage)
+            cost = done.cost_usd if done.cost_usd is not None else request_cost(dep, usage)
             self._metrics.tokens(
                 input=usage.input_tokens,
                 output=usage.output_tokens,
