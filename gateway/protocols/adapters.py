@@ -15,6 +15,7 @@ from gateway.protocols import messages_reply, responses_reply
 from gateway.protocols.messages_request import messages_to_chat
 from gateway.protocols.responses_request import responses_to_chat
 from gateway.providers.base import Endpoint, UpstreamReply, UpstreamStream, Usage
+from gateway.routing.classify import stream_event
 
 
 class StreamTranslator(Protocol):
@@ -127,13 +128,7 @@ class TranslatedStream:
     def _translate_one(self, payload: bytes) -> list[bytes]:
         if payload == b"[DONE]":
             return self._translator.finish()
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError("malformed JSON in event stream", error_class=ErrorClass.SERVER_ERROR) from exc
-        if not isinstance(chunk, dict):
-            raise UpstreamError("malformed event in stream", error_class=ErrorClass.SERVER_ERROR)
-        return self._translator.feed(chunk)
+        return self._translator.feed(stream_event(payload))
 
     def fail(self, err: PolyrouteError) -> bytes:
         return b"".join(self._translator.fail(err.message, self._adapter.fail_code(err)))

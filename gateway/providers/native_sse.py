@@ -6,11 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import orjson
 
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.providers.base import Endpoint, Usage
-from gateway.routing.classify import classify_status
+from gateway.routing.classify import classify_status, stream_event
 
 _CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 # Events polyroute reads (for usage, the end of the stream or an error); every other event is relayed unparsed.
@@ -132,12 +131,7 @@ class NativeSSERelay:
         return b"\n".join(lines) + b"\n\n"
 
     def _inspect(self, payload: bytes) -> None:
-        try:
-            event = orjson.loads(payload)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError("malformed JSON in event stream", error_class=ErrorClass.SERVER_ERROR) from exc
-        if not isinstance(event, dict):
-            raise UpstreamError("malformed event in stream", error_class=ErrorClass.SERVER_ERROR)
+        event = stream_event(payload)
         failure = native_error(event)
         if failure is not None:
             raise failure

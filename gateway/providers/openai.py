@@ -13,7 +13,7 @@ from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Protocol, Provider, Timeouts
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
 from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
-from gateway.routing.classify import inband_error, upstream_error
+from gateway.routing.classify import inband_error, stream_event, upstream_error
 
 PATHS = {
     Endpoint.CHAT: "/chat/completions",
@@ -311,12 +311,7 @@ class SSERelay:
     def _inspect(self, payload: bytes) -> bool:
         """Watch an event for usage, a finish reason and in-band errors; False for the usage chunk to hide."""
         if b'"error"' in payload or b'"usage"' in payload or _finish_reason_set(payload):
-            try:
-                data = orjson.loads(payload)
-            except orjson.JSONDecodeError as exc:
-                raise UpstreamError("malformed JSON in event stream", error_class=ErrorClass.SERVER_ERROR) from exc
-            if not isinstance(data, dict):
-                raise UpstreamError("malformed event in stream", error_class=ErrorClass.SERVER_ERROR)
+            data = stream_event(payload)
             failure = inband_error(data)
             if failure is not None:
                 raise failure

@@ -124,6 +124,17 @@ def inband_error(payload: Any) -> UpstreamError | None:
     )
 
 
+def stream_event(payload: bytes) -> dict[str, Any]:
+    """One SSE event's JSON object; a malformed one is a server_error (it fails over before the first byte)."""
+    try:
+        event = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamError("malformed JSON in event stream", error_class=ErrorClass.SERVER_ERROR) from exc
+    if not isinstance(event, dict):
+        raise UpstreamError("malformed event in stream", error_class=ErrorClass.SERVER_ERROR)
+    return event
+
+
 def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
