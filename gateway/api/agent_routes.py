@@ -9,10 +9,10 @@ from starlette.routing import Route
 
 from gateway.api.asgi_io import read_body
 from gateway.api.auth import authenticate
-from gateway.api.parsing import estimate_prompt
+from gateway.api.parsing import estimate_prompt, json_object
 from gateway.api.protocol_request import protocol_error_response
 from gateway.api.proxy import ProxyService
-from gateway.errors import BadRequestError, NotFoundError, PermissionDeniedError, PolyrouteError
+from gateway.errors import NotFoundError, PermissionDeniedError, PolyrouteError
 from gateway.protocols.adapters import MESSAGES
 from gateway.protocols.messages_request import messages_to_chat
 from gateway.providers.base import Endpoint
@@ -26,12 +26,7 @@ def agent_routes(runtime: Runtime, proxy: ProxyService) -> list[Route]:
         try:
             tenant = authenticate(request.headers, table)
             raw = await read_body(request.receive, request.headers, runtime.settings.max_body_bytes)
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                raise BadRequestError(f"Request body is not valid JSON: {exc}") from exc
-            if not isinstance(body, dict):
-                raise BadRequestError("Request body must be a JSON object.")
+            body = json_object(raw)
             model = body.get("model")
             if not isinstance(model, str) or model not in table.aliases:
                 raise NotFoundError(

@@ -45,8 +45,8 @@ class ParsedRequest:
     tags: frozenset[str]
 
 
-def parse_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedRequest:
-    """Validate just what routing needs; every other field is passed through untouched."""
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or a 400 saying what it is instead."""
     if not raw:
         raise BadRequestError("Request body is empty; expected a JSON object.")
     try:
@@ -55,6 +55,12 @@ def parse_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedReq
         raise BadRequestError(f"Request body is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise BadRequestError("Request body must be a JSON object.")
+    return body
+
+
+def parse_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedRequest:
+    """Validate just what routing needs; every other field is passed through untouched."""
+    body = json_object(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("You must provide a model parameter (a non-empty string).", param="model")

@@ -9,7 +9,7 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from gateway.api.parsing import ParsedRequest, parse_request
+from gateway.api.parsing import ParsedRequest, json_object, parse_request
 from gateway.errors import BadRequestError, PolyrouteError
 from gateway.policy.table import Deployment, Timeouts
 from gateway.protocols.adapters import ClientProtocol, TranslatedStream, translate_reply
@@ -99,7 +99,7 @@ def parse_protocol_request(
     A body that cannot be translated may still be relayed to a target that speaks its protocol: routing then
     reads a rough stand-in (its size, its tools), and only an attempt on a Chat-only target gets the 400.
     """
-    body = _json_object(raw)
+    body = json_object(raw)
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("You must provide a model parameter (a non-empty string).", param="model")
@@ -118,18 +118,6 @@ def parse_protocol_request(
     parsed = parse_request(orjson.dumps(routing), Endpoint.CHAT, headers)
     forwarded = {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
     return parsed, ProtocolRequest(adapter, body, chat, problem, bool(stream), forwarded)
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise BadRequestError("Request body is empty; expected a JSON object.")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequestError(f"Request body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequestError("Request body must be a JSON object.")
-    return body
 
 
 def _stand_in(raw: bytes, body: dict[str, Any]) -> dict[str, Any]:
