@@ -16,7 +16,7 @@ from gateway.api.auth import is_admin
 from gateway.api.parsing import parse_request, request_facts
 from gateway.api.responses import error_response
 from gateway.errors import AuthenticationError, BadRequestError, NotFoundError, PolicyError, PolyrouteError
-from gateway.observability.usage_report import dimensions, summarize
+from gateway.observability.usage_report import MAX_DAYS, dimensions, summarize
 from gateway.policy.engine import decide
 from gateway.providers.base import Endpoint
 from gateway.runtime import Runtime
@@ -34,8 +34,8 @@ def admin_routes(runtime: Runtime) -> list[Route]:
         try:
             check(request)
             days = int(request.query_params.get("days", "1"))
-            if not 1 <= days <= 400:
-                raise BadRequestError("'days' must be between 1 and 400.", param="days")
+            if not 1 <= days <= MAX_DAYS:
+                raise BadRequestError(f"'days' must be between 1 and {MAX_DAYS}.", param="days")
             group = request.query_params.get("group_by", "tenant,alias,deployment,vendor")
         except ValueError:
             return error_response(BadRequestError("'days' must be an integer.", param="days"))

@@ -9,11 +9,10 @@ import aiohttp
 import orjson
 
 from gateway.errors import PolyrouteError
-from gateway.observability.usage_report import summarize
+from gateway.observability.usage_report import MAX_DAYS, summarize
 from gateway.settings import Settings
 from gateway.state.factory import create_state_store
 
-MAX_DAYS = 400  # the same bound as GET /admin/usage
 _TIMEOUT = aiohttp.ClientTimeout(total=30)
 _COLUMNS = (
     "requests",

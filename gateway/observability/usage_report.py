@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.state.base import UsageRow
 
+MAX_DAYS = 400  # how far back a usage report may reach, by GET /admin/usage or `polyroute usage`
 DIMENSIONS = ("day", "tenant", "alias", "deployment", "provider", "vendor", "hosting", "jurisdiction")
 _SUMS = ("requests", "errors", "fallbacks", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
 
