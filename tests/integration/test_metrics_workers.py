@@ -22,7 +22,6 @@ import openai
 import pytest
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionMessageParam
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability import names
 from tests.support.processes import (
@@ -36,6 +35,7 @@ from tests.support.processes import (
     start_redis,
     start_simulated,
 )
+from tests.support.prometheus import Sample, scrape, total
 
 pytestmark = pytest.mark.skipif(not have_redis(), reason="redis-server is not installed")
 
@@ -108,20 +108,6 @@ def _no_faults_left(workers: Workers) -> Iterator[None]:
 
 
 # --- reading /metrics as Prometheus does ---
-
-Sample = tuple[str, dict[str, str], float]
-
-
-def scrape(url: str) -> list[Sample]:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        assert response.headers["content-type"].startswith("text/plain")
-        text = response.read().decode()
-    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
-
-
-def total(samples: list[Sample], name: str, **match: str) -> float:
-    return sum(v for n, labels, v in samples if n == name and match.items() <= labels.items())
-
 
 def label_values(samples: list[Sample], name: str, label: str) -> set[str]:
     return {labels[label] for n, labels, _ in samples if n == name and label in labels}

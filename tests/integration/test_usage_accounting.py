@@ -22,7 +22,6 @@ import openai
 import pytest
 from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionMessageParam
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.observability import names
 from gateway.policy.pricing import litellm_price
@@ -36,6 +35,7 @@ from tests.support.processes import (
     start_redis,
     start_simulated,
 )
+from tests.support.prometheus import scrape, total
 
 pytestmark = pytest.mark.skipif(not have_redis(), reason="redis-server is not installed")
 
@@ -109,19 +109,6 @@ def _no_faults_left(gw: Gateway) -> Iterator[None]:
 
 # --- what the user reads: /metrics and /admin/usage ---
 
-Sample = tuple[str, dict[str, str], float]
-
-
-def scrape(gw: Gateway) -> list[Sample]:
-    with urllib.request.urlopen(gw.metrics_url, timeout=10) as response:
-        text = response.read().decode()
-    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
-
-
-def total(samples: list[Sample], name: str, **match: str) -> float:
-    return sum(v for n, labels, v in samples if n == name and match.items() <= labels.items())
-
-
 def admin_usage(gw: Gateway, group_by: str = "deployment") -> dict[str, Any]:
     request = urllib.request.Request(
         gw.process.url(f"/admin/usage?days=1&group_by={group_by}"), headers={"authorization": "Bearer adm"}
@@ -140,7 +127,7 @@ class Delta:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self.metrics_before = scrape(gw)
+        self.metrics_before = scrape(gw.metrics_url)
         self.usage_before = admin_usage(gw)
 
     def settle(self, deployment: str, requests: int) -> None:
@@ -151,7 +138,7 @@ class Delta:
             if time.monotonic() > deadline:
                 pytest.fail(f"usage records of {deployment} did not arrive within {WAIT_S:.0f}s")
             time.sleep(0.05)
-        self.metrics_after = scrape(self.gw)
+        self.metrics_after = scrape(self.gw.metrics_url)
         self.usage_after = admin_usage(self.gw)
         assert usage_of(self.usage_after, deployment)["requests"] == wanted
 
