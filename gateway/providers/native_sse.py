@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
-
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.providers.base import Endpoint, Usage
+from gateway.providers.http1 import Response
 from gateway.routing.classify import classify_status, stream_event
 
-_CONNECTION_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
 # Events polyroute reads (for usage, the end of the stream or an error); every other event is relayed unparsed.
 _WATCHED = {
     Endpoint.MESSAGES: frozenset({b"message_start", b"message_delta", b"message_stop", b"error"}),
@@ -69,7 +67,7 @@ def native_error(payload: Any) -> UpstreamError | None:
 class NativeSSERelay:
     """Reads a native SSE stream event by event and relays each (its `event:` line too) unchanged."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, endpoint: Endpoint) -> None:
+    def __init__(self, resp: Response, endpoint: Endpoint) -> None:
         self._resp = resp
         self._endpoint = endpoint
         self._watched = _WATCHED[endpoint]
@@ -95,9 +93,8 @@ class NativeSSERelay:
                 yield event
         except TimeoutError as exc:
             raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
-        except _CONNECTION_ERRORS as exc:
-            raise UpstreamError(f"stream broke: {type(exc).__name__}",
-                                error_class=ErrorClass.CONNECTION_ERROR) from exc
+        except ConnectionError as exc:
+            raise UpstreamError(f"stream broke: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
 
     async def _next_event(self) -> bytes | None:
         if self._ended:
@@ -105,9 +102,9 @@ class NativeSSERelay:
         lines: list[bytes] = []
         name = b""
         data: list[bytes] = []
-        content = self._resp.content
+        resp = self._resp
         while True:
-            line = await content.readline()
+            line = await resp.readline()
             if not line:
                 if lines:
                     break

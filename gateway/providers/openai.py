@@ -1,17 +1,16 @@
-"""The fast path: any OpenAI-compatible upstream (Model Studio, vLLM, SGLang, Ollama, llama.cpp) over pooled aiohttp."""
+"""The fast path: any OpenAI-compatible upstream (Model Studio, vLLM, SGLang, Ollama, llama.cpp), bytes relayed."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
 
-import aiohttp
 import orjson
 
 from gateway.errors import ErrorClass, UpstreamError
-from gateway.policy.table import Protocol, Provider, Timeouts
+from gateway.policy.table import Protocol, Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
+from gateway.providers.http1 import ConnectTimeout, HTTPClient, InvalidHeader, Response
 from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
 from gateway.routing.classify import inband_error, stream_event, upstream_error
 
@@ -23,8 +22,7 @@ PATHS = {
 NATIVE = {Endpoint.RESPONSES: Protocol.RESPONSES, Endpoint.MESSAGES: Protocol.MESSAGES}
 ANTHROPIC_VERSION = "2023-06-01"  # sent when the client named none
 DONE_EVENT = b"data: [DONE]\n\n"
-# Any other aiohttp failure (a reset, a truncated body, an unparsable HTTP answer) means the exchange broke.
-_CONNECTION_ERRORS = (aiohttp.ClientError, ConnectionError)
+KEEPALIVE_S = 60.0  # an idle upstream connection is kept this long (or until the upstream closes it)
 
 
 class OpenAICompatibleProvider:
@@ -44,31 +42,12 @@ class OpenAICompatibleProvider:
         self._anthropic_headers = {"anthropic-version": ANTHROPIC_VERSION}
         if provider.api_key:
             self._anthropic_headers["x-api-key"] = provider.api_key
-        self._max_connections = provider.max_connections
-        self._session: aiohttp.ClientSession | None = None
-        self._timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                limit=self._max_connections, ttl_dns_cache=300, keepalive_timeout=60
-            )
-            self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("user-agent",))
-        return self._session
-
-    def _timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-        timeout = self._timeouts.get(timeouts)
-        if timeout is None:
-            timeout = aiohttp.ClientTimeout(total=timeouts.total_s, sock_connect=timeouts.connect_s)
-            self._timeouts[timeouts] = timeout
-        return timeout
+        self._http = HTTPClient(max_connections=provider.max_connections, keepalive_s=KEEPALIVE_S)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
-    def _request(self, call: UpstreamCall, headers: dict[str, str]) -> Any:
+    def _request(self, call: UpstreamCall, headers: dict[str, str]) -> Awaitable[Response]:
         if call.request_id:
             headers = {**headers, "x-request-id": call.request_id}
         protocol = NATIVE.get(call.endpoint)
@@ -80,32 +59,34 @@ class OpenAICompatibleProvider:
             if url is None:
                 raise UpstreamError(f"provider {self.name} does not speak {protocol.value}",
                                     error_class=ErrorClass.NOT_FOUND)
-            return self._client().post(
-                url, data=orjson.dumps(call.body), headers=headers, timeout=self._timeout(call.timeouts)
-            )
-        return self._client().post(
-            self._base + PATHS[call.endpoint],
-            data=orjson.dumps(call.body),
-            headers=headers,
-            timeout=self._timeout(call.timeouts),
+        else:
+            url = self._base + PATHS[call.endpoint]
+        timeouts = call.timeouts
+        return self._http.post(
+            url, orjson.dumps(call.body), headers,
+            connect_timeout_s=timeouts.connect_s, total_timeout_s=timeouts.total_s,
         )
 
     async def send(self, call: UpstreamCall) -> UpstreamReply:
         deployment = call.deployment.name
         try:
-            async with self._request(call, self._headers) as resp:
+            resp = await self._request(call, self._headers)
+            try:
                 body = await resp.read()
-                if resp.status >= 400:
-                    raise upstream_error(resp.status, body, resp.headers.get("retry-after"), deployment)
-                content_type = resp.headers.get("content-type", "application/json")
-        except aiohttp.ConnectionTimeoutError as exc:
+            finally:
+                resp.release()
+        except ConnectTimeout as exc:
             raise _connect_timeout(call) from exc
         except TimeoutError as exc:
             raise UpstreamError(f"no complete answer within the total timeout of {call.timeouts.total_s:g}s",
                                 error_class=ErrorClass.TIMEOUT) from exc
-        except _CONNECTION_ERRORS as exc:
-            raise UpstreamError(f"connection failed: {type(exc).__name__}",
-                                error_class=ErrorClass.CONNECTION_ERROR) from exc
+        except ConnectionError as exc:
+            raise UpstreamError(f"connection failed: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
+        except InvalidHeader as exc:
+            raise UpstreamError(str(exc), error_class=ErrorClass.BAD_REQUEST) from exc
+        if resp.status >= 400:
+            raise upstream_error(resp.status, body, resp.headers.get("retry-after"), deployment)
+        content_type = resp.headers.get("content-type", "application/json")
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -145,14 +126,15 @@ class OpenAICompatibleProvider:
                 except BaseException:
                     resp.release()
                     raise
-        except aiohttp.ConnectionTimeoutError as exc:
+        except ConnectTimeout as exc:
             raise _connect_timeout(call) from exc
         except TimeoutError as exc:
             raise UpstreamError(f"no first token within the first_token timeout of {first_token_s:g}s",
                                 error_class=ErrorClass.TIMEOUT) from exc
-        except _CONNECTION_ERRORS as exc:
-            raise UpstreamError(f"connection failed: {type(exc).__name__}",
-                                error_class=ErrorClass.CONNECTION_ERROR) from exc
+        except ConnectionError as exc:
+            raise UpstreamError(f"connection failed: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
+        except InvalidHeader as exc:
+            raise UpstreamError(str(exc), error_class=ErrorClass.BAD_REQUEST) from exc
         return relay
 
 
@@ -173,7 +155,7 @@ def _finish_reason_set(payload: bytes) -> bool:
     return False
 
 
-async def _non_stream_answer(resp: aiohttp.ClientResponse, deployment: str) -> UpstreamError:
+async def _non_stream_answer(resp: Response, deployment: str) -> UpstreamError:
     body = await resp.read()
     failure = upstream_error(500, body, None, deployment)
     if failure.error_class is ErrorClass.BAD_REQUEST:
@@ -189,7 +171,7 @@ class SSERelay:
     in one write: one send per network read instead of one per event (an upstream often sends several at once).
     """
 
-    def __init__(self, resp: aiohttp.ClientResponse, *, hide_usage_chunk: bool) -> None:
+    def __init__(self, resp: Response, *, hide_usage_chunk: bool) -> None:
         self._resp = resp
         self._hide_usage_chunk = hide_usage_chunk
         self._usage: Usage | None = None
@@ -231,11 +213,10 @@ class SSERelay:
                     raise
                 if batch:
                     yield b"".join(batch)
-        except TimeoutError as exc:  # aiohttp's `total` covers reading the whole stream
+        except TimeoutError as exc:  # the request's `total` covers reading the whole stream
             raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
-        except _CONNECTION_ERRORS as exc:
-            raise UpstreamError(f"stream broke: {type(exc).__name__}",
-                                error_class=ErrorClass.CONNECTION_ERROR) from exc
+        except ConnectionError as exc:
+            raise UpstreamError(f"stream broke: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
 
     async def _next_event(self) -> bytes | None:
         """The next event to relay; b"" for one to drop; None at the end of the stream."""
@@ -245,7 +226,7 @@ class SSERelay:
             event = self._take_event()
             if event is not None:
                 return event
-            data = await self._resp.content.readany()
+            data = await self._resp.readany()
             if data:
                 self._buf = self._buf[self._pos :] + data
                 self._pos = 0
