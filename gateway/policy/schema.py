@@ -19,6 +19,7 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    field_validator,
 )
 from pydantic_core import ErrorDetails
 
@@ -34,6 +35,9 @@ from gateway.policy.table import (
     Timeouts,
     hash_api_key,
 )
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
+_HEADER_VALUE_BREAK = re.compile(r"[\r\n\0]")
 
 Loc = tuple[str | int, ...]
 Currency = Literal["USD", "CNY", "EUR"]
@@ -102,6 +106,16 @@ class ProviderSpec(SpecModel):
     max_connections: PositiveInt = 200
     protocols: Annotated[list[Protocol], BeforeValidator(_as_list)] = Field(default_factory=lambda: [Protocol.CHAT])
     base_urls: dict[Literal["responses", "messages"], HttpUrl] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _sendable_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name[:40]!r} is not a valid HTTP header name")
+            if _HEADER_VALUE_BREAK.search(value):  # the value itself is a secret: never echoed
+                raise ValueError(f"the value of header {name!r} contains a line break or NUL")
+        return headers
 
 
 class PriceSpec(SpecModel):

@@ -57,6 +57,19 @@ class InvalidHeader(ValueError):
     """A header name or value that cannot be sent as it is (it would split or end the header block)."""
 
 
+class HeaderBlock:
+    """Request headers checked and encoded once, for all the requests that send them."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, headers: Mapping[str, str], *, data: bytes = b"") -> None:
+        self.data = data + _encode(headers)
+
+    def plus(self, headers: Mapping[str, str]) -> HeaderBlock:
+        """These headers and more (checked now); a name given twice is sent twice."""
+        return HeaderBlock(headers, data=self.data)
+
+
 class _Origin:
     """Where to connect, and the request-line prefix and Host header of one URL."""
 
@@ -89,7 +102,7 @@ class _Connection(asyncio.Protocol):
         self._parser: httptools.HttpResponseParser | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
-        self._fd = -1
+        self._poll: select.poll | None = None  # asks the socket, without reading, whether it has bytes or EOF
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -110,7 +123,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         sock = transport.get_extra_info("socket")
-        self._fd = sock.fileno() if sock is not None else -1
+        if sock is not None:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
@@ -237,11 +252,11 @@ class _Connection(asyncio.Protocol):
     def peer_spoke(self) -> bool:
         """Whether the idle socket has something to read: the upstream closed it (say its keep-alive timeout ran
         out) and the event loop has not processed that yet. Asked before reuse, so a request is not sent into it."""
-        if self._fd < 0:
+        if self._poll is None:
             return False
         try:
-            return bool(select.select((self._fd,), (), (), 0)[0])
-        except (OSError, ValueError):
+            return bool(self._poll.poll(0))
+        except OSError:
             return True
 
     def reusable(self) -> bool:
@@ -378,7 +393,7 @@ class HTTPClient:
         self,
         url: str,
         body: bytes,
-        headers: Mapping[str, str],
+        headers: HeaderBlock,
         *,
         connect_timeout_s: float,
         total_timeout_s: float,
@@ -389,7 +404,7 @@ class HTTPClient:
         origin = self._origins.get(url)
         if origin is None:
             origin = self._origins[url] = _Origin(url)
-        request = origin.prefix + _header_block(headers, len(body)) + body
+        request = b"%s%scontent-length: %d\r\n\r\n%s" % (origin.prefix, headers.data, len(body), body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total_timeout_s
         await self._acquire(deadline)
@@ -508,13 +523,11 @@ class HTTPClient:
             conns.remove(conn)
 
 
-def _header_block(headers: Mapping[str, str], length: int) -> bytes:
+def _encode(headers: Mapping[str, str]) -> bytes:
     lines = []
     for name, value in headers.items():
         if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise InvalidHeader(f"header {name[:40]!r} cannot be sent: invalid characters")
-        if name.lower() in _OWN_HEADERS:
-            continue
-        lines.append(f"{name}: {value}\r\n")
-    lines.append(f"content-length: {length}\r\n\r\n")
+        if name.lower() not in _OWN_HEADERS:
+            lines.append(f"{name}: {value}\r\n")
     return "".join(lines).encode()

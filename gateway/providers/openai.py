@@ -10,7 +10,7 @@ import orjson
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Protocol, Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
-from gateway.providers.http1 import ConnectTimeout, HTTPClient, InvalidHeader, Response
+from gateway.providers.http1 import ConnectTimeout, HeaderBlock, HTTPClient, InvalidHeader, Response
 from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
 from gateway.routing.classify import inband_error, stream_event, upstream_error
 
@@ -37,6 +37,7 @@ class OpenAICompatibleProvider:
             headers["authorization"] = f"Bearer {provider.api_key}"
         self._headers = headers
         self._stream_headers = {**headers, "accept": "text/event-stream"}
+        self._blocks = {False: HeaderBlock(self._headers), True: HeaderBlock(self._stream_headers)}
         self._native_urls = {protocol: url for protocol, url in provider.native_urls}
         # Anthropic-style servers read the key from x-api-key; Model Studio, vLLM and Ollama accept either header.
         self._anthropic_headers = {"anthropic-version": ANTHROPIC_VERSION}
@@ -47,30 +48,35 @@ class OpenAICompatibleProvider:
     async def close(self) -> None:
         await self._http.close()
 
-    def _request(self, call: UpstreamCall, headers: dict[str, str]) -> Awaitable[Response]:
-        if call.request_id:
-            headers = {**headers, "x-request-id": call.request_id}
+    def _request(self, call: UpstreamCall, stream: bool) -> Awaitable[Response]:
         protocol = NATIVE.get(call.endpoint)
         if protocol is not None:
+            headers = {**(self._stream_headers if stream else self._headers)}
+            if call.request_id:
+                headers["x-request-id"] = call.request_id
             if protocol is Protocol.MESSAGES:
-                headers = {**headers, **self._anthropic_headers}
+                headers.update(self._anthropic_headers)
             headers.update(call.extra_headers)
+            block = HeaderBlock(headers)
             url = self._native_urls.get(protocol)
             if url is None:
                 raise UpstreamError(f"provider {self.name} does not speak {protocol.value}",
                                     error_class=ErrorClass.NOT_FOUND)
         else:
+            block = self._blocks[stream]
+            if call.request_id:  # always one of ours, or the client's when it matched a safe pattern
+                block = block.plus({"x-request-id": call.request_id})
             url = self._base + PATHS[call.endpoint]
         timeouts = call.timeouts
         return self._http.post(
-            url, orjson.dumps(call.body), headers,
+            url, orjson.dumps(call.body), block,
             connect_timeout_s=timeouts.connect_s, total_timeout_s=timeouts.total_s,
         )
 
     async def send(self, call: UpstreamCall) -> UpstreamReply:
         deployment = call.deployment.name
         try:
-            resp = await self._request(call, self._headers)
+            resp = await self._request(call, False)
             try:
                 body = await resp.read()
             finally:
@@ -110,7 +116,7 @@ class OpenAICompatibleProvider:
         first_token_s = min(call.timeouts.first_token_s, call.timeouts.total_s)
         try:
             async with asyncio.timeout(first_token_s):
-                resp = await self._request(call, self._stream_headers)
+                resp = await self._request(call, True)
                 relay: SSERelay | NativeSSERelay = (
                     NativeSSERelay(resp, call.endpoint)
                     if call.endpoint in NATIVE

@@ -198,6 +198,16 @@ tenants:
     assert not any("secret" in problem for problem in found)
 
 
+def test_provider_headers_that_would_break_the_request_are_refused_without_echoing_them() -> None:
+    bad_value = PROVIDERS.replace("vendor: self}", "vendor: self, headers: {x-org: \"sk-org-secret\\r\\nx-admin: 1\"}}")
+    bad_name = PROVIDERS.replace("vendor: self}", "vendor: self, headers: {\"x org\": v}}")
+    found = problems(bad_value) + problems(bad_name)
+    assert len(found) == 2
+    assert found[0].startswith("providers.gpu-pool.headers: ") and "line break" in found[0]
+    assert found[1].startswith("providers.gpu-pool.headers: ") and "not a valid HTTP header name" in found[1]
+    assert not any("secret" in problem for problem in found)
+
+
 def test_every_problem_is_reported_at_once() -> None:
     text = """
 version: 1

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import pytest
 
-from gateway.providers.http1 import BrokenExchange, ConnectFailed, HTTPClient, InvalidHeader, Response
+from gateway.providers.http1 import BrokenExchange, ConnectFailed, HeaderBlock, HTTPClient, InvalidHeader, Response
 
 LIMIT = 5.0  # every wait in these tests ends within this many seconds
 CHUNKED = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -127,9 +127,8 @@ async def post(
     client: HTTPClient, url: str, headers: dict[str, str] | None = None, *, body: bytes = b"{}", total: float = LIMIT
 ) -> Response:
     async with asyncio.timeout(LIMIT):
-        return await client.post(
-            url, body, headers or {"content-type": "application/json"}, connect_timeout_s=LIMIT, total_timeout_s=total
-        )
+        block = HeaderBlock(headers or {"content-type": "application/json"})
+        return await client.post(url, body, block, connect_timeout_s=LIMIT, total_timeout_s=total)
 
 
 async def fetch(client: HTTPClient, url: str) -> tuple[int, bytes]:
