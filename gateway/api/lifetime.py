@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -75,10 +75,60 @@ async def _until_disconnected(receive: Receive) -> None:
             return
 
 
+class _Watch:
+    """Runs `_until_disconnected` beside the request without a task of its own, then calls `on_disconnect`.
+
+    It steps the coroutine the way an asyncio Task does (resumed when the future it waits on is done, or on the next
+    loop turn after a bare yield), without what a Task costs on every request: creation, registration, a loop turn to
+    start, another to cancel. `stop` closes the coroutine where it waits, so its cleanup runs at once.
+    """
+
+    __slots__ = ("_coro", "_on_disconnect", "_waiting")
+
+    def __init__(self, receive: Receive, on_disconnect: Callable[[], None]) -> None:
+        self._coro: Coroutine[Any, Any, None] | None = _until_disconnected(receive)
+        self._on_disconnect = on_disconnect
+        self._waiting: asyncio.Future[Any] | None = None
+        self._step()
+
+    def _step(self, _: object = None) -> None:
+        coro = self._coro
+        if coro is None:
+            return
+        self._waiting = None
+        try:
+            awaited = coro.send(None)
+        except StopIteration:
+            self._coro = None
+            self._on_disconnect()
+            return
+        except BaseException:  # the server's receive failed: nothing to watch any more, and the failure is shown
+            self._coro = None
+            raise
+        if awaited is None:  # a bare yield, as in asyncio.sleep(0)
+            asyncio.get_running_loop().call_soon(self._step)
+        elif getattr(awaited, "_asyncio_future_blocking", None) is not None:
+            awaited._asyncio_future_blocking = False
+            self._waiting = awaited
+            awaited.add_done_callback(self._step)
+        else:
+            self._coro = None
+            coro.close()
+            raise RuntimeError(f"receive() awaited {type(awaited).__name__}, not an asyncio future")
+
+    def stop(self) -> None:
+        coro, self._coro = self._coro, None
+        if coro is not None:
+            if self._waiting is not None:
+                self._waiting.remove_done_callback(self._step)
+                self._waiting = None
+            coro.close()
+
+
 class Guard:
     """Cancels a request's task when its client disconnects or the drain deadline passes, until disarmed.
 
-    One per request, for the upstream attempts and the whole relay of a stream: a single watcher task reads the next
+    One per request, for the upstream attempts and the whole relay of a stream: a single watcher reads the next
     ASGI message, which can only be the disconnect once the body was read (so create it after reading the body).
     The task is cancelled rather than asked at every event, so that a stream pays nothing per relayed event; the
     code that catches the CancelledError asks `reason` whether the cancellation was this guard's (and why).
@@ -91,8 +141,7 @@ class Guard:
         self._stopped: PolyrouteError | None = None  # why the task was cancelled, until `reason` consumes it
         self._fired = False  # the task is cancelled at most once
         self._armed = True
-        self._watcher = asyncio.create_task(_until_disconnected(receive))
-        self._watcher.add_done_callback(self._on_disconnect)
+        self._watch = _Watch(receive, self._on_disconnect)
         self._passed = drain.passed
         self._passed.add_done_callback(self._on_deadline)
 
@@ -102,9 +151,8 @@ class Guard:
             self._stopped = why
             self._task.cancel()
 
-    def _on_disconnect(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is None:
-            self._stop(ClientGoneError())
+    def _on_disconnect(self) -> None:
+        self._stop(ClientGoneError())
 
     def _on_deadline(self, _: Any) -> None:
         self._stop(ShuttingDownError())
@@ -132,4 +180,4 @@ class Guard:
         if self._armed:
             self._armed = False
             self._passed.remove_done_callback(self._on_deadline)
-            self._watcher.cancel()
+            self._watch.stop()

@@ -42,7 +42,7 @@ def output_tokens_in_stream(events: int) -> int:
     return max(0, events - _FRAMING_EVENTS)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per request: a frozen dataclass costs twice as much to build
 class FinishedRequest:
     """Everything known about one request once its response is complete."""
 
