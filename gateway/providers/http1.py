@@ -65,9 +65,15 @@ class HeaderBlock:
     def __init__(self, headers: Mapping[str, str], *, data: bytes = b"") -> None:
         self.data = data + _encode(headers)
 
-    def plus(self, headers: Mapping[str, str]) -> HeaderBlock:
-        """These headers and more (checked now); a name given twice is sent twice."""
-        return HeaderBlock(headers, data=self.data)
+    def plus(self, name: str, value: str) -> HeaderBlock:
+        """These headers and one more (checked now); a name given twice is sent twice."""
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise InvalidHeader(f"header {name[:40]!r} cannot be sent: invalid characters")
+        if name.lower() in _OWN_HEADERS:
+            return self
+        block = HeaderBlock.__new__(HeaderBlock)
+        block.data = b"%s%s: %s\r\n" % (self.data, name.encode(), value.encode())
+        return block
 
 
 class _Origin:

@@ -65,7 +65,7 @@ class OpenAICompatibleProvider:
         else:
             block = self._blocks[stream]
             if call.request_id:  # always one of ours, or the client's when it matched a safe pattern
-                block = block.plus({"x-request-id": call.request_id})
+                block = block.plus("x-request-id", call.request_id)
             url = self._base + PATHS[call.endpoint]
         timeouts = call.timeouts
         return self._http.post(
