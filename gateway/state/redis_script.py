@@ -17,13 +17,16 @@ class ScriptConnections:
 
     The client's own command path (a pool lock and condition, a timeout per checkout, retry and observability hooks,
     an argument packer in Python) costs more CPU than the round trip itself for commands sent on every request.
-    Connections are made like the pool's (same address, credentials, TLS and socket timeouts); at most `size` are
+    Connections are made like the pool's (same address, credentials, TLS and connect timeout); at most `size` are
     open, and a caller beyond that waits up to `wait_s` for one, then fails as the client would, with a
-    `ConnectionError`.
+    `ConnectionError`. The pool's socket timeout bounds each command's whole round trip here (one timer), instead
+    of being left to the connection, which runs every write in a task of its own to time it.
     """
 
     def __init__(self, pool: ConnectionPool, *, size: int, wait_s: float, retries: int) -> None:
         self._pool = pool
+        self._kwargs = {**pool.connection_kwargs, "socket_timeout": None}
+        self._timeout_s: float | None = pool.connection_kwargs.get("socket_timeout")
         self._wait_s = wait_s
         self._retries = retries
         self._slots = asyncio.Semaphore(size)
@@ -46,7 +49,11 @@ class ScriptConnections:
             attempt = 0
             while True:
                 try:
-                    return await _evalsha(conn, sha, text, operands)
+                    try:
+                        async with asyncio.timeout(self._timeout_s):
+                            return await _evalsha(conn, sha, text, operands)
+                    except TimeoutError as err:  # the connection dropped itself when the timer cancelled it
+                        raise rx.TimeoutError("Timeout reading from Redis") from err
                 except (rx.ConnectionError, rx.TimeoutError):
                     # A connection left stale by a Redis restart is replaced once, as the client's retry does.
                     if attempt >= self._retries:
@@ -64,7 +71,7 @@ class ScriptConnections:
         self._idle.clear()
 
     def _connection(self) -> AbstractConnection:
-        conn: AbstractConnection = self._pool.connection_class(**self._pool.connection_kwargs)
+        conn: AbstractConnection = self._pool.connection_class(**self._kwargs)
         self._open.add(conn)
         return conn
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -53,9 +54,18 @@ class RedisServer:
 
     def kill(self) -> None:
         if self._process is not None:
-            self._process.kill()
+            self._process.kill()  # a stopped process dies of SIGKILL too
             self._process.wait(timeout=10)
             self._process = None
+
+    def pause(self) -> None:
+        """Stop the process (SIGSTOP): connections stay open and nothing answers, like a Redis stuck or cut off."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._process is not None
+        self._process.send_signal(signal.SIGCONT)
 
     def flush(self) -> None:
         with redis.Redis.from_url(self.url, socket_timeout=2) as client:

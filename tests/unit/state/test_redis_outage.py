@@ -71,6 +71,26 @@ async def test_closed_mode_refuses_with_state_unavailable(
     assert errors == ["admit", "admit"]
 
 
+@pytest.mark.parametrize("mode", [StateFailureMode.OPEN, StateFailureMode.CLOSED])
+async def test_a_redis_that_stops_answering_is_an_outage_not_a_hang(
+    redis_store_on_own_server: MakeStore, own_redis_server: RedisServer, errors: list[str], mode: StateFailureMode
+) -> None:
+    store = await redis_store_on_own_server(mode)
+    assert not (await store.admit(request())).degraded  # the connections are open and in use
+    own_redis_server.pause()
+    try:
+        if mode is StateFailureMode.OPEN:
+            results = await within_bound(asyncio.gather(*(store.admit(request()) for _ in range(5))))
+            assert all(r.allowed and r.degraded for r in results)
+        else:
+            with pytest.raises(StateUnavailableError):
+                await within_bound(store.admit(request()))
+    finally:
+        own_redis_server.resume()
+    assert "admit" in errors
+    assert not (await within_bound(store.admit(request()))).degraded  # answered again once Redis is back
+
+
 async def test_circuit_breakers_fall_back_to_this_process(
     redis_store_on_own_server: MakeStore, own_redis_server: RedisServer, errors: list[str]
 ) -> None:
