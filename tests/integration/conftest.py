@@ -20,9 +20,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     policy: Path = tmp_path_factory.mktemp("policy") / "policy.yaml"
     policy.write_text(POLICY.format(cloud=cloud.base_url, vllm=vllm.base_url, ollama=ollama.base_url))
     gateway = start_gateway(policy, env={"SIM_CLOUD_KEY": "sk-sim-cloud-secret", "POLYROUTE_ADMIN_KEY": "adm"})
+    made = Stack(gateway, cloud, vllm, ollama)
     try:
-        yield Stack(gateway, cloud, vllm, ollama)
+        yield made
     finally:
+        made.close_clients()
         gateway.stop()
         for upstream in (cloud, vllm, ollama):
             upstream.stop()

@@ -162,7 +162,9 @@ def _http_json(method: str, url: str, payload: Any = None, timeout: float = 5.0)
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{method} {url} -> HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
+        with exc:  # an HTTPError holds the response's socket until closed
+            detail = exc.read().decode(errors="replace")
+        raise RuntimeError(f"{method} {url} -> HTTP {exc.code}: {detail}") from None
 
 
 class Upstream(_Stoppable):
@@ -303,6 +305,9 @@ def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1.0) as response:
             return bool(response.status == 200)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response's socket until closed
+        return False
     except (urllib.error.URLError, OSError):
         return False
 

@@ -73,7 +73,18 @@ class Stack:
     vllm: Upstream
     ollama: Upstream
 
+    def __post_init__(self) -> None:
+        self._clients: list[openai.OpenAI] = []
+
     def client(self, **kw: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.gateway.url("/v1"), api_key="any", max_retries=0, **kw)  # type: ignore[arg-type]
+        """A new client; its pooled connections are closed with the stack."""
+        client = openai.OpenAI(base_url=self.gateway.url("/v1"), api_key="any", max_retries=0, **kw)  # type: ignore[arg-type]
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
 
 
