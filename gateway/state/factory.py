@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
@@ -17,6 +17,7 @@ from gateway.settings import Settings
 from gateway.state.base import StateStore
 from gateway.state.memory import MemoryStateStore
 from gateway.state.redis import RedisStateStore
+from gateway.state.redis_pipe import PipelinedScripts, supports
 from gateway.state.redis_script import ScriptConnections
 
 # Short timeouts so that no request waits on an unreachable Redis; one retry so that a connection left stale by a
@@ -130,8 +131,17 @@ def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -
         location=target.display,
         secrets=[target.password] if target.password else [],
         companions=companions,
-        scripts=None if lean is None else ScriptConnections(lean, size=POOL_SIZE, wait_s=POOL_WAIT_S, retries=RETRIES),
+        scripts=_lean_scripts(lean),
     )
+
+
+def _lean_scripts(pool: ConnectionPool | None) -> ScriptConnections | PipelinedScripts | None:
+    """The per-request scripts' own path, for standalone Redis: pipelined on one connection where the URL allows."""
+    if pool is None:
+        return None
+    if supports(pool):
+        return PipelinedScripts(pool.connection_kwargs, retries=RETRIES)
+    return ScriptConnections(pool, size=POOL_SIZE, wait_s=POOL_WAIT_S, retries=RETRIES)
 
 
 def _sentinel(netloc: str, path: str, *, ssl: bool) -> RedisTarget:

@@ -52,6 +52,7 @@ from gateway.state.redis_keys import (
     usage_field,
     usage_key,
 )
+from gateway.state.redis_pipe import PipelinedScripts
 from gateway.state.redis_script import ScriptConnections
 
 log = logging.getLogger("polyroute.state")
@@ -91,7 +92,7 @@ class RedisStateStore:
         secrets: Sequence[str] = (),
         companions: Sequence[Redis] = (),
         split_admission: bool | None = None,
-        scripts: ScriptConnections | None = None,
+        scripts: ScriptConnections | PipelinedScripts | None = None,
     ) -> None:
         """`scripts` (standalone only) runs admission, settlement and usage writes, the commands of every request,
         over connections of their own instead of through the client."""

@@ -90,15 +90,15 @@ class PooledScript:
 
 async def _evalsha(conn: AbstractConnection, sha: str, text: str, operands: tuple[int | str, ...]) -> Any:
     # Both calls drop the connection themselves on any error or cancellation, so it never keeps a stray reply.
-    await conn.send_packed_command(_pack("EVALSHA", sha, *operands))
+    await conn.send_packed_command(pack("EVALSHA", sha, *operands))
     try:
         return await conn.read_response()
     except rx.NoScriptError:
-        await conn.send_packed_command(_pack("EVAL", text, *operands), check_health=False)
+        await conn.send_packed_command(pack("EVAL", text, *operands), check_health=False)
         return await conn.read_response()
 
 
-def _pack(*parts: int | str) -> bytes:
+def pack(*parts: int | str) -> bytes:
     """hiredis packs in C what the connection's packer builds argument by argument: the same bytes for UTF-8 text
     and integers, the only arguments these scripts take."""
     packed: bytes = hiredis.pack_command(parts)  # type: ignore[arg-type]  # its stub declares a one-element tuple
