@@ -20,6 +20,7 @@ from pydantic import (
     PositiveInt,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import ErrorDetails
 
@@ -116,6 +117,18 @@ class ProviderSpec(SpecModel):
             if _HEADER_VALUE_BREAK.search(value):  # the value itself is a secret: never echoed
                 raise ValueError(f"the value of header {name!r} contains a line break or NUL")
         return headers
+
+    @model_validator(mode="after")
+    def _one_kind_of_credentials(self) -> ProviderSpec:
+        urls = [self.base_url, *self.base_urls.values()]
+        if any(url is not None and urlsplit(url).username is not None for url in urls) and (
+            self.api_key or any(name.lower() == "authorization" for name in self.headers)
+        ):
+            raise ValueError(
+                "a base URL carries user:password (sent as basic authorization) and api_key or an authorization "
+                "header is set too: give the credentials one way"
+            )
+        return self
 
 
 class PriceSpec(SpecModel):

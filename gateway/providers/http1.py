@@ -21,6 +21,7 @@ A plain TimeoutError is the request's total timeout, which runs from the request
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 import select
@@ -31,13 +32,14 @@ from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
 from typing import cast
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import httptools
 
 _HIGH_WATER = 256 * 1024  # stop reading from an upstream socket while this much is received but not yet read
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
+_URL_SAFE = "/%:@!$&'()*+,;=?~-._"  # left as they are in a request target; anything else is percent-encoded
 _OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})  # the client writes these
 
 
@@ -60,10 +62,11 @@ class InvalidHeader(ValueError):
 class HeaderBlock:
     """Request headers checked and encoded once, for all the requests that send them."""
 
-    __slots__ = ("data",)
+    __slots__ = ("authorization", "data")
 
-    def __init__(self, headers: Mapping[str, str], *, data: bytes = b"") -> None:
-        self.data = data + _encode(headers)
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.data = _encode(headers)
+        self.authorization = any(name.lower() == "authorization" for name in headers)
 
     def plus(self, name: str, value: str) -> HeaderBlock:
         """These headers and one more (checked now); a name given twice is sent twice."""
@@ -73,27 +76,35 @@ class HeaderBlock:
             return self
         block = HeaderBlock.__new__(HeaderBlock)
         block.data = b"%s%s: %s\r\n" % (self.data, name.encode(), value.encode())
+        block.authorization = self.authorization or name.lower() == "authorization"
         return block
 
 
 class _Origin:
-    """Where to connect, and the request-line prefix and Host header of one URL."""
+    """Where to connect, and the request-line prefix and Host header of one URL (and its user:password, if any,
+    as basic authorization)."""
 
-    __slots__ = ("host", "key", "port", "prefix", "ssl")
+    __slots__ = ("authorization", "host", "key", "port", "prefix", "ssl")
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {parts.scheme}://{parts.hostname or ''}")
         self.ssl = parts.scheme == "https"
-        self.host = parts.hostname
+        self.host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna").decode()
         self.port = parts.port or (443 if self.ssl else 80)
         self.key = (parts.scheme, self.host, self.port)
         default_port = self.port == (443 if self.ssl else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         authority = host if default_port else f"{host}:{self.port}"
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        target = quote(parts.path or "/", safe=_URL_SAFE)
+        if parts.query:
+            target += "?" + quote(parts.query, safe=_URL_SAFE)
         self.prefix = f"POST {target} HTTP/1.1\r\nhost: {authority}\r\n".encode()
+        self.authorization = parts.username is not None
+        if self.authorization:
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+            self.prefix += b"authorization: Basic " + base64.b64encode(pair) + b"\r\n"
 
 
 class _Connection(asyncio.Protocol):
@@ -410,6 +421,8 @@ class HTTPClient:
         origin = self._origins.get(url)
         if origin is None:
             origin = self._origins[url] = _Origin(url)
+        if origin.authorization and headers.authorization:
+            raise InvalidHeader("the URL's user:password and an authorization header cannot both be sent")
         request = b"%s%scontent-length: %d\r\n\r\n%s" % (origin.prefix, headers.data, len(body), body)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total_timeout_s

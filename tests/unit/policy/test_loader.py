@@ -293,7 +293,7 @@ def test_empty_directory(tmp_path: Path) -> None:
 
 
 def test_describe_shows_the_resolved_table_without_secrets() -> None:
-    text = BASE.replace("https://dashscope-intl", "https://user:pw@dashscope-intl") + """
+    text = BASE.replace("http://127.0.0.1:8000", "http://user:pw@127.0.0.1:8000") + """
 rules:
   - name: pii-stays-home
     when: {data_class: [pii, confidential]}

@@ -208,6 +208,14 @@ def test_provider_headers_that_would_break_the_request_are_refused_without_echoi
     assert not any("secret" in problem for problem in found)
 
 
+def test_credentials_in_a_base_url_and_an_api_key_together_are_refused() -> None:
+    with_user = PROVIDERS.replace("http://127.0.0.1:8000/v1", "http://gw:pw-secret@127.0.0.1:8000/v1")
+    assert load(with_user).providers["gpu-pool"].base_url == "http://gw:pw-secret@127.0.0.1:8000/v1"
+    found = problems(with_user.replace("vendor: self}", "vendor: self, api_key: sk-key-secret}"))
+    assert len(found) == 1 and found[0].startswith("providers.gpu-pool: ") and "one way" in found[0]
+    assert "secret" not in found[0]
+
+
 def test_every_problem_is_reported_at_once() -> None:
     text = """
 version: 1

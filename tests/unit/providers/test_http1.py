@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import gzip
@@ -445,6 +446,19 @@ async def test_the_request_on_the_wire(client: HTTPClient, serve: Serve) -> None
     assert f"content-length: {len(body)}" in lines
     assert "Authorization: Bearer sk-1" in lines and "X-Trace: t" in lines
     assert sent_body == body
+
+
+async def test_a_url_with_user_and_password_sends_basic_authorization(client: HTTPClient, serve: Serve) -> None:
+    up = await serve(replies(ok()))
+    url = f"http://bench%40user:p%3Ass@127.0.0.1:{up.port}/v1/a b"
+    async with await post(client, url) as response:
+        await response.read()
+    request_line, *lines = up.requests[0].split(b"\r\n\r\n", 1)[0].decode().split("\r\n")
+    assert request_line == "POST /v1/a%20b HTTP/1.1"
+    assert f"authorization: Basic {base64.b64encode(b'bench@user:p:ss').decode()}" in lines
+    with pytest.raises(InvalidHeader):  # which of the two would the upstream believe?
+        await post(client, url, {"authorization": "Bearer sk-1"})
+    assert len(up.requests) == 1
 
 
 def self_signed(tmp_path: Path) -> tuple[Path, Path]:
