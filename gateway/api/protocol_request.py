@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +12,7 @@ from starlette.responses import Response
 
 from gateway.api.parsing import ParsedRequest, json_object, parse_request
 from gateway.errors import BadRequestError, PolyrouteError
-from gateway.policy.table import Deployment, Timeouts
+from gateway.policy.table import Deployment, Protocol, Timeouts
 from gateway.protocols.adapters import ClientProtocol, TranslatedStream, translate_reply
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, UpstreamStream
 from gateway.providers.native_sse import NativeSSERelay
@@ -33,8 +34,7 @@ class ProtocolRequest:
 
     def call(self, deployment: Deployment, *, timeouts: Timeouts, request_id: str) -> UpstreamCall:
         """Relay the client's body to a target that speaks the protocol; send the translation to any other."""
-        provider = deployment.provider
-        if provider.type == "openai" and provider.native_url(self.adapter.protocol) is not None:
+        if _native(deployment, self.adapter.protocol):
             endpoint, body = self.adapter.endpoint, {**self.body, "model": deployment.model}
             headers = self.headers
         elif self.chat is None:
@@ -54,6 +54,13 @@ class ProtocolRequest:
             request_id=request_id,
             extra_headers=headers,
         )
+
+    def refuse_unless_reachable(self, targets: Sequence[Deployment]) -> None:
+        """A body with no Chat translation is refused before admission (it uses no rate-limit slot) when no target
+        of its plan speaks its protocol natively."""
+        if self.chat is None and not any(_native(d, self.adapter.protocol) for d in targets):
+            assert self.untranslatable is not None
+            raise self.untranslatable
 
     async def adapt(
         self, call: UpstreamCall, result: UpstreamReply | UpstreamStream
@@ -134,3 +141,8 @@ def _stand_in(raw: bytes, body: dict[str, Any]) -> dict[str, Any]:
         if hints:
             stand_in["metadata"] = hints
     return stand_in
+
+
+def _native(deployment: Deployment, protocol: Protocol) -> bool:
+    provider = deployment.provider
+    return provider.type == "openai" and provider.native_url(protocol) is not None

@@ -70,6 +70,8 @@ class ProxyService:
             alias = parsed.model
             facts = request_facts(parsed, tenant)
             plan = decide(facts, active.table, self._rt.health.snapshot())
+            if proto is not None:
+                proto.refuse_unless_reachable(plan.attempts)
             admitted = await self._admission.admit(tenant, plan, facts)
         except PolyrouteError as err:
             self._rt.accountant.finish(

@@ -204,6 +204,15 @@ def test_what_cannot_be_translated_is_a_400_naming_it(
     assert reply.content
 
 
+def test_what_cannot_be_translated_uses_no_rate_limit_slot(stack: ProtocolStack) -> None:
+    document = [{"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "x"}}]
+    untranslatable = [{"role": "user", "content": document}]
+    with client(stack, api_key=TIGHT_KEY) as tight:  # one request a minute
+        for _ in range(2):  # refused as a 400 both times, never as the 429 of a used-up minute
+            with pytest.raises(anthropic.BadRequestError):
+                tight.messages.create(model="translated", max_tokens=16, messages=untranslatable)  # type: ignore[arg-type]
+
+
 # --- relay to a target that speaks Messages natively -------------------------------------------------------------
 
 
