@@ -54,8 +54,10 @@ class Reloadable:
         self.path.write_text(POLICY.format(cloud=self.cloud.base_url, local=self.local.base_url,
                                            moving=moving, extra=extra))
 
-    def start(self, **env: str) -> GatewayProcess:
-        self.gateway = start_gateway(self.path, env={"SIM_KEY": SIM_KEY, "POLYROUTE_ADMIN_KEY": ADMIN_KEY, **env})
+    def start(self, workers: int = 1, **env: str) -> GatewayProcess:
+        self.gateway = start_gateway(
+            self.path, env={"SIM_KEY": SIM_KEY, "POLYROUTE_ADMIN_KEY": ADMIN_KEY, **env}, workers=workers
+        )
         return self.gateway
 
     @property
@@ -197,12 +199,13 @@ def refused(port: int) -> bool:
         return True
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_drains_a_stream_in_flight_then_exits_cleanly(
-    tmp_path: Path, upstreams: tuple[Upstream, Upstream]
+    tmp_path: Path, upstreams: tuple[Upstream, Upstream], workers: int
 ) -> None:
     r = Reloadable(tmp_path / "policy.yaml", upstreams)
     r.write()
-    gateway = r.start(POLYROUTE_SHUTDOWN_GRACE_SECONDS="10")
+    gateway = r.start(workers, POLYROUTE_SHUTDOWN_GRACE_SECONDS="10")
     r.cloud.inject([{"fault": "delay", "delay": 0.2, "count": 1}])
     try:
         with r.client() as client, client.chat.completions.with_streaming_response.create(
@@ -222,12 +225,13 @@ def test_sigterm_drains_a_stream_in_flight_then_exits_cleanly(
         gateway.stop()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_what_outlives_the_drain_deadline_is_ended_with_an_error(
-    tmp_path: Path, upstreams: tuple[Upstream, Upstream]
+    tmp_path: Path, upstreams: tuple[Upstream, Upstream], workers: int
 ) -> None:
     r = Reloadable(tmp_path / "policy.yaml", upstreams)
     r.write()
-    gateway = r.start(POLYROUTE_SHUTDOWN_GRACE_SECONDS="1.5")
+    gateway = r.start(workers, POLYROUTE_SHUTDOWN_GRACE_SECONDS="1.5")
     r.cloud.inject([{"fault": "delay", "delay": 0.8, "count": 1}])  # 8 frames: about 6 s, past the deadline
     r.local.inject([{"fault": "delay", "delay": 6, "count": 1}])  # a non-stream answer that comes too late
     r.local.reset_stats()
