@@ -17,7 +17,7 @@ from gateway.settings import Settings
 from gateway.state.base import StateStore
 from gateway.state.memory import MemoryStateStore
 from gateway.state.redis import RedisStateStore
-from gateway.state.redis_pipe import PipelinedScripts, supports
+from gateway.state.redis_pipe import PipelinedScripts, for_pool
 from gateway.state.redis_script import ScriptConnections
 
 # Short timeouts so that no request waits on an unreachable Redis; one retry so that a connection left stale by a
@@ -139,9 +139,9 @@ def _lean_scripts(pool: ConnectionPool | None) -> ScriptConnections | PipelinedS
     """The per-request scripts' own path, for standalone Redis: pipelined on one connection where the URL allows."""
     if pool is None:
         return None
-    if supports(pool):
-        return PipelinedScripts(pool.connection_kwargs, retries=RETRIES)
-    return ScriptConnections(pool, size=POOL_SIZE, wait_s=POOL_WAIT_S, retries=RETRIES)
+    return for_pool(pool, retries=RETRIES) or ScriptConnections(
+        pool, size=POOL_SIZE, wait_s=POOL_WAIT_S, retries=RETRIES
+    )
 
 
 def _sentinel(netloc: str, path: str, *, ssl: bool) -> RedisTarget:

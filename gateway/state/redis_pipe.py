@@ -5,21 +5,23 @@ call queues its command and a future, every command queued during one turn of th
 write, and replies are matched to futures in order as hiredis parses them. Per command there is no pool, no lock
 and no write of its own; a caller that gives up (its client left) simply leaves its reply to be dropped.
 
-Used for standalone Redis over TCP or a unix socket when the URL asks for nothing beyond address, credentials and
-database; anything else (TLS, RESP3, client names, ...) keeps `redis_script.ScriptConnections`.
+Used for standalone Redis over TCP (TLS included) or a unix socket when the URL asks for nothing beyond address,
+credentials, database and TLS settings; anything else (RESP3, client names, ...) keeps
+`redis_script.ScriptConnections`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import hiredis
 from redis import exceptions as rx
-from redis.asyncio.connection import Connection, ConnectionPool, UnixDomainSocketConnection
+from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection, UnixDomainSocketConnection
 
 from gateway.state.redis_script import pack
 
@@ -28,7 +30,10 @@ from gateway.state.redis_script import pack
 SUPPORTED_SETTINGS = frozenset(
     {"host", "port", "path", "db", "username", "password", "socket_timeout", "socket_connect_timeout", "retry",
      "decode_responses", "himport_registry", "maint_notifications_config", "maint_notifications_pool_handler",
-     "orig_host_address", "orig_socket_connect_timeout", "orig_socket_timeout"}
+     "orig_host_address", "orig_socket_connect_timeout", "orig_socket_timeout",
+     "ssl_keyfile", "ssl_certfile", "ssl_cert_reqs", "ssl_include_verify_flags", "ssl_exclude_verify_flags",
+     "ssl_ca_certs", "ssl_ca_data", "ssl_ca_path", "ssl_check_hostname", "ssl_min_version", "ssl_ciphers",
+     "ssl_password"}
 )
 # Error replies redis-py raises as their own classes; the outage handling tells them apart.
 _ERRORS: Mapping[str, type[rx.RedisError]] = {
@@ -43,13 +48,23 @@ _ERRORS: Mapping[str, type[rx.RedisError]] = {
 
 
 def supports(pool: ConnectionPool) -> bool:
-    """Whether a pool connects over plain TCP or a unix socket with only settings this path applies."""
+    """Whether a pool connects over TCP, TLS or a unix socket with only settings this path applies."""
     settings = pool.connection_kwargs
     return (
-        pool.connection_class in (Connection, UnixDomainSocketConnection)
+        pool.connection_class in (Connection, SSLConnection, UnixDomainSocketConnection)
         and settings.keys() <= SUPPORTED_SETTINGS
         and bool(settings.get("decode_responses"))
     )
+
+
+def for_pool(pool: ConnectionPool, *, retries: int) -> PipelinedScripts | None:
+    """The pipelined path for a pool's Redis, with the pool's TLS settings; None when `supports` says no."""
+    if not supports(pool):
+        return None
+    context = None
+    if pool.connection_class is SSLConnection:  # the TLS context exactly as redis-py's connections build it
+        context = SSLConnection(**pool.connection_kwargs).ssl_context.get()
+    return PipelinedScripts(pool.connection_kwargs, retries=retries, ssl_context=context)
 
 
 def _reply_error(reply: hiredis.ReplyError) -> rx.RedisError:
@@ -133,8 +148,11 @@ class PipelinedScripts:
     that connection (their replies could no longer be matched); the next call connects again.
     """
 
-    def __init__(self, settings: Mapping[str, Any], *, retries: int) -> None:
+    def __init__(
+        self, settings: Mapping[str, Any], *, retries: int, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self._settings = settings
+        self._ssl_context = ssl_context
         self._timeout_s: float | None = settings.get("socket_timeout")
         self._connect_timeout_s: float | None = settings.get("socket_connect_timeout")
         self._retries = retries
@@ -185,10 +203,12 @@ class PipelinedScripts:
                 if s.get("path"):
                     _, pipe = await loop.create_unix_connection(_Pipe, s["path"])
                 else:
-                    _, pipe = await loop.create_connection(_Pipe, s.get("host", "localhost"), s.get("port", 6379))
+                    _, pipe = await loop.create_connection(
+                        _Pipe, s.get("host", "localhost"), s.get("port", 6379), ssl=self._ssl_context
+                    )
         except TimeoutError as err:
             raise rx.TimeoutError("Timeout connecting to server") from err
-        except OSError as err:
+        except OSError as err:  # refused, unreachable, DNS, a failed TLS handshake
             raise rx.ConnectionError(f"Error connecting to Redis: {type(err).__name__}") from err
         handshake = []
         if s.get("password"):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 from redis import exceptions as rx
 from redis.asyncio import BlockingConnectionPool, ConnectionPool
 
-from gateway.state.redis_pipe import PipelinedScripts, supports
+from gateway.state.redis_pipe import PipelinedScripts, for_pool, supports
+from tests.support.tls import self_signed
 from tests.unit.state.redis_process import RedisServer
 
 ECHO = "return {KEYS[1], ARGV[1]}"
@@ -151,14 +153,14 @@ async def test_a_script_error_raises_and_the_connection_stays_usable(
     [
         ("redis://:pw@127.0.0.1:6379/2", True, True),
         ("unix:///tmp/redis.sock?db=1", True, True),
-        ("rediss://127.0.0.1:6379/0", True, False),
+        ("rediss://127.0.0.1:6379/0", True, True),
         ("redis://127.0.0.1:6379/0?protocol=3", True, False),
         ("redis://127.0.0.1:6379/0", False, False),
         ("unix:///tmp/redis.sock", False, False),
     ],
 )
 @pytest.mark.parametrize("pool_class", [ConnectionPool, BlockingConnectionPool])
-async def test_supports_only_plain_resp2_pools_that_decode(
+async def test_supports_only_resp2_pools_that_decode(
     pool_class: type[ConnectionPool], url: str, decode: bool, expected: bool
 ) -> None:
     made = pool_class.from_url(url, decode_responses=decode)
@@ -166,3 +168,29 @@ async def test_supports_only_plain_resp2_pools_that_decode(
         assert supports(made) is expected
     finally:
         await made.aclose()
+
+
+@pytest.fixture
+def tls_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(password="s3cret-pw", tls=self_signed(tmp_path))
+    server.start()
+    yield server
+    server.kill()
+
+
+async def test_tls_redis_is_pipelined_with_the_pool_s_tls_settings(tls_redis_server: RedisServer) -> None:
+    trusting = ConnectionPool.from_url(
+        tls_redis_server.url, decode_responses=True, socket_timeout=0.5, **tls_redis_server.client_tls()
+    )
+    untrusting = ConnectionPool.from_url(tls_redis_server.url, decode_responses=True, socket_timeout=0.5)
+    scripts, strangers = for_pool(trusting, retries=1), for_pool(untrusting, retries=1)
+    assert scripts is not None and strangers is not None
+    try:
+        assert await asyncio.wait_for(scripts.script(ECHO)(["k"], ["tls"]), SAFETY_S) == ["k", "tls"]
+        with pytest.raises(rx.ConnectionError):  # the certificate is not one the default trust store knows
+            await asyncio.wait_for(strangers.script(ECHO)(["k"], ["no"]), SAFETY_S)
+    finally:
+        await scripts.aclose()
+        await strangers.aclose()
+        await trusting.aclose()
+        await untrusting.aclose()
