@@ -13,17 +13,16 @@ credentials, database and TLS settings; anything else (RESP3, client names, ...)
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any, cast
 
 import hiredis
 from redis import exceptions as rx
 from redis.asyncio.connection import Connection, ConnectionPool, SSLConnection, UnixDomainSocketConnection
 
-from gateway.state.redis_script import pack
+from gateway.state.redis_script import LeanScript, pack
 
 # The connection settings this path applies, and redis-py's own bookkeeping that changes nothing on a RESP2
 # connection; a pool with any other setting is left to redis-py.
@@ -159,8 +158,8 @@ class PipelinedScripts:
         self._pipe: _Pipe | None = None
         self._connecting = asyncio.Lock()
 
-    def script(self, text: str) -> PipelinedScript:
-        return PipelinedScript(self, text)
+    def script(self, text: str) -> LeanScript:
+        return LeanScript(self, text)
 
     async def run(self, sha: str, text: str, operands: tuple[int | str, ...]) -> Any:
         attempt = 0
@@ -234,15 +233,3 @@ class PipelinedScripts:
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
             pipe.fail(rx.ConnectionError("the state store is closed"))
-
-
-class PipelinedScript:
-    """One script, called like redis-py's `AsyncScript`: `await script(keys, args)`."""
-
-    def __init__(self, scripts: PipelinedScripts, text: str) -> None:
-        self._scripts = scripts
-        self._text = text
-        self._sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
-
-    async def __call__(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
-        return await self._scripts.run(self._sha, self._text, (len(keys), *keys, *args))

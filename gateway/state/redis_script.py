@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 from redis import exceptions as rx
@@ -33,8 +33,8 @@ class ScriptConnections:
         self._idle: list[AbstractConnection] = []
         self._open: set[AbstractConnection] = set()
 
-    def script(self, text: str) -> PooledScript:
-        return PooledScript(self, text)
+    def script(self, text: str) -> LeanScript:
+        return LeanScript(self, text)
 
     async def run(self, sha: str, text: str, operands: tuple[int | str, ...]) -> Any:
         if self._slots.locked():
@@ -76,16 +76,22 @@ class ScriptConnections:
         return conn
 
 
-class PooledScript:
+class ScriptRunner(Protocol):
+    """Runs a script by its SHA1, sending its text when Redis does not know it."""
+
+    async def run(self, sha: str, text: str, operands: tuple[int | str, ...]) -> Any: ...
+
+
+class LeanScript:
     """One script, called like redis-py's `AsyncScript`: `await script(keys, args)`."""
 
-    def __init__(self, connections: ScriptConnections, text: str) -> None:
-        self._connections = connections
+    def __init__(self, runner: ScriptRunner, text: str) -> None:
+        self._runner = runner
         self._text = text
         self._sha = hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()
 
     async def __call__(self, keys: Sequence[str], args: Sequence[int | str]) -> Any:
-        return await self._connections.run(self._sha, self._text, (len(keys), *keys, *args))
+        return await self._runner.run(self._sha, self._text, (len(keys), *keys, *args))
 
 
 async def _evalsha(conn: AbstractConnection, sha: str, text: str, operands: tuple[int | str, ...]) -> Any:

@@ -11,16 +11,8 @@ from redis import exceptions as rx
 from redis.asyncio import ConnectionPool
 
 from gateway.state.redis_script import ScriptConnections
+from tests.unit.state.lua_samples import ECHO, SAFETY_S, SLOW
 from tests.unit.state.redis_process import RedisServer
-
-ECHO = "return {KEYS[1], ARGV[1]}"
-# Keeps Redis busy for 0.2 s, so that a call is still waiting for its reply when the test acts.
-SLOW = """
-local t = redis.call('TIME')
-repeat local n = redis.call('TIME') until (n[1] - t[1]) * 1000000 + (n[2] - t[2]) > 200000
-return ARGV[1]
-"""
-SAFETY_S = 10.0  # a bound so that a hang fails the test instead of stalling the suite; not a timing assertion
 
 
 @pytest.fixture
