@@ -198,6 +198,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.error is not None:  # the exchange already failed (say, an unsupported encoding): nothing to keep
+            return
         if self._decoder is not None:
             try:
                 body = self._decoder.decompress(body)
@@ -213,9 +215,8 @@ class _Connection(asyncio.Protocol):
             self._wake()
 
     def on_message_complete(self) -> None:
-        assert self._parser is not None
-        if not self.headers_done:  # the end of an interim (1xx) answer
-            return
+        if self._parser is None or self.error is not None or not self.headers_done:
+            return  # the exchange failed meanwhile, or this ends an interim (1xx) answer
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:

@@ -218,6 +218,13 @@ async def test_a_compressed_answer_is_decompressed(client: HTTPClient, serve: Se
     assert await fetch(client, up.url()) == (200, body)
 
 
+async def test_an_encoding_it_cannot_decode_is_a_broken_exchange_not_garbage(client: HTTPClient, serve: Serve) -> None:
+    up = await serve(replies(ok(b"\x1b\x0f\x00\xf8compressed", b"content-encoding: br")))
+    async with await post(client, up.url()) as response, asyncio.timeout(LIMIT):
+        with pytest.raises(BrokenExchange, match="content-encoding"):
+            await response.readany()  # not a byte of the undecodable body
+
+
 async def test_a_large_body_is_read_whole_and_the_connection_reused(client: HTTPClient, serve: Serve) -> None:
     body = bytes(range(256)) * 4096  # 1 MiB: past the client's read-ahead limit
     up = await serve(replies(ok(body)))
