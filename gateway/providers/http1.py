@@ -366,6 +366,13 @@ class Response:
             self._timer.cancel()
             self._client._done(conn, reuse=False)
 
+    def __del__(self) -> None:
+        # Dropped without release or close (a task cancelled just as its answer came): the connection must not keep
+        # its place among max_connections for ever. Closed, as an abandoned answer is.
+        if self._conn is not None:
+            with contextlib.suppress(RuntimeError):  # the event loop may be gone already, at interpreter exit
+                self.close()
+
     async def __aenter__(self) -> Response:
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import gzip
 import re
 import socket
@@ -420,6 +421,19 @@ async def test_a_request_cancelled_while_waiting_for_a_connection_leaks_nothing(
         assert client.busy == 0
     finally:
         await client.close()
+
+
+async def test_an_answer_dropped_without_release_frees_its_connection(serve: Serve) -> None:
+    up = await serve(replies(ok()))
+    limited = HTTPClient(max_connections=1)
+    try:
+        response = await post(limited, up.url())
+        del response  # neither released nor closed, as when a task is cancelled just as its answer arrives
+        gc.collect()
+        assert limited.busy == 0
+        assert await fetch(limited, up.url()) == (200, b'{"ok": true}')
+    finally:
+        await limited.close()
 
 
 async def test_the_total_timeout_covers_waiting_for_a_connection(serve: Serve) -> None:
