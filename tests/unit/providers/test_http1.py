@@ -7,141 +7,29 @@ import base64
 import contextlib
 import gc
 import gzip
-import re
 import socket
 import ssl
 import struct
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Protocol
 
 import pytest
 
-from gateway.providers.http1 import BrokenExchange, ConnectFailed, HeaderBlock, HTTPClient, InvalidHeader, Response
+from gateway.providers.http1 import BrokenExchange, ConnectFailed, HTTPClient, InvalidHeader
 from tests.support.tls import self_signed
-
-LIMIT = 5.0  # every wait in these tests ends within this many seconds
-CHUNKED = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
-LAST_CHUNK = b"0\r\n\r\n"
-
-
-class Upstream:
-    """A raw server on 127.0.0.1: runs a handler per connection and records what the client did."""
-
-    def __init__(self, server: asyncio.Server, scheme: str) -> None:
-        self.server = server
-        self.port: int = server.sockets[0].getsockname()[1]
-        self.scheme = scheme
-        self.connections = 0  # accepted
-        self.eofs = 0  # connections the client closed between requests
-        self.requests: list[bytes] = []  # raw, as they came off the wire
-
-    def url(self, path: str = "/v1/chat/completions") -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}{path}"
-
-    async def request(self, reader: asyncio.StreamReader) -> bytes | None:
-        """The next request on a connection, or None once the client closed it."""
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError):
-            self.eofs += 1
-            return None
-        length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
-        raw = head + await reader.readexactly(int(length[1]) if length else 0)
-        self.requests.append(raw)
-        return raw
-
-
-Handler = Callable[[Upstream, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class Serve(Protocol):
-    def __call__(self, handler: Handler, tls: ssl.SSLContext | None = None) -> Awaitable[Upstream]: ...
-
-
-@pytest.fixture
-async def serve() -> AsyncIterator[Serve]:
-    upstreams: list[Upstream] = []
-    handlers: set[asyncio.Task[None]] = set()
-
-    async def start(handler: Handler, tls: ssl.SSLContext | None = None) -> Upstream:
-        async def on_connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            upstream.connections += 1
-            task = asyncio.current_task()
-            assert task is not None
-            handlers.add(task)
-            try:
-                async with asyncio.timeout(LIMIT):
-                    await handler(upstream, reader, writer)
-            except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.CancelledError):
-                pass  # the client went, the limit passed, or the test is over
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-
-        server = await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=tls)
-        upstream = Upstream(server, "https" if tls else "http")
-        upstreams.append(upstream)
-        return upstream
-
-    yield start
-    for task in handlers:
-        task.cancel()
-    await asyncio.gather(*handlers, return_exceptions=True)
-    for upstream in upstreams:
-        upstream.server.close()
-        await upstream.server.wait_closed()
-
-
-@pytest.fixture
-async def client() -> AsyncIterator[HTTPClient]:
-    client = HTTPClient()
-    yield client
-    await client.close()
-
-
-def ok(body: bytes = b'{"ok": true}', *headers: bytes) -> bytes:
-    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n" % len(body)
-    return head + b"".join(h + b"\r\n" for h in headers) + b"\r\n" + body
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
-def replies(answer: bytes) -> Handler:
-    """A keep-alive server that answers every request on a connection with `answer`."""
-
-    async def handler(up: Upstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while await up.request(reader) is not None:
-            writer.write(answer)
-            await writer.drain()
-
-    return handler
-
-
-async def post(
-    client: HTTPClient, url: str, headers: dict[str, str] | None = None, *, body: bytes = b"{}", total: float = LIMIT
-) -> Response:
-    async with asyncio.timeout(LIMIT):
-        block = HeaderBlock(headers or {"content-type": "application/json"})
-        return await client.post(url, body, block, connect_timeout_s=LIMIT, total_timeout_s=total)
-
-
-async def fetch(client: HTTPClient, url: str) -> tuple[int, bytes]:
-    async with await post(client, url) as response, asyncio.timeout(LIMIT):
-        return response.status, await response.read()
-
-
-async def until(condition: Callable[[], bool]) -> None:
-    """Polls, within the limit: a client noticing a close has no event to await."""
-    for _ in range(int(LIMIT / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("not within the limit")
+from tests.unit.providers.raw_http import (
+    CHUNKED,
+    LAST_CHUNK,
+    LIMIT,
+    Serve,
+    Upstream,
+    chunk,
+    fetch,
+    ok,
+    post,
+    replies,
+    until,
+)
 
 
 async def test_a_content_length_answer_has_status_headers_and_body(client: HTTPClient, serve: Serve) -> None:
