@@ -104,10 +104,15 @@ def _serve(args: argparse.Namespace) -> int:
         settings = Settings(**overrides)
     import uvicorn
 
+    from gateway.providers.upstream_proxy import proxies_for
     from gateway.runtime import load_table
 
     assert settings.policy is not None
     load_table(settings, settings.policy)  # fail fast, with every problem listed, before binding
+    try:
+        proxies_for(http_proxy=settings.http_proxy, https_proxy=settings.https_proxy, no_proxy=settings.no_proxy)
+    except ValueError as err:
+        raise PolicyError([str(err)], "environment") from None
     if settings.workers > 1:
         from gateway.observability.multiprocess import prepare_multiprocess_dir, serve_multiprocess_metrics
 

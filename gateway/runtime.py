@@ -20,6 +20,7 @@ from gateway.policy.table import Deployment, PolicyTable
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
 from gateway.providers.registry import build_providers, close_shared_clients
+from gateway.providers.upstream_proxy import proxies_for
 from gateway.routing.executor import AttemptObserver, Executor
 from gateway.routing.health import HealthTracker
 from gateway.settings import Settings, environment
@@ -64,6 +65,9 @@ class Runtime:
 
     def __init__(self, settings: Settings, table: PolicyTable, store: StateStore, metrics: Metrics) -> None:
         self.settings = settings
+        self._proxies = proxies_for(
+            http_proxy=settings.http_proxy, https_proxy=settings.https_proxy, no_proxy=settings.no_proxy
+        )
         self.store = store
         self.metrics = metrics
         self.health = HealthTracker(
@@ -80,7 +84,7 @@ class Runtime:
 
     def _activate(self, table: PolicyTable, previous: ActivePolicy | None) -> ActivePolicy:
         reuse = previous.adapters if previous is not None else None
-        adapters = build_providers(table.providers, reuse)
+        adapters = build_providers(table.providers, reuse, self._proxies)
         self.metrics.set_known(
             aliases=table.aliases,
             deployments=table.deployments,

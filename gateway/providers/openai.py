@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 
 import orjson
 
@@ -12,6 +12,7 @@ from gateway.policy.table import Protocol, Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
 from gateway.providers.http1 import ConnectTimeout, HeaderBlock, HTTPClient, InvalidHeader, Response
 from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
+from gateway.providers.upstream_proxy import UpstreamProxy
 from gateway.routing.classify import inband_error, stream_event, upstream_error
 
 PATHS = {
@@ -28,7 +29,7 @@ KEEPALIVE_S = 60.0  # an idle upstream connection is kept this long (or until th
 class OpenAICompatibleProvider:
     """Relays the request body and the upstream's bytes; parses only what accounting and failover need."""
 
-    def __init__(self, provider: Provider) -> None:
+    def __init__(self, provider: Provider, *, proxies: Mapping[str, UpstreamProxy] | None = None) -> None:
         self.name = provider.name
         self._base = (provider.base_url or "").rstrip("/")
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -43,7 +44,7 @@ class OpenAICompatibleProvider:
         self._anthropic_headers = {"anthropic-version": ANTHROPIC_VERSION}
         if provider.api_key:
             self._anthropic_headers["x-api-key"] = provider.api_key
-        self._http = HTTPClient(max_connections=provider.max_connections, keepalive_s=KEEPALIVE_S)
+        self._http = HTTPClient(max_connections=provider.max_connections, keepalive_s=KEEPALIVE_S, proxies=proxies)
 
     async def close(self) -> None:
         await self._http.close()

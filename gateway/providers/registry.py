@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Mapping
 
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
 from gateway.providers.openai import OpenAICompatibleProvider
+from gateway.providers.upstream_proxy import UpstreamProxy
 
 
-def build_provider(config: ProviderConfig) -> Provider:
+def build_provider(config: ProviderConfig, proxies: Mapping[str, UpstreamProxy] | None = None) -> Provider:
+    """`proxies` (by upstream scheme) apply to `type: openai` providers; litellm reads its own settings."""
     if config.type == "litellm":
         module = importlib.import_module("gateway.providers.litellm")
         provider: Provider = module.LiteLLMProvider(config)
         return provider
-    return OpenAICompatibleProvider(config)
+    return OpenAICompatibleProvider(config, proxies=proxies)
 
 
 def build_providers(
-    configs: dict[str, ProviderConfig], reuse: dict[str, tuple[ProviderConfig, Provider]] | None = None
+    configs: dict[str, ProviderConfig],
+    reuse: dict[str, tuple[ProviderConfig, Provider]] | None = None,
+    proxies: Mapping[str, UpstreamProxy] | None = None,
 ) -> dict[str, tuple[ProviderConfig, Provider]]:
     """Adapters by provider name; an adapter whose configuration did not change is kept (its pool stays warm)."""
     built: dict[str, tuple[ProviderConfig, Provider]] = {}
@@ -28,7 +33,7 @@ def build_providers(
         if previous is not None and previous[0] == config:
             built[name] = previous
         else:
-            built[name] = (config, build_provider(config))
+            built[name] = (config, build_provider(config, proxies))
     return built
 
 

@@ -312,9 +312,17 @@ def _healthy(url: str) -> bool:
         return False
 
 
+_PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "no_proxy", "all_proxy"})
+
+
 def _gateway_env(additions: Mapping[str, str]) -> dict[str, str]:
-    """The parent's environment without POLYROUTE_* (tests state what they want), plus `additions`."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("POLYROUTE_")}
+    """The parent's environment without POLYROUTE_* and proxy settings (tests state what they want), plus
+    `additions`."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("POLYROUTE_") and key.lower() not in _PROXY_VARIABLES
+    }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(additions)
     return env

@@ -1,0 +1,300 @@
+"""HTTP/1.1 on the wire for the upstream client: request heads written once, one connection's answer parsed.
+
+`http1.HTTPClient` pools these connections; this module knows the bytes: the request line and Host header of an
+origin (direct or through a proxy), checked headers, and an answer fed through httptools as it arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import select
+import zlib
+from collections.abc import Callable, Mapping
+from typing import cast
+from urllib.parse import quote, unquote, urlsplit
+
+import httptools
+
+from gateway.providers.upstream_proxy import UpstreamProxy
+
+_HIGH_WATER = 256 * 1024  # stop reading from an upstream socket while this much is received but not yet read
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\r\n\0]")
+_URL_SAFE = "/%:@!$&'()*+,;=?~-._"  # left as they are in a request target; anything else is percent-encoded
+_OWN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})  # the client writes these
+
+
+class ConnectTimeout(TimeoutError):
+    """No connection to the upstream within the connect timeout."""
+
+
+class ConnectFailed(ConnectionError):
+    """The connection could not be made: refused, unreachable, a name that does not resolve, a failed handshake."""
+
+
+class BrokenExchange(ConnectionError):
+    """The connection broke before the answer was complete, or what came back was not HTTP/1.1."""
+
+
+class InvalidHeader(ValueError):
+    """A header name or value that cannot be sent as it is (it would split or end the header block)."""
+
+
+class HeaderBlock:
+    """Request headers checked and encoded once, for all the requests that send them."""
+
+    __slots__ = ("authorization", "data")
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.data = _encode(headers)
+        self.authorization = any(name.lower() == "authorization" for name in headers)
+
+    def plus(self, name: str, value: str) -> HeaderBlock:
+        """These headers and one more (checked now); a name given twice is sent twice."""
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise InvalidHeader(f"header {name[:40]!r} cannot be sent: invalid characters")
+        if name.lower() in _OWN_HEADERS:
+            return self
+        block = HeaderBlock.__new__(HeaderBlock)
+        block.data = b"%s%s: %s\r\n" % (self.data, name.encode(), value.encode())
+        block.authorization = self.authorization or name.lower() == "authorization"
+        return block
+
+
+class Origin:
+    """Where to connect, and the request-line prefix and Host header of one URL (and its user:password, if any,
+    as basic authorization). Through a proxy: an https:// origin is reached by a tunnel, an http:// one by asking
+    the proxy for the absolute URL."""
+
+    __slots__ = ("authorization", "host", "key", "port", "prefix", "ssl", "via")
+
+    def __init__(self, url: str, proxies: Mapping[str, UpstreamProxy]) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {parts.scheme}://{parts.hostname or ''}")
+        self.ssl = parts.scheme == "https"
+        self.host = parts.hostname if parts.hostname.isascii() else parts.hostname.encode("idna").decode()
+        self.port = parts.port or (443 if self.ssl else 80)
+        proxy = proxies.get(parts.scheme)
+        self.via = proxy if proxy is not None and not proxy.bypassed(self.host, self.port) else None
+        default_port = self.port == (443 if self.ssl else 80)
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        authority = host if default_port else f"{host}:{self.port}"
+        target = quote(parts.path or "/", safe=_URL_SAFE)
+        if parts.query:
+            target += "?" + quote(parts.query, safe=_URL_SAFE)
+        if self.via is not None and not self.ssl:  # one pool of connections to the proxy for every such origin
+            self.key = ("http-proxy", self.via.host, self.via.port)
+            self.prefix = f"POST http://{authority}{target} HTTP/1.1\r\nhost: {authority}\r\n".encode()
+            self.prefix += self.via.authorization
+        else:
+            self.key = (parts.scheme, self.host, self.port)
+            self.prefix = f"POST {target} HTTP/1.1\r\nhost: {authority}\r\n".encode()
+        self.authorization = parts.username is not None
+        if self.authorization:
+            pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+            self.prefix += b"authorization: Basic " + base64.b64encode(pair) + b"\r\n"
+
+
+class Connection(asyncio.Protocol):
+    """One upstream connection and the exchange on it: httptools feeds the answer in, a reader awaits it."""
+
+    def __init__(self, key: tuple[str, str, int], on_lost: Callable[[Connection], None]) -> None:
+        self.key = key
+        self._on_lost = on_lost  # the pool forgets a connection the upstream closed
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.idle_since = 0.0
+        self._parser: httptools.HttpResponseParser | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+        self._poll: select.poll | None = None  # asks the socket, without reading, whether it has bytes or EOF
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self.headers_done = False
+        self.chunks: list[bytes] = []
+        self.buffered = 0
+        self.complete = False
+        self.keep_alive = False
+        self.error: BaseException | None = None
+        self._until_close = False
+        self._decoder: zlib._Decompress | None = None
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self._poll = select.poll()
+            self._poll.register(sock.fileno(), select.POLLIN)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None or self.complete:  # bytes nobody asked for: this connection cannot be trusted any more
+            self._fail(BrokenExchange("the upstream sent bytes outside an answer"))
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(BrokenExchange(f"malformed HTTP answer: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._on_lost(self)
+        if self._parser is not None and not self.complete and self.error is None:
+            if self.headers_done and self._until_close:
+                self.complete = True  # an answer without length or chunks ends where the connection does
+            elif exc is not None:
+                self.error = BrokenExchange(f"connection broke: {type(exc).__name__}")
+            else:
+                self.error = BrokenExchange("the upstream closed the connection before the answer was complete")
+        self._wake()
+
+    # httptools callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (never asked for): the real one follows
+            self._raw_headers.clear()
+            return
+        self.status = status
+        headers = self.headers
+        for raw_name, raw_value in self._raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        self.headers_done = True
+        self._until_close = "content-length" not in headers and "chunked" not in headers.get(
+            "transfer-encoding", ""
+        ).lower()
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._decoder = zlib.decompressobj()
+        elif encoding not in ("identity", ""):
+            self._fail(BrokenExchange(f"unsupported content-encoding {encoding!r}"))
+            return
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.error is not None:  # the exchange already failed (say, an unsupported encoding): nothing to keep
+            return
+        if self._decoder is not None:
+            try:
+                body = self._decoder.decompress(body)
+            except zlib.error:
+                self._fail(BrokenExchange("the answer's compressed body is corrupt"))
+                return
+        if body:
+            self.chunks.append(body)
+            self.buffered += len(body)
+            if self.buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+                self._paused = True
+                self.transport.pause_reading()
+            self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._parser is None or self.error is not None or not self.headers_done:
+            return  # the exchange failed meanwhile, or this ends an interim (1xx) answer
+        if self._decoder is not None:
+            tail = self._decoder.flush()
+            if tail:
+                self.chunks.append(tail)
+        self.complete = True
+        self.keep_alive = self._parser.should_keep_alive()
+        self._wake()
+
+    # used by the client and the response
+
+    def begin(self, request: bytes) -> None:
+        """Send one request; its answer is parsed from here on."""
+        assert self.transport is not None
+        self._reset_exchange()
+        self._parser = httptools.HttpResponseParser(self)
+        self.transport.write(request)
+
+    def take(self) -> bytes:
+        """Everything received and not yet read."""
+        chunks = self.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return data
+
+    async def wait(self) -> None:
+        """Until more of the answer has arrived, it is complete, or the exchange failed."""
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def timed_out(self) -> None:
+        self._fail(TimeoutError("the upstream answer did not complete within the total timeout"))
+
+    def _fail(self, error: BaseException) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        self.abort()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def peer_spoke(self) -> bool:
+        """Whether the idle socket has something to read: the upstream closed it (say its keep-alive timeout ran
+        out) and the event loop has not processed that yet. Asked before reuse, so a request is not sent into it."""
+        if self._poll is None:
+            return False
+        try:
+            return bool(self._poll.poll(0))
+        except OSError:
+            return True
+
+    def reusable(self) -> bool:
+        transport = self.transport
+        return (
+            self.complete
+            and self.keep_alive
+            and self.error is None
+            and not self.chunks
+            and not self.lost
+            and transport is not None
+            and not transport.is_closing()
+        )
+
+    def finish(self) -> None:
+        """The exchange is over: nothing more is parsed until the next request."""
+        self._parser = None
+
+    def abort(self) -> None:
+        self._parser = None
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+
+def _encode(headers: Mapping[str, str]) -> bytes:
+    lines = []
+    for name, value in headers.items():
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise InvalidHeader(f"header {name[:40]!r} cannot be sent: invalid characters")
+        if name.lower() not in _OWN_HEADERS:
+            lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode()
