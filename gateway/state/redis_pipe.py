@@ -221,9 +221,11 @@ class PipelinedScripts:
                     await reply
         except TimeoutError as err:
             pipe.fail(rx.TimeoutError("Timeout reading from Redis"))
+            _settled(handshake)
             raise rx.TimeoutError("Timeout reading from Redis") from err
         except rx.RedisError as err:
             pipe.fail(rx.ConnectionError("connection setup failed"))
+            _settled(handshake)
             if isinstance(err, rx.ResponseError) and not isinstance(err, rx.AuthenticationError):
                 raise rx.ConnectionError(f"Redis refused the connection setup: {err}") from err
             raise
@@ -233,3 +235,10 @@ class PipelinedScripts:
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
             pipe.fail(rx.ConnectionError("the state store is closed"))
+
+
+def _settled(replies: list[asyncio.Future[Any]]) -> None:
+    """Mark the failures of setup replies nobody will await as seen (asyncio would log each as never retrieved)."""
+    for reply in replies:
+        if reply.done() and not reply.cancelled():
+            reply.exception()
