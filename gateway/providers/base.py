@@ -31,19 +31,7 @@ class Usage:
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
         """Read an OpenAI-shaped `usage` object (Model Studio, vLLM and Ollama use the same one)."""
-        if not isinstance(usage, dict):
-            return None
-        prompt_details = usage.get("prompt_tokens_details") or {}
-        completion_details = usage.get("completion_tokens_details") or {}
-        return cls(
-            input_tokens=_int(usage.get("prompt_tokens")),
-            output_tokens=_int(usage.get("completion_tokens")),
-            cached_tokens=_int(prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0),
-            reasoning_tokens=_int(
-                completion_details.get("reasoning_tokens") if isinstance(completion_details, dict) else 0
-            ),
-        )
-
+        return cls._from_counts(usage, _CHAT_USAGE_KEYS)
 
     @classmethod
     def from_anthropic(cls, usage: Any) -> Usage | None:
@@ -61,18 +49,29 @@ class Usage:
     @classmethod
     def from_responses(cls, usage: Any) -> Usage | None:
         """Read an OpenAI Responses `usage` object."""
+        return cls._from_counts(usage, _RESPONSES_USAGE_KEYS)
+
+    @classmethod
+    def _from_counts(cls, usage: Any, keys: tuple[str, str, str, str]) -> Usage | None:
+        """Chat's and Responses' usage differ only in names (`keys`: input, output, and the details objects with
+        the cached and the reasoning counts)."""
         if not isinstance(usage, dict):
             return None
-        input_details = usage.get("input_tokens_details") or {}
-        output_details = usage.get("output_tokens_details") or {}
+        input_key, output_key, input_details_key, output_details_key = keys
+        input_details = usage.get(input_details_key) or {}
+        output_details = usage.get(output_details_key) or {}
         return cls(
-            input_tokens=_int(usage.get("input_tokens")),
-            output_tokens=_int(usage.get("output_tokens")),
+            input_tokens=_int(usage.get(input_key)),
+            output_tokens=_int(usage.get(output_key)),
             cached_tokens=_int(input_details.get("cached_tokens") if isinstance(input_details, dict) else 0),
             reasoning_tokens=_int(
                 output_details.get("reasoning_tokens") if isinstance(output_details, dict) else 0
             ),
         )
+
+
+_CHAT_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
+_RESPONSES_USAGE_KEYS = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
 
 
 def _int(value: Any) -> int:
