@@ -77,12 +77,14 @@ class BrowserCORS(CORSMiddleware):
         return response
 
     async def send(self, message: Message, send: Send, request_headers: Headers) -> None:
+        if message["type"] != "http.response.start":  # a stream's chunks pass untouched
+            await send(message)
+            return
         origin = request_headers.get("origin")
         if origin is None or self.is_allowed_origin(origin):
             await super().send(message, send, request_headers)
             return
-        if message["type"] == "http.response.start":
-            message.setdefault("headers", [])
-            # The answer differs by origin: no cache may serve it to another one.
-            MutableHeaders(scope=message).append("vary", "Origin")
+        message.setdefault("headers", [])
+        # The answer differs by origin: no cache may serve it to another one.
+        MutableHeaders(scope=message).append("vary", "Origin")
         await send(message)
