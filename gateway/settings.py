@@ -58,15 +58,16 @@ class Settings(BaseSettings):
 def normalize_origins(value: str | None) -> str | None:
     """`POLYROUTE_CORS_ORIGINS` as the comma list a browser's `Origin` header is compared with, or None if empty.
 
-    A browser sends `Origin: https://app.example.com` (lower case, no path, no trailing slash): an entry written
-    any other way would never match, so it is refused at startup instead of failing every browser request.
+    A browser sends `Origin: https://app.example.com` (lower case, no path, no trailing slash; desktop web views
+    send their own schemes, e.g. `tauri://localhost`): an entry written any other way would never match, so it is
+    refused at startup instead of failing every browser request.
     """
     origins = [o.strip().lower() for o in (value or "").split(",") if o.strip()]
     if origins == ["*"]:
         return "*"
     for origin in origins:
         scheme, sep, rest = origin.partition("://")
-        if origin == "*" or not sep or scheme not in ("http", "https") or not rest or "/" in rest:
+        if not (sep and scheme.isascii() and scheme[:1].isalpha() and rest) or "/" in rest or "*" in origin:
             raise ValueError(f"{origin!r}: expected scheme://host[:port] (no path, no trailing slash), or * alone")
     return ",".join(origins) or None
 
