@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api.admin import admin_routes
+from gateway.api.cors import BrowserCORS
 from gateway.api.health import health_routes
 from gateway.api.openai_routes import model_routes
 from gateway.api.protocol_request import protocol_error_response
@@ -60,7 +61,11 @@ def create_app(settings: Settings, *, table: PolicyTable | None = None) -> Starl
         *admin_routes(runtime),
     ]
     hot = {r.path: r.app for r in routes if isinstance(r, Route) and r.methods == {"POST"} and r.path in HOT_PATHS}
-    app = Gateway(hot, routes=routes, lifespan=lifespan)
+    origins = settings.cors_origin_list
+    if origins:
+        app: Gateway = BrowserGateway(hot, origins, routes=routes, lifespan=lifespan)
+    else:
+        app = Gateway(hot, routes=routes, lifespan=lifespan)
     app.state.runtime = runtime
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -132,6 +137,18 @@ class Gateway(Starlette):
                 response = internal_error(scope["path"], exc)
                 await response(scope, receive, send)
             raise
+
+
+class BrowserGateway(Gateway):
+    """The Gateway behind CORS (api/cors.py), for POLYROUTE_CORS_ORIGINS: its own class, so that without the
+    setting no request pays for it. Outermost, so errors, streams and the proxied routes get the headers too."""
+
+    def __init__(self, hot: dict[str, ASGIApp], origins: tuple[str, ...], **kwargs: Any) -> None:
+        super().__init__(hot, **kwargs)
+        self._cors = BrowserCORS(super().__call__, origins)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._cors(scope, receive, send)
 
 
 def app_from_environment() -> Starlette:

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,6 +42,34 @@ class Settings(BaseSettings):
     http_proxy: str | None = Field(default=None, validation_alias=AliasChoices("HTTP_PROXY", "http_proxy"))
     https_proxy: str | None = Field(default=None, validation_alias=AliasChoices("HTTPS_PROXY", "https_proxy"))
     no_proxy: str | None = Field(default=None, validation_alias=AliasChoices("NO_PROXY", "no_proxy"))
+    # Browser origins allowed to call /v1 (comma list of scheme://host[:port], or *); unset = no CORS headers.
+    cors_origins: str | None = None
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str | None) -> str | None:
+        return normalize_origins(value)
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        return tuple(self.cors_origins.split(",")) if self.cors_origins else ()
+
+
+def normalize_origins(value: str | None) -> str | None:
+    """`POLYROUTE_CORS_ORIGINS` as the comma list a browser's `Origin` header is compared with, or None if empty.
+
+    A browser sends `Origin: https://app.example.com` (lower case, no path, no trailing slash; desktop web views
+    send their own schemes, e.g. `tauri://localhost`): an entry written any other way would never match, so it is
+    refused at startup instead of failing every browser request.
+    """
+    origins = [o.strip().lower() for o in (value or "").split(",") if o.strip()]
+    if origins == ["*"]:
+        return "*"
+    for origin in origins:
+        scheme, sep, rest = origin.partition("://")
+        if not (sep and scheme.isascii() and scheme[:1].isalpha() and rest) or "/" in rest or "*" in origin:
+            raise ValueError(f"{origin!r}: expected scheme://host[:port] (no path, no trailing slash), or * alone")
+    return ",".join(origins) or None
 
 
 def environment() -> Mapping[str, str]:
@@ -61,6 +89,8 @@ def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))
+    if settings.cors_origins is not None:
+        os.environ["POLYROUTE_CORS_ORIGINS"] = settings.cors_origins
     if multiproc_dir is not None:
         # prometheus-client picks its multiprocess value class from this variable when first imported.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
