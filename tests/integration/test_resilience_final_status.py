@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 
+from tests.support.openai_schema import schema_errors
 from tests.support.resilience import HELLO, PRIMARY_MODEL, PROVIDER_TYPES, Resilience
 
 
@@ -90,3 +91,12 @@ def test_operator_side_failures_stay_a_502_naming_each_cause(rs: Resilience, pty
     assert f"primary-{ptype}: auth (upstream status 401)" in info.value.message
     assert "backup: not_found (upstream status 404)" in info.value.message
     assert "sk-sim-cloud-secret" not in info.value.message
+
+
+def test_the_model_list_and_error_envelopes_match_the_published_schema(rs: Resilience) -> None:
+    models = rs.client().models.with_raw_response.list()
+    assert schema_errors("ListModelsResponse", models.http_response.json()) == []
+    rs.cloud.inject([{"fault": "internal", "count": 1, "model": PRIMARY_MODEL["openai"]}])
+    with pytest.raises(openai.APIStatusError) as info:
+        rs.client().chat.completions.create(model="solo-openai", messages=HELLO)
+    assert schema_errors("ErrorResponse", info.value.response.json()) == []
