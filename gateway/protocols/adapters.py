@@ -10,7 +10,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.errors import ErrorClass, PolyrouteError, UpstreamError
-from gateway.observability.accounting import output_tokens_in_body, output_tokens_in_stream
+from gateway.observability.accounting import estimated_usage, output_tokens_in_body, output_tokens_in_stream
 from gateway.policy.table import Protocol as WireProtocol
 from gateway.protocols import messages_reply, responses_reply
 from gateway.protocols.messages_request import messages_to_chat
@@ -84,12 +84,6 @@ RESPONSES = ClientProtocol(
     native_error_event=_responses_error_event,
 )
 CLIENT_PROTOCOLS = {Endpoint.MESSAGES: MESSAGES, Endpoint.RESPONSES: RESPONSES}
-
-
-def estimated_usage(prompt_tokens: int, output_tokens: int) -> Usage:
-    """What accounting records when an upstream reports no usage: routing's prompt estimate and the output counted
-    by accounting's estimators; a translated answer reports the same to its client."""
-    return Usage(input_tokens=prompt_tokens, output_tokens=output_tokens, estimated=True)
 
 
 def chat_usage(usage: Usage) -> dict[str, Any]:
