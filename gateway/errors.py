@@ -13,7 +13,10 @@
     │   │                                   policy, context window) and no fallback applies
     │   └── LimitExceededError          429 rate_limit_error / insufficient_quota (+ Retry-After)
     ├── UpstreamError                   one attempt against one deployment failed (classified)
-    ├── AllTargetsFailedError           502 / 503 / 504: every attempt failed; lists each cause
+    ├── AllTargetsFailedError           every attempt failed; lists each cause. Its status follows what the client
+    │                                       can act on: 400 context_length_exceeded / content_policy_violation when
+    │                                       every target refused the request itself, 429 (+ Retry-After) when every
+    │                                       target was rate-limited, else 502 / 503 / 504 (operator-side failures)
     ├── ShuttingDownError               503 the gateway is draining and the shutdown deadline passed
     └── ClientGoneError                 499 the client disconnected; the upstream request was cancelled
 """
@@ -31,6 +34,9 @@ class PolyrouteError(Exception):
     status = 500
     error_type = "api_error"
     code: str | None = None
+    # With code `context_length_exceeded`: the largest context window (configured) of a target that refused the
+    # prompt as too long, which Anthropic's wording of the error names.
+    context_window: int | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -98,6 +104,10 @@ class UpstreamRejectedError(BadRequestError):
 
     code = "upstream_rejected_request"
 
+    def __init__(self, message: str, *, error_class: ErrorClass, context_window: int | None = None) -> None:
+        super().__init__(message, code=REQUEST_FAULT_CODES.get(error_class))
+        self.context_window = context_window
+
 
 class LimitExceededError(ClientError):
     status = 429
@@ -134,6 +144,17 @@ class ErrorClass(StrEnum):
     AUTH = "auth"
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"
+    ACCOUNT = "account"  # arrears, access denied: operator-side
+    QUOTA_EXHAUSTED = "quota_exhausted"  # a permanent quota is used up: operator-side, not a rate limit
+
+
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+CONTENT_POLICY_VIOLATION = "content_policy_violation"
+# The OpenAI codes of the refusals a client can act on itself (shorten or compact the prompt, change its content).
+REQUEST_FAULT_CODES = {
+    ErrorClass.CONTEXT_WINDOW: CONTEXT_LENGTH_EXCEEDED,
+    ErrorClass.CONTENT_POLICY: CONTENT_POLICY_VIOLATION,
+}
 
 
 class UpstreamError(PolyrouteError):
@@ -166,23 +187,68 @@ class AttemptFailure:
     message: str
     upstream_status: int | None = None
     skipped: bool = False  # not tried (open circuit, own rate limit, too small a window): says nothing new
-    retry_after: float | None = None  # seconds the upstream asked to wait (its Retry-After)
+    # Seconds until the target may answer: the upstream's Retry-After, or for a skipped target the time until its
+    # own rate-limit window or its open circuit frees.
+    retry_after: float | None = None
+    context_window: int | None = None  # with CONTEXT_WINDOW: the window (configured) that was too small
+
+
+# Failures that are the request's own fault: when every target failed so, the client must change the request.
+_REQUEST_FAULTS = frozenset({ErrorClass.BAD_REQUEST, ErrorClass.CONTEXT_WINDOW, ErrorClass.CONTENT_POLICY})
 
 
 class AllTargetsFailedError(PolyrouteError):
-    """Every attempt of a plan failed; the message lists each target and its cause."""
+    """Every attempt of a plan failed; the message lists each target and its cause.
+
+    The status is the one the client can act on (the README's table): 400 when every target refused the request
+    itself (`content_policy_violation` before `context_length_exceeded`: a shorter prompt would still be refused),
+    429 with `Retry-After` when every other target was rate-limited (by the upstream or by its own limit; open
+    circuits only add their wait), else what the upstreams' failures say of the operator's side: 504 when all
+    timed out, 503 when they were unreachable or throttled, 502 otherwise.
+    """
 
     def __init__(self, failures: list[AttemptFailure]) -> None:
         self.failures = failures
-        parts = [
+        parts = "; ".join(
             f"{f.deployment}: {f.error_class.value}"
             + (f" (upstream status {f.upstream_status})" if f.upstream_status else "")
             + (f": {f.message}" if f.message else "")
             for f in failures
-        ]
-        super().__init__("all targets failed: " + "; ".join(parts) if parts else "no target was tried")
-        # The status speaks of what the upstreams answered; targets that were only skipped do not change it.
-        classes = {f.error_class for f in failures if not f.skipped}
+        )
+        others = [f for f in failures if f.error_class not in _REQUEST_FAULTS]
+        waits = [f.retry_after for f in others if f.retry_after is not None]
+        self.retry_after = min(waits) if waits else None
+        lead = "all targets failed"
+        if failures and not others:
+            lead = self._refused(failures)
+        elif any(f.error_class is ErrorClass.RATE_LIMIT for f in others) and all(
+            f.error_class is ErrorClass.RATE_LIMIT or (f.skipped and f.retry_after is not None) for f in others
+        ):
+            self.status, self.error_type, self.code = 429, "rate_limit_error", "rate_limit_exceeded"
+            self.retry_after = self.retry_after if self.retry_after is not None else 1.0
+            lead = f"every target is rate-limited; try again in {_seconds(self.retry_after)}s"
+        else:
+            self._operator_side([f for f in others if not f.skipped])
+        super().__init__(f"{lead}: {parts}" if parts else "no target was tried", code=self.code)
+
+    def _refused(self, failures: list[AttemptFailure]) -> str:
+        """Every target refused the request itself: a 400 with the code of the refusal; returns the message's lead."""
+        classes = {f.error_class for f in failures}
+        self.status, self.error_type = 400, "invalid_request_error"
+        if ErrorClass.CONTENT_POLICY in classes:
+            self.code = CONTENT_POLICY_VIOLATION
+            return "every target refused the request under its content policy"
+        if ErrorClass.CONTEXT_WINDOW in classes:
+            self.code = CONTEXT_LENGTH_EXCEEDED
+            windows = [f.context_window for f in failures if f.context_window is not None]
+            self.context_window = max(windows) if windows else None
+            return "the prompt is too long for every target"
+        self.code = UpstreamRejectedError.code
+        return "every target rejected the request"
+
+    def _operator_side(self, tried: list[AttemptFailure]) -> None:
+        """The status speaks of what the upstreams answered; targets that were only skipped do not change it."""
+        classes = {f.error_class for f in tried}
         if not classes:
             self.status, self.code = 503, "upstream_unavailable"
         elif classes <= {ErrorClass.TIMEOUT}:
@@ -193,11 +259,15 @@ class AllTargetsFailedError(PolyrouteError):
             self.status, self.code = 502, "upstream_error"
 
     def headers(self) -> dict[str, str]:
-        """A 503 passes on the shortest wait an upstream asked for, so clients back off as it wanted."""
-        waits = [f.retry_after for f in self.failures if f.retry_after is not None and not f.skipped]
-        if self.status != 503 or not waits:
+        """A 429 or 503 passes on the shortest wait a target asked for, so clients back off as long as needed."""
+        if self.status not in (429, 503) or self.retry_after is None:
             return {}
-        return {"retry-after": str(max(1, math.ceil(min(waits))))}
+        return {"retry-after": str(_seconds(self.retry_after))}
+
+
+def _seconds(wait: float) -> int:
+    """A wait as Retry-After says it: whole seconds, rounded up, at least one."""
+    return max(1, math.ceil(wait))
 
 
 class ShuttingDownError(PolyrouteError):

@@ -31,6 +31,7 @@ class ProtocolRequest:
     untranslatable: BadRequestError | None
     stream: bool
     headers: dict[str, str] = field(default_factory=dict)
+    prompt_tokens: int = 0  # routing's estimate: the usage of a translated answer whose upstream reported none
 
     def call(self, deployment: Deployment, *, timeouts: Timeouts, request_id: str) -> UpstreamCall:
         """Relay the client's body to a target that speaks the protocol; send the translation to any other."""
@@ -69,16 +70,16 @@ class ProtocolRequest:
         if call.endpoint is not Endpoint.CHAT:
             return result
         if isinstance(result, UpstreamReply):
-            return translate_reply(self.adapter, result, self.body)
+            return translate_reply(self.adapter, result, self.body, self.prompt_tokens)
         translator = self.adapter.translator(self.body, self.adapter.new_id(), call.deployment.model)
         try:
-            return TranslatedStream(result, translator, self.adapter)
+            return TranslatedStream(result, translator, self.adapter, self.prompt_tokens)
         except BaseException:
             await result.aclose()
             raise
 
     def error_response(self, err: PolyrouteError, headers: dict[str, str]) -> Response:
-        return protocol_error_response(self.adapter, err, headers)
+        return protocol_error_response(self.adapter, err, headers, prompt_tokens=self.prompt_tokens)
 
     def stream_error(self, stream: UpstreamStream, err: PolyrouteError) -> bytes:
         """The protocol's own error event, ending a stream whose upstream failed after the first byte."""
@@ -88,10 +89,12 @@ class ProtocolRequest:
         return self.adapter.native_error_event(err, sent)
 
 
-def protocol_error_response(adapter: ClientProtocol, err: PolyrouteError, headers: dict[str, str]) -> Response:
+def protocol_error_response(
+    adapter: ClientProtocol, err: PolyrouteError, headers: dict[str, str], *, prompt_tokens: int = 0
+) -> Response:
     """An error in the client protocol's own shape, with the status and headers an OpenAI-shaped one would have."""
     return Response(
-        adapter.error_body(err),
+        adapter.error_body(err, prompt_tokens),
         status_code=err.status,
         media_type="application/json",
         headers={**headers, **err.headers()},
@@ -124,7 +127,7 @@ def parse_protocol_request(
         routing["stream"] = True
     parsed = parse_request(orjson.dumps(routing), Endpoint.CHAT, headers)
     forwarded = {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
-    return parsed, ProtocolRequest(adapter, body, chat, problem, bool(stream), forwarded)
+    return parsed, ProtocolRequest(adapter, body, chat, problem, bool(stream), forwarded, parsed.prompt_tokens)
 
 
 def _stand_in(raw: bytes, body: dict[str, Any]) -> dict[str, Any]:

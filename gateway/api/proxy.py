@@ -22,6 +22,7 @@ from gateway.api.responses import DONE_EVENT, error_event, error_response, route
 from gateway.errors import PolyrouteError, ShuttingDownError, UpstreamError
 from gateway.observability.accounting import (
     FinishedRequest,
+    estimated_usage,
     output_tokens_in_body,
     output_tokens_in_stream,
     request_cost,
@@ -263,7 +264,7 @@ class _Job:
 
     def _estimated_usage(self, output_tokens: int) -> Usage:
         """The upstream reported no usage: the prompt as routing estimated it, the output as counted by the caller."""
-        return Usage(input_tokens=self.parsed.prompt_tokens, output_tokens=output_tokens, estimated=True)
+        return estimated_usage(self.parsed.prompt_tokens, output_tokens)
 
     def _headers(self) -> dict[str, str]:
         headers = route_headers(self.request_id, self.plan.route, self.outcome)

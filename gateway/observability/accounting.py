@@ -42,6 +42,12 @@ def output_tokens_in_stream(events: int) -> int:
     return max(0, events - _FRAMING_EVENTS)
 
 
+def estimated_usage(prompt_tokens: int, output_tokens: int) -> Usage:
+    """The usage recorded (and, for a translated answer, reported to the client) when an upstream reports none:
+    routing's estimate of the prompt and the output counted by one of the two functions above."""
+    return Usage(input_tokens=prompt_tokens, output_tokens=output_tokens, estimated=True)
+
+
 @dataclass(slots=True)  # one per request: a frozen dataclass costs twice as much to build
 class FinishedRequest:
     """Everything known about one request once its response is complete."""

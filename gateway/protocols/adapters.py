@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.errors import ErrorClass, PolyrouteError, UpstreamError
+from gateway.observability.accounting import estimated_usage, output_tokens_in_body, output_tokens_in_stream
 from gateway.policy.table import Protocol as WireProtocol
 from gateway.protocols import messages_reply, responses_reply
 from gateway.protocols.messages_request import messages_to_chat
@@ -25,9 +26,11 @@ class StreamTranslator(Protocol):
 
     def feed(self, chunk: dict[str, Any]) -> list[bytes]: ...
 
-    def finish(self) -> list[bytes]: ...
+    def finish(self, estimate: dict[str, Any] | None = None) -> list[bytes]:
+        """The closing events; their usage is the upstream's, else `estimate` (a chat `usage`)."""
+        ...
 
-    def fail(self, message: str, code: str) -> list[bytes]: ...
+    def fail(self, message: str, code: str, estimate: dict[str, Any] | None = None) -> list[bytes]: ...
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class ClientProtocol:
     to_chat: Callable[[dict[str, Any]], dict[str, Any]]
     reply: Callable[[dict[str, Any], dict[str, Any], str], dict[str, Any]]  # (chat reply, request, id)
     translator: Callable[[dict[str, Any], str, str], StreamTranslator]  # (request, id, model)
-    error_body: Callable[[PolyrouteError], bytes]
+    error_body: Callable[[PolyrouteError, int], bytes]  # (error, polyroute's estimate of the prompt's tokens)
     fail_code: Callable[[PolyrouteError], str]  # the `code` a translator's fail() event carries
     native_error_event: Callable[[PolyrouteError, int], bytes]  # (error, events relayed so far)
 
@@ -83,8 +86,22 @@ RESPONSES = ClientProtocol(
 CLIENT_PROTOCOLS = {Endpoint.MESSAGES: MESSAGES, Endpoint.RESPONSES: RESPONSES}
 
 
-def translate_reply(adapter: ClientProtocol, reply: UpstreamReply, request: dict[str, Any]) -> UpstreamReply:
-    """A Chat reply re-shaped for the client's protocol; usage stays as the upstream reported it."""
+def chat_usage(usage: Usage) -> dict[str, Any]:
+    """A Usage as a Chat Completions `usage` object, the shape the translators read."""
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": usage.reasoning_tokens},
+    }
+
+
+def translate_reply(
+    adapter: ClientProtocol, reply: UpstreamReply, request: dict[str, Any], prompt_tokens: int = 0
+) -> UpstreamReply:
+    """A Chat reply re-shaped for the client's protocol, with the upstream's usage, or else polyroute's estimate
+    (`prompt_tokens`: routing's estimate of the prompt), which accounting then records too."""
     try:
         chat = orjson.loads(reply.body)
     except orjson.JSONDecodeError as exc:
@@ -93,22 +110,34 @@ def translate_reply(adapter: ClientProtocol, reply: UpstreamReply, request: dict
     if not isinstance(chat, dict):
         raise UpstreamError("upstream answered 200 with a body that is not an object",
                             error_class=ErrorClass.SERVER_ERROR)
+    usage = reply.usage
+    if usage is None:
+        usage = estimated_usage(prompt_tokens, output_tokens_in_body(reply.body))
+        chat["usage"] = chat_usage(usage)
     body = adapter.reply(chat, request, adapter.new_id())
-    return UpstreamReply(body=orjson.dumps(body), usage=reply.usage)
+    return UpstreamReply(body=orjson.dumps(body), usage=usage)
 
 
 class TranslatedStream:
-    """A Chat stream relayed as the client's protocol's events; the upstream's usage chunk feeds the translator."""
+    """A Chat stream relayed as the client's protocol's events; the upstream's usage chunk feeds the translator.
 
-    def __init__(self, inner: UpstreamStream, translator: StreamTranslator, adapter: ClientProtocol) -> None:
+    When the upstream reports no usage (llama.cpp ignores `stream_options.include_usage`), the closing events
+    carry polyroute's estimate, counted from the upstream's events as accounting counts a Chat stream's.
+    """
+
+    def __init__(
+        self, inner: UpstreamStream, translator: StreamTranslator, adapter: ClientProtocol, prompt_tokens: int = 0
+    ) -> None:
         self._inner = inner
         self._translator = translator
         self._adapter = adapter
+        self._prompt_tokens = prompt_tokens
+        self._events = 0  # upstream events read, [DONE] included
         self.first_event = b"".join(translator.start() + self._translate(inner.first_event))
 
     @property
-    def usage(self) -> Usage | None:
-        return self._inner.usage
+    def usage(self) -> Usage:
+        return self._inner.usage or estimated_usage(self._prompt_tokens, output_tokens_in_stream(self._events))
 
     async def events(self) -> AsyncIterator[bytes]:
         async for raw in self._inner.events():
@@ -126,12 +155,16 @@ class TranslatedStream:
         return out
 
     def _translate_one(self, payload: bytes) -> list[bytes]:
+        self._events += 1
         if payload == b"[DONE]":
-            return self._translator.finish()
+            return self._translator.finish(self._estimate())
         return self._translator.feed(stream_event(payload))
 
+    def _estimate(self) -> dict[str, Any] | None:
+        return None if self._inner.usage is not None else chat_usage(self.usage)
+
     def fail(self, err: PolyrouteError) -> bytes:
-        return b"".join(self._translator.fail(err.message, self._adapter.fail_code(err)))
+        return b"".join(self._translator.fail(err.message, self._adapter.fail_code(err), self._estimate()))
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import ErrorClass, PolyrouteError, UpstreamError
+from gateway.errors import CONTEXT_LENGTH_EXCEEDED, ErrorClass, PolyrouteError, UpstreamError
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -20,8 +20,9 @@ _ERROR_TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
-    413: "invalid_request_error",
+    413: "request_too_large",
     429: "rate_limit_error",
+    500: "api_error",
     503: "overloaded_error",
     529: "overloaded_error",
 }
@@ -32,12 +33,27 @@ def error_type(err: PolyrouteError) -> str:
     return _ERROR_TYPES.get(err.status, "invalid_request_error" if 400 <= err.status < 500 else "api_error")
 
 
-def error_object(err: PolyrouteError) -> dict[str, Any]:
-    return {"type": "error", "error": {"type": error_type(err), "message": err.message}}
+def error_object(err: PolyrouteError, prompt_tokens: int = 0) -> dict[str, Any]:
+    return {"type": "error", "error": {"type": error_type(err), "message": error_message(err, prompt_tokens)}}
 
 
-def error_body(err: PolyrouteError) -> bytes:
-    return orjson.dumps(error_object(err))
+def error_body(err: PolyrouteError, prompt_tokens: int = 0) -> bytes:
+    return orjson.dumps(error_object(err, prompt_tokens))
+
+
+def error_message(err: PolyrouteError, prompt_tokens: int) -> str:
+    """The message as Anthropic words it where clients read it: a prompt too long for every target says
+    "prompt is too long: N tokens > M maximum" (Claude Code compacts its conversation on these words).
+
+    N is polyroute's estimate of the prompt, at least M + 1 (the target counted more than M); M is the largest
+    context window that refused it. polyroute's own account of each target follows.
+    """
+    if err.code != CONTEXT_LENGTH_EXCEEDED:
+        return err.message
+    window = err.context_window
+    if window is None:
+        return f"prompt is too long: {err.message}"
+    return f"prompt is too long: {max(prompt_tokens, window + 1)} tokens > {window} maximum ({err.message})"
 
 
 def event(name: str, data: dict[str, Any]) -> bytes:
@@ -212,15 +228,18 @@ class MessagesStreamTranslator:
             out.append(self._delta(self._tool_blocks[position], delta))
         return out
 
-    def finish(self) -> list[bytes]:
+    def finish(self, estimate: dict[str, Any] | None = None) -> list[bytes]:
+        """Close the open block, then message_delta (its usage: the upstream's, else `estimate`, a chat `usage`)
+        and message_stop."""
         out = self._close()
         stop_reason, stop_sequence = stop_of(self._choice, self._request) if self._choice else ("end_turn", None)
         delta = {"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": stop_sequence},
-                 "usage": usage_of(self._usage)}
+                 "usage": usage_of(self._usage or estimate)}
         out.append(event("message_delta", delta))
         out.append(event("message_stop", {"type": "message_stop"}))
         return out
 
-    def fail(self, message: str, code: str) -> list[bytes]:
-        """The `error` event that ends a stream whose upstream failed after its first event (`code`: error type)."""
+    def fail(self, message: str, code: str, estimate: dict[str, Any] | None = None) -> list[bytes]:
+        """The `error` event that ends a stream whose upstream failed after its first event (`code`: error type);
+        Anthropic's error event carries no usage, so `estimate` is not needed."""
         return [event("error", {"type": "error", "error": {"type": code, "message": message}})]

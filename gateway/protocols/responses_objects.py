@@ -31,7 +31,8 @@ def item_id(prefix: str, response_id: str, output_index: int) -> str:
 
 
 def usage(chat_usage: Any) -> dict[str, Any] | None:
-    """Chat `usage` in the Responses shape; None when the backend reported none."""
+    """Chat `usage` in the Responses shape; None when there is none (the translators then report polyroute's
+    estimate, given to them as a chat `usage` too)."""
     if not isinstance(chat_usage, dict):
         return None
     prompt = _count(chat_usage.get("prompt_tokens"))
@@ -100,11 +101,14 @@ def response_object(
     incomplete_reason: str | None = None,
     error: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The `response` object, echoing the request's parameters as the Responses API does."""
+    """The `response` object, echoing the request's parameters as the Responses API does.
+
+    `usage` is left out while it is unknown (the in-progress snapshots); `user` is echoed only when it was sent.
+    """
     text = as_object(request.get("text"))
     reasoning = as_object(request.get("reasoning"))
     parallel = request.get("parallel_tool_calls")
-    return {
+    response: dict[str, Any] = {
         "id": response_id,
         "object": "response",
         "created_at": created_at,
@@ -125,13 +129,26 @@ def response_object(
         "temperature": request.get("temperature"),
         "text": {"format": text.get("format") or {"type": "text"}, "verbosity": text.get("verbosity")},
         "tool_choice": request.get("tool_choice") or "auto",
-        "tools": request.get("tools") or [],
+        "tools": [function_tool(tool) for tool in request.get("tools") or [] if isinstance(tool, dict)],
         "top_p": request.get("top_p"),
         "truncation": request.get("truncation") or "disabled",
-        "usage": usage,
-        "user": request.get("user"),
         "metadata": request.get("metadata") or {},
     }
+    if usage is not None:
+        response["usage"] = usage
+    if isinstance(request.get("user"), str):
+        response["user"] = request["user"]
+    return response
+
+
+def function_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A function tool as a response echoes it: `parameters` and `strict` always present (null when not sent,
+    because polyroute passes on only what was sent: it does not turn strict mode on by itself)."""
+    echoed = {"type": "function", "name": tool.get("name"), "parameters": tool.get("parameters"),
+              "strict": tool.get("strict")}
+    if tool.get("description") is not None:
+        echoed["description"] = tool["description"]
+    return echoed
 
 
 def as_object(value: Any) -> dict[str, Any]:

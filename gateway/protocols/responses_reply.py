@@ -53,8 +53,9 @@ def chat_to_response(chat: dict[str, Any], *, request: dict[str, Any], response_
     )
 
 
-def error_body(err: PolyrouteError) -> bytes:
-    """The OpenAI error envelope, the same for the Responses API as for Chat Completions."""
+def error_body(err: PolyrouteError, prompt_tokens: int = 0) -> bytes:
+    """The OpenAI error envelope, the same for the Responses API as for Chat Completions (whose message does not
+    need `prompt_tokens`, unlike the Messages one)."""
     return orjson.dumps(chat_error_body(err))
 
 

@@ -115,8 +115,11 @@ class ResponsesStreamTranslator:
             self._finish_reason = choice["finish_reason"]
         return events
 
-    def finish(self) -> list[bytes]:
-        """Close every open item, then `response.completed` (or `response.incomplete`) with the whole response."""
+    def finish(self, estimate: dict[str, Any] | None = None) -> list[bytes]:
+        """Close every open item, then `response.completed` (or `response.incomplete`) with the whole response.
+
+        `estimate` (a chat `usage`) is the usage reported when the upstream reported none.
+        """
         events = self.start()
         if self._ended:
             return events
@@ -133,11 +136,11 @@ class ResponsesStreamTranslator:
             events += self._close_call(call, closing[id(call)])
         output = [item.item(closing[id(item)]) for item in self._output]
         kind = "response.completed" if status == "completed" else "response.incomplete"
-        response = self._response(status, output=output, usage=self._usage, incomplete_reason=reason)
+        response = self._response(status, output=output, usage=self._final_usage(estimate), incomplete_reason=reason)
         events.append(self._event(kind, response=response))
         return events
 
-    def fail(self, message: str, code: str) -> list[bytes]:
+    def fail(self, message: str, code: str, estimate: dict[str, Any] | None = None) -> list[bytes]:
         """The `error` event, then `response.failed` carrying what was produced so far."""
         events = self.start()
         if self._ended:
@@ -145,9 +148,14 @@ class ResponsesStreamTranslator:
         self._ended = True
         events.append(self._event("error", code=code, message=message, param=None))
         output = [item.item("completed" if item.done else "incomplete") for item in self._output]
-        response = self._response("failed", output=output, usage=self._usage, error=objects.failure(message, code))
+        response = self._response(
+            "failed", output=output, usage=self._final_usage(estimate), error=objects.failure(message, code)
+        )
         events.append(self._event("response.failed", response=response))
         return events
+
+    def _final_usage(self, estimate: dict[str, Any] | None) -> dict[str, Any] | None:
+        return self._usage if self._usage is not None else objects.usage(estimate)
 
     def _reasoning_delta(self, text: str) -> list[bytes]:
         events: list[bytes] = []

@@ -20,7 +20,7 @@ from gateway.policy.plan import RoutePlan
 from gateway.policy.table import Deployment, FallbackPolicy
 from gateway.routing.classify import RETRYABLE
 from gateway.routing.health import HealthTracker
-from gateway.state.base import DeploymentQuota, StateStore
+from gateway.state.base import DeploymentQuota, StateStore, seconds_to_next_window
 
 T = TypeVar("T")
 # Failures that are the request's own fault: returned to the client unless the policy says to fall back on them.
@@ -93,13 +93,16 @@ class Executor:
                 if larger_than is not None and (deployment.context_window or 0) <= larger_than:
                     outcome.failures.append(
                         AttemptFailure(
-                            name, ErrorClass.CONTEXT_WINDOW, "skipped: context window is not larger", skipped=True
+                            name, ErrorClass.CONTEXT_WINDOW, "skipped: context window is not larger", skipped=True,
+                            context_window=deployment.context_window,
                         )
                     )
                     continue
                 if not await self._health.admit_attempt(name):
+                    frees_in = max(0.0, self._health.circuit(name).open_until - time.time())
                     outcome.failures.append(
-                        AttemptFailure(name, ErrorClass.SERVER_ERROR, "skipped: circuit breaker is open", skipped=True)
+                        AttemptFailure(name, ErrorClass.SERVER_ERROR, "skipped: circuit breaker is open", skipped=True,
+                                       retry_after=frees_in)
                     )
                     continue
                 if name in saturated:
@@ -124,12 +127,13 @@ class Executor:
                     self._health.end(name)
                     self._observer.attempt(deployment, err.error_class.value)
                     await self._health.failed(name, err.error_class)
+                    window = deployment.context_window if err.error_class is ErrorClass.CONTEXT_WINDOW else None
                     outcome.failures.append(
                         AttemptFailure(name, err.error_class, err.message, err.upstream_status,
-                                       retry_after=err.retry_after)
+                                       retry_after=err.retry_after, context_window=window)
                     )
                     if err.error_class not in fallback.on:
-                        raise self._final_error(err, outcome) from err
+                        raise self._final_error(err, outcome, window) from err
                     outcome.fallback_reason = err.error_class.value
                     if err.error_class is ErrorClass.CONTEXT_WINDOW:
                         larger_than = max(larger_than or 0, deployment.context_window or 0)
@@ -154,9 +158,13 @@ class Executor:
         raise AllTargetsFailedError(outcome.failures)
 
     @staticmethod
-    def _final_error(err: UpstreamError, outcome: Outcome) -> Exception:
+    def _final_error(err: UpstreamError, outcome: Outcome, context_window: int | None) -> Exception:
         if err.error_class in _REQUEST_FAULTS:
-            rejected = UpstreamRejectedError(f"the upstream rejected the request: {err.message}")
+            rejected = UpstreamRejectedError(
+                f"the upstream rejected the request: {err.message}",
+                error_class=err.error_class,
+                context_window=context_window,
+            )
             if err.upstream_status in (413, 422):
                 rejected.status = err.upstream_status
             return rejected
@@ -164,7 +172,11 @@ class Executor:
 
 
 def _saturated(name: str) -> AttemptFailure:
-    return AttemptFailure(name, ErrorClass.RATE_LIMIT, "skipped: deployment at its own rpm/tpm limit", skipped=True)
+    """A deployment at its own per-minute limit frees when the store's current minute window ends."""
+    return AttemptFailure(
+        name, ErrorClass.RATE_LIMIT, "skipped: deployment at its own rpm/tpm limit", skipped=True,
+        retry_after=seconds_to_next_window(time.time()),
+    )
 
 
 def backoff_delay(round_no: int, base_s: float, cap_s: float, retry_after_s: float) -> float:

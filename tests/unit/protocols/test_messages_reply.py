@@ -13,6 +13,8 @@ from gateway.errors import (
     AuthenticationError,
     ErrorClass,
     LimitExceededError,
+    PolyrouteError,
+    RequestTooLargeError,
     UpstreamError,
 )
 from gateway.protocols.messages_reply import MessagesStreamTranslator, chat_to_message, error_body
@@ -113,6 +115,18 @@ def test_stream_event_sequence_with_thinking_text_and_two_tool_calls() -> None:
     assert delta["usage"]["input_tokens"] == 20 and delta["usage"]["cache_read_input_tokens"] == 100
 
 
+def test_stream_usage_is_the_estimate_when_the_upstream_reports_none() -> None:
+    estimate = {"prompt_tokens": 31, "completion_tokens": 5, "total_tokens": 36}
+    translator = MessagesStreamTranslator(request=REQUEST, message_id="m", model="x")
+    translator.feed({"choices": [{"index": 0, "delta": {"content": "hello"}, "finish_reason": "stop"}]})
+    delta = dict(events(translator.finish(estimate)))["message_delta"]
+    assert delta["usage"] == {"input_tokens": 31, "output_tokens": 5, "cache_read_input_tokens": 0,
+                              "cache_creation_input_tokens": 0}
+    reported = MessagesStreamTranslator(request=REQUEST, message_id="m", model="x")
+    reported.feed({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}})
+    assert dict(events(reported.finish(estimate)))["message_delta"]["usage"]["output_tokens"] == 3  # upstream's wins
+
+
 def test_stream_failure_is_an_error_event() -> None:
     translator = MessagesStreamTranslator(request=REQUEST, message_id="m", model="x")
     [(name, data)] = events(translator.fail("upstream broke", "api_error"))
@@ -126,8 +140,26 @@ def test_stream_failure_is_an_error_event() -> None:
         (LimitExceededError("slow down", retry_after=3), "rate_limit_error"),
         (AllTargetsFailedError([AttemptFailure("a", ErrorClass.SERVER_ERROR, "boom", 500)]), "api_error"),
         (AllTargetsFailedError([]), "overloaded_error"),  # nothing could be tried: 503
+        (RequestTooLargeError("the body is over 10 MiB"), "request_too_large"),
+        (PolyrouteError("unexpected"), "api_error"),
     ],
 )
 def test_error_bodies(err: Exception, kind: str) -> None:
-    assert isinstance(err, AuthenticationError | LimitExceededError | AllTargetsFailedError)
+    assert isinstance(err, PolyrouteError)
     assert orjson.loads(error_body(err)) == {"type": "error", "error": {"type": kind, "message": err.message}}
+
+
+def test_a_prompt_too_long_for_every_target_is_worded_as_anthropic_words_it() -> None:
+    err = AllTargetsFailedError([
+        AttemptFailure("small", ErrorClass.CONTEXT_WINDOW, "skipped: context window is not larger", skipped=True,
+                       context_window=4000),
+        AttemptFailure("large", ErrorClass.CONTEXT_WINDOW, "Range of input length should be [1, 30720]", 400,
+                       context_window=32768),
+    ])
+    body = orjson.loads(error_body(err, 50_000))
+    assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["message"].startswith("prompt is too long: 50000 tokens > 32768 maximum (")
+    assert "large: context_window (upstream status 400)" in body["error"]["message"]
+    # The target counted more than its window even where polyroute's estimate says less.
+    assert orjson.loads(error_body(err, 100))["error"]["message"].startswith(
+        "prompt is too long: 32769 tokens > 32768 maximum")

@@ -12,7 +12,10 @@ from openai.types.responses import Response
 from pydantic import BaseModel
 
 from gateway.errors import AllTargetsFailedError, AttemptFailure, BadRequestError, ErrorClass
+from gateway.protocols.adapters import RESPONSES, translate_reply
 from gateway.protocols.responses_reply import chat_to_response, error_body
+from gateway.providers.base import UpstreamReply
+from tests.support.openai_schema import schema_errors
 
 REQUEST: dict[str, Any] = {
     "model": "coder",
@@ -65,6 +68,7 @@ def _validated(obj: dict[str, Any]) -> Response:
     response = Response.model_validate(obj)
     # `store` is in every real response but not (yet) in the SDK's model.
     assert _extras(response) == {"response.store"}
+    assert schema_errors("Response", obj) == []  # OpenAI's published schema, stricter than the SDK's models
     return response
 
 
@@ -160,17 +164,30 @@ def test_a_cut_off_reply_is_incomplete_with_its_reason(finish_reason: str, reaso
     assert response.output_text == "The answer is"
 
 
-def test_a_refusal_and_a_reply_without_usage() -> None:
-    obj = chat_to_response(
-        _chat({"content": None, "refusal": "I can't help with that."}, "stop", usage=None),
-        request=REQUEST,
-        response_id="resp_r",
-    )
+def test_a_refusal_and_a_reply_without_usage_which_polyroute_estimates() -> None:
+    chat = _chat({"content": None, "refusal": "I can't help with that."}, "stop", usage=None)
+    reply = translate_reply(RESPONSES, UpstreamReply(body=json.dumps(chat).encode(), usage=None), REQUEST, 40)
+    obj = json.loads(reply.body)
     response = _validated(obj)
 
     assert obj["output"][0]["content"] == [{"type": "refusal", "refusal": "I can't help with that."}]
-    assert response.usage is None
     assert response.output_text == ""
+    # The estimate accounting records (routing's prompt estimate, the generated text / 4) is what the client sees.
+    assert reply.usage is not None and reply.usage.estimated
+    assert (reply.usage.input_tokens, reply.usage.output_tokens) == (40, 6)
+    assert obj["usage"]["input_tokens"] == 40 and obj["usage"]["output_tokens"] == 6
+    assert obj["usage"]["total_tokens"] == 46
+
+
+def test_the_echoed_request_has_the_published_shape() -> None:
+    request = {**REQUEST, "user": None, "tools": [{"type": "function", "name": "f", "parameters": {}}]}
+    obj = chat_to_response(_chat({"content": "ok"}, "stop"), request=request, response_id="resp_e")
+    _validated(obj)
+    assert "user" not in obj  # sent as null: absent, as OpenAI's schema has it (a string or nothing)
+    assert obj["tools"] == [{"type": "function", "name": "f", "parameters": {}, "strict": None}]
+    obj = chat_to_response(_chat({"content": "ok"}, "stop"), request={**REQUEST, "user": "u-7"}, response_id="resp_u")
+    assert _validated(obj).user == "u-7"
+    assert [tool["strict"] for tool in obj["tools"]] == [False, None]  # as sent; never claimed when not sent
 
 
 def test_the_official_client_reads_the_translated_response() -> None:
@@ -211,3 +228,26 @@ def test_error_body_is_the_openai_envelope() -> None:
     }
     failed = AllTargetsFailedError([AttemptFailure("qwen-local", ErrorClass.TIMEOUT, "no first token in 15s")])
     assert json.loads(error_body(failed))["error"]["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize(
+    ("failures", "status", "code"),
+    [
+        ([AttemptFailure("a", ErrorClass.CONTEXT_WINDOW, "too long", 400, context_window=8000)], 400,
+         "context_length_exceeded"),
+        ([AttemptFailure("a", ErrorClass.CONTENT_POLICY, "DataInspectionFailed", 400)], 400,
+         "content_policy_violation"),
+        ([AttemptFailure("a", ErrorClass.RATE_LIMIT, "Throttling", 429, retry_after=2.5)], 429, "rate_limit_exceeded"),
+        ([AttemptFailure("a", ErrorClass.AUTH, "InvalidApiKey", 401)], 502, "upstream_error"),
+        ([AttemptFailure("a", ErrorClass.CONNECTION_ERROR, "refused")], 503, "upstream_unavailable"),
+        ([], 503, "upstream_unavailable"),
+    ],
+)
+def test_every_all_targets_failed_envelope_matches_the_published_schema(
+    failures: list[AttemptFailure], status: int, code: str
+) -> None:
+    err = AllTargetsFailedError(failures)
+    body = json.loads(error_body(err))
+    assert schema_errors("ErrorResponse", body) == []
+    assert (err.status, body["error"]["code"]) == (status, code)
+    assert body["error"]["type"] == {400: "invalid_request_error", 429: "rate_limit_error"}.get(status, "api_error")

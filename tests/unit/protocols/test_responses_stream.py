@@ -12,6 +12,7 @@ from openai.types.responses import ResponseStreamEvent
 from pydantic import BaseModel, TypeAdapter
 
 from gateway.protocols.responses_reply import ResponsesStreamTranslator
+from tests.support.openai_schema import schema_errors
 
 REQUEST: dict[str, Any] = {
     "model": "coder",
@@ -53,14 +54,23 @@ def _extras(model: BaseModel) -> set[str]:
     return found
 
 
-def _translate(chunks: list[dict[str, Any]], *, end: str = "finish") -> tuple[list[bytes], list[dict[str, Any]]]:
-    """Run a whole stream through the translator; the wire bytes and the parsed events, each checked."""
-    translator = ResponsesStreamTranslator(request=REQUEST, response_id="resp_s", model="coder")
+def _translate(
+    chunks: list[dict[str, Any]],
+    *,
+    end: str = "finish",
+    estimate: dict[str, Any] | None = None,
+    request: dict[str, Any] = REQUEST,
+) -> tuple[list[bytes], list[dict[str, Any]]]:
+    """Run a whole stream through the translator; the wire bytes and the parsed events, each checked against the
+    SDK's models and OpenAI's published schema."""
+    translator = ResponsesStreamTranslator(request=request, response_id="resp_s", model="coder")
     wire = translator.start()
     for chunk in chunks:
         wire += translator.feed(chunk)
     wire += (
-        translator.finish() if end == "finish" else translator.fail("upstream stopped answering", "upstream_timeout")
+        translator.finish(estimate)
+        if end == "finish"
+        else translator.fail("upstream stopped answering", "upstream_timeout", estimate)
     )
     events = []
     for sequence, raw in enumerate(wire):
@@ -73,6 +83,7 @@ def _translate(chunks: list[dict[str, Any]], *, end: str = "finish") -> tuple[li
         assert model.type == event["type"]
         # `store` is in every real response but not (yet) in the SDK's model; nothing else may be unknown to it.
         assert _extras(model) <= {"response.store"}, event
+        assert schema_errors("ResponseStreamEvent", event) == [], event
         events.append(event)
     return wire, events
 
@@ -228,14 +239,43 @@ def test_a_length_finish_ends_with_response_incomplete() -> None:
     assert kinds[-1] == "response.incomplete"
 
 
-def test_usage_comes_from_the_final_chunk_and_is_null_without_one() -> None:
-    _, with_usage = _translate([_chunk({"content": "ok"}), _chunk({}, "stop"), _usage_chunk()])
-    _, without = _translate([_chunk({"content": "ok"}), _chunk({}, "stop")])
+ESTIMATE = {"prompt_tokens": 30, "completion_tokens": 2, "total_tokens": 32}
 
-    assert with_usage[-1]["response"]["usage"]["total_tokens"] == 940
+
+def test_usage_comes_from_the_final_chunk_else_from_polyroutes_estimate() -> None:
+    _, with_usage = _translate([_chunk({"content": "ok"}), _chunk({}, "stop"), _usage_chunk()], estimate=ESTIMATE)
+    _, without = _translate([_chunk({"content": "ok"}), _chunk({}, "stop")], estimate=ESTIMATE)
+
+    assert with_usage[-1]["response"]["usage"]["total_tokens"] == 940  # the upstream's count wins
     assert with_usage[-1]["response"]["usage"]["input_tokens_details"]["cached_tokens"] == 512
-    assert without[-1]["response"]["usage"] is None
+    assert without[-1]["response"]["usage"] == {
+        "input_tokens": 30,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens": 2,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": 32,
+    }
     assert [e["type"] for e in with_usage] == [e["type"] for e in without]
+    assert "usage" not in without[0]["response"]  # unknown while in progress: left out, never null
+
+
+def test_a_failed_stream_reports_the_estimate_too() -> None:
+    _, events = _translate([_chunk({"content": "ok"})], end="fail", estimate=ESTIMATE)
+    assert events[-1]["type"] == "response.failed"
+    assert events[-1]["response"]["usage"]["output_tokens"] == 2
+
+
+def test_the_echoed_request_matches_the_schema() -> None:
+    request = {**REQUEST, "user": "u-1", "tools": [{"type": "function", "name": "f", "strict": True,
+                                                   "description": "d", "parameters": {"type": "object"}}]}
+    _, events = _translate([_chunk({"content": "ok"}), _chunk({}, "stop")], estimate=ESTIMATE, request=request)
+    response = events[-1]["response"]
+    assert response["user"] == "u-1"
+    assert response["tools"] == [{"type": "function", "name": "f", "description": "d",
+                                  "parameters": {"type": "object"}, "strict": True}]
+    _, events = _translate([_chunk({"content": "ok"}), _chunk({}, "stop")], estimate=ESTIMATE)
+    assert "user" not in events[-1]["response"]  # not sent: absent, not null
+    assert [tool["strict"] for tool in events[-1]["response"]["tools"]] == [None, None]  # not sent: not claimed
 
 
 def test_fail_reports_an_error_event_then_response_failed_with_what_was_produced() -> None:

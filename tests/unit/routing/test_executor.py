@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
@@ -209,6 +209,101 @@ async def test_when_all_fail_the_status_fits_and_each_target_is_named(
     assert (info.value.status, info.value.code) == (status, code)
     for name, cls in zip(names, classes, strict=True):
         assert f"{name}: {cls.value}" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("classes", "status", "code"),
+    [
+        ([ErrorClass.CONTENT_POLICY] * 3, 400, "content_policy_violation"),
+        ([ErrorClass.CONTEXT_WINDOW, ErrorClass.CONTENT_POLICY, ErrorClass.CONTENT_POLICY], 400,
+         "content_policy_violation"),  # a shorter prompt would still be refused
+        ([ErrorClass.AUTH, ErrorClass.NOT_FOUND, ErrorClass.ACCOUNT], 502, "upstream_error"),
+        ([ErrorClass.QUOTA_EXHAUSTED] * 3, 502, "upstream_error"),  # a used-up quota is not a rate limit
+        ([ErrorClass.CONTEXT_WINDOW, ErrorClass.SERVER_ERROR, ErrorClass.SERVER_ERROR], 502, "upstream_error"),
+    ],
+)
+async def test_the_status_follows_what_the_client_can_act_on(
+    table: PolicyTable, classes: list[ErrorClass], status: int, code: str
+) -> None:
+    h = Harness(table)
+    upstream = Scripted({name: [err(cls)] * 3 for name, cls in zip(("small", "medium", "large"), classes, strict=True)})
+    with pytest.raises(AllTargetsFailedError) as info:
+        await h.run("chain", upstream, reserved="medium")
+    assert (info.value.status, info.value.code) == (status, code)
+    assert info.value.error_type == ("invalid_request_error" if status == 400 else "api_error")
+    assert info.value.headers() == {}
+
+
+async def test_a_prompt_too_long_for_every_target_is_context_length_exceeded(table: PolicyTable) -> None:
+    h = Harness(table)
+    upstream = Scripted({name: [err(ErrorClass.CONTEXT_WINDOW, status=400)] for name in ("small", "medium", "large")})
+    with pytest.raises(AllTargetsFailedError) as info:
+        await h.run("ctx", upstream, reserved="medium")
+    assert upstream.calls == ["small", "medium", "large"]  # `same` was skipped as no larger: it counts as too small
+    assert (info.value.status, info.value.error_type, info.value.code) == (
+        400, "invalid_request_error", "context_length_exceeded")
+    assert info.value.context_window == 1_000_000  # the largest window that refused it
+    assert info.value.message.startswith("the prompt is too long for every target: small: context_window")
+
+
+async def test_context_window_not_in_fallback_on_keeps_its_code(table: PolicyTable) -> None:
+    h = Harness(table)
+    fallback = replace(table.fallback, on=frozenset({ErrorClass.SERVER_ERROR}))
+    for cls, code in ((ErrorClass.CONTEXT_WINDOW, "context_length_exceeded"),
+                      (ErrorClass.CONTENT_POLICY, "content_policy_violation"),
+                      (ErrorClass.BAD_REQUEST, "upstream_rejected_request")):
+        with pytest.raises(UpstreamRejectedError) as info:
+            await h.executor.run(h.plan("chain"), fallback, Scripted({"small": [err(cls, status=400)]}),
+                                 reserved=None, tokens=10, outcome=Outcome())
+        assert (info.value.status, info.value.code) == (400, code)
+        assert info.value.context_window == (8000 if cls is ErrorClass.CONTEXT_WINDOW else None)
+
+
+async def test_every_target_rate_limited_is_a_429_with_the_shortest_wait(table: PolicyTable) -> None:
+    h = Harness(table)
+    upstream = Scripted({"small": [err(ErrorClass.RATE_LIMIT, retry_after=30.0, status=429)],
+                         "medium": [err(ErrorClass.RATE_LIMIT, retry_after=12.2, status=429)],
+                         "large": [err(ErrorClass.RATE_LIMIT, status=429)]})  # said nothing of when
+    with pytest.raises(AllTargetsFailedError) as info:
+        await h.run("chain", upstream, reserved="medium")
+    assert (info.value.status, info.value.error_type, info.value.code) == (429, "rate_limit_error",
+                                                                            "rate_limit_exceeded")
+    assert info.value.headers() == {"retry-after": "13"}
+    assert "try again in 13s" in info.value.message
+
+
+async def test_an_unknown_wait_is_one_second(table: PolicyTable) -> None:
+    h = Harness(table)
+    upstream = Scripted({name: [err(ErrorClass.RATE_LIMIT, status=429)] for name in ("small", "medium", "large")})
+    with pytest.raises(AllTargetsFailedError) as info:
+        await h.run("chain", upstream, reserved="medium")
+    assert info.value.status == 429 and info.value.headers() == {"retry-after": "1"}
+
+
+async def test_own_limits_and_open_circuits_count_as_waits(table: PolicyTable) -> None:
+    h = Harness(table)
+    for _ in range(3):  # failures: 3 opens its circuit for the 30 s cooldown
+        await h.health.failed("large", ErrorClass.SERVER_ERROR)
+    upstream = Scripted({"small": [err(ErrorClass.RATE_LIMIT, retry_after=45.0, status=429)]})
+    with pytest.raises(AllTargetsFailedError) as info:
+        await h.run("chain", upstream, saturated=frozenset({"medium"}))
+    assert upstream.calls == ["small"]
+    assert info.value.status == 429
+    wait = int(info.value.headers()["retry-after"])
+    assert 1 <= wait <= 30  # the circuit (30 s) or medium's minute window, whichever frees first
+    skipped = {f.deployment: f.retry_after for f in info.value.failures if f.skipped}
+    assert skipped.keys() == {"medium", "large"}
+    assert all(w is not None and 0 <= w <= 60 for w in skipped.values())
+
+
+async def test_a_context_overflow_beside_rate_limits_is_a_429(table: PolicyTable) -> None:
+    h = Harness(table)
+    upstream = Scripted({"small": [err(ErrorClass.CONTEXT_WINDOW, status=400)],
+                         "medium": [err(ErrorClass.RATE_LIMIT, retry_after=5.0, status=429)],
+                         "large": [err(ErrorClass.RATE_LIMIT, retry_after=60.0, status=429)]})
+    with pytest.raises(AllTargetsFailedError) as info:
+        await h.run("chain", upstream, reserved="medium")
+    assert info.value.status == 429 and info.value.headers() == {"retry-after": "5"}  # a larger window frees soon
 
 
 async def test_saturated_deployments_are_skipped_without_asking_the_store(table: PolicyTable) -> None:
