@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from functools import partial
 
-from gateway.errors import NoEligibleTargetError, NotFoundError, PermissionDeniedError
+from gateway.errors import CONTEXT_LENGTH_EXCEEDED, NoEligibleTargetError, NotFoundError, PermissionDeniedError
 from gateway.policy.plan import Exclusion, HealthSnapshot, RequestFacts, RoutePlan
 from gateway.policy.strategies import estimated_cost, order
 from gateway.policy.table import Alias, Condition, Deployment, PolicyTable, Requirement, Rule
+
+_RULE_REASON = "rule "
+_WINDOW_REASON = "context window "
 
 
 class AllCircuitsOpenError(NoEligibleTargetError):
@@ -55,6 +58,16 @@ def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> R
         detail = "; ".join(f"{e.deployment}: excluded by {e.reason}" for e in excluded)
         if excluded and all(e.reason == "circuit open" for e in excluded):
             raise AllCircuitsOpenError(f"No target for model '{facts.alias}' is available: {detail}")
+        too_small = _windows_too_small(excluded, table)
+        if too_small:
+            # The client can act on this one (compact or shorten the prompt): said as upstreams say it.
+            err = NoEligibleTargetError(
+                f"The prompt is too long for every target of model '{facts.alias}': {detail}",
+                param="messages",
+                code=CONTEXT_LENGTH_EXCEEDED,
+            )
+            err.context_window = max(too_small)
+            raise err
         raise NoEligibleTargetError(
             f"No deployment may serve this request for model '{facts.alias}': {detail}", param="model"
         )
@@ -72,6 +85,19 @@ def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> R
         explain=partial(_trace, facts, tuple(applied), route_alias, tuple(excluded), tuple(ordered)),
         estimated_cost_usd=costs,
     )
+
+
+def _windows_too_small(excluded: list[Exclusion], table: PolicyTable) -> list[int]:
+    """The context windows that refused the prompt, when nothing but a rule or a too small window excluded a target
+    (a rule's exclusion holds whatever the prompt's length); empty otherwise."""
+    windows: list[int] = []
+    for e in excluded:
+        window = table.deployments[e.deployment].context_window
+        if e.reason.startswith(_WINDOW_REASON) and window is not None:
+            windows.append(window)
+        elif not e.reason.startswith(_RULE_REASON):
+            return []
+    return windows
 
 
 def _trace(
@@ -127,11 +153,11 @@ def exclusion_reason(
         if rule.require is not None:
             unmet = unmet_requirement(rule.require, deployment)
             if unmet is not None:
-                return f"rule {rule.name} ({unmet})"
+                return f"{_RULE_REASON}{rule.name} ({unmet})"
     window = deployment.context_window
     needed = facts.prompt_tokens + (facts.max_output_tokens or 0)
     if window is not None and needed > window:
-        return f"context window ({window} tokens < ~{needed} needed)"
+        return f"{_WINDOW_REASON}({window} tokens < ~{needed} needed)"
     if deployment.capabilities:
         missing = facts.needs - deployment.capabilities
         if missing:

@@ -64,6 +64,24 @@ def test_a_prompt_too_long_is_the_400_claude_code_compacts_on(
     assert "qwen-coder: context_window (upstream status 400)" in error["message"]
 
 
+def test_a_prompt_polyroute_knows_is_too_long_is_the_same_400_without_an_upstream_request(
+    stack: ProtocolStack, claude: anthropic.Anthropic, sdk: openai.OpenAI
+) -> None:
+    """polyroute's own estimate already rules out every target: no upstream request, the same words and codes."""
+    history: list[Any] = [{"role": "user", "content": "lorem ipsum dolor sit amet " * 50_000}]  # ~300k tokens
+    before = _vllm_requests(stack)
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude.messages.create(model="translated", max_tokens=64, messages=history)
+    error = info.value.body["error"]  # type: ignore[index]
+    assert error["type"] == "invalid_request_error"
+    assert error["message"].startswith("prompt is too long: ")
+    assert " tokens > 262144 maximum (" in error["message"]
+    with pytest.raises(openai.BadRequestError) as chat_info:
+        sdk.chat.completions.create(model="translated", messages=history)
+    assert (chat_info.value.code, chat_info.value.type) == ("context_length_exceeded", "invalid_request_error")
+    assert _vllm_requests(stack) == before
+
+
 def test_a_prompt_too_long_over_responses_is_context_length_exceeded(
     stack: ProtocolStack, sdk: openai.OpenAI
 ) -> None:

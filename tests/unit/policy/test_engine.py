@@ -89,6 +89,29 @@ def test_context_window_excludes_small_models(table: PolicyTable) -> None:
     assert names(plan) == ["qwen-plus"]
 
 
+def test_a_prompt_too_long_for_every_target_is_context_length_exceeded(table: PolicyTable) -> None:
+    """Said as upstreams say it, so clients compact (Claude Code) or stop retrying (the openai SDK)."""
+    with pytest.raises(NoEligibleTargetError) as info:
+        decide(facts("local", prompt_tokens=30000, max_output_tokens=4000), table, HealthSnapshot())
+    assert (info.value.status, info.value.code, info.value.context_window) == (400, "context_length_exceeded", 32768)
+    assert "qwen-local: excluded by context window (32768 tokens < ~34000 needed)" in info.value.message
+
+
+def test_a_rule_beside_a_too_small_window_is_still_a_prompt_too_long(table: PolicyTable) -> None:
+    """qwen-plus is ruled out whatever the prompt; the only target left is too small for it."""
+    with pytest.raises(NoEligibleTargetError) as info:
+        decide(facts(data_class="pii", prompt_tokens=30000, max_output_tokens=4000), table, HealthSnapshot())
+    assert (info.value.code, info.value.context_window) == ("context_length_exceeded", 32768)
+
+
+def test_an_open_circuit_beside_a_too_small_window_is_not_a_prompt_too_long(table: PolicyTable) -> None:
+    """The open circuit's target could take the prompt once it closes: no reason to shorten it."""
+    health = HealthSnapshot(open_circuits=frozenset({"qwen-plus"}))
+    with pytest.raises(NoEligibleTargetError) as info:
+        decide(facts(prompt_tokens=30000, max_output_tokens=4000), table, health)
+    assert info.value.code != "context_length_exceeded"
+
+
 def test_tenant_rule_excludes_jurisdiction(table: PolicyTable) -> None:
     plan = decide(facts("cheap", tenant="team-b"), table, HealthSnapshot())
     assert "qwen-cn" not in names(plan)
