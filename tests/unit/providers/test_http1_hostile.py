@@ -1,0 +1,184 @@
+"""A corpus of hostile or broken upstreams: each answer past a limit is a server error (so it fails over), memory
+stays within the limit and a small margin, nothing is logged as an error, and the next request on the pool succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import logging
+import tracemalloc
+import zlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import pytest
+
+from gateway.errors import ErrorClass, UpstreamError
+from gateway.policy.table import Deployment, Hosting, Price, Protocol, Provider, Timeouts
+from gateway.providers.base import Endpoint, UpstreamCall
+from gateway.providers.http1 import UpstreamLimits
+from gateway.providers.openai import OpenAICompatibleProvider
+from tests.unit.providers.raw_http import CHUNKED, LAST_CHUNK, LIMIT, Serve, Upstream, chunk, ok
+
+BODY_CAP = 1024 * 1024
+EVENT_CAP = 256 * 1024
+MARGIN = 2 * 1024 * 1024  # read-ahead, one socket read, the raw server's own buffers in this same process
+SENT_AT_MOST = 16 * 1024 * 1024  # what a hostile server here sends before it stalls: a client without limits survives
+BOMB = 64 * 1024 * 1024  # what the compressed bodies inflate to
+PIECE = 64 * 1024
+
+Writer = asyncio.StreamWriter
+Hostile = Callable[[Writer], Awaitable[None]]
+
+
+async def endless(writer: Writer, head: bytes, piece: bytes) -> None:
+    """`head`, then `piece` again and again (within SENT_AT_MOST), then silence until the client goes."""
+    writer.write(head)
+    await writer.drain()
+    for _ in range(SENT_AT_MOST // len(piece) if piece else 0):
+        writer.write(piece)
+        await writer.drain()
+    await asyncio.sleep(LIMIT)
+
+
+def answer(head: bytes, piece: bytes) -> Hostile:
+    return lambda writer: endless(writer, head, piece)
+
+
+def once(data: bytes) -> Hostile:
+    return lambda writer: endless(writer, data, b"")
+
+
+def bomb(encoding: bytes, content_type: bytes = b"application/json", prefix: bytes = b"") -> Hostile:
+    plain = prefix + b"\0" * BOMB
+    packed = gzip.compress(plain) if encoding == b"gzip" else zlib.compress(plain)
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-encoding: %s\r\ncontent-length: %d\r\n\r\n"
+    return once(head % (content_type, encoding, len(packed)) + packed)
+
+
+JSON_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+FIRST_EVENT = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]}\n\n'
+GOOD_STREAM = (
+    CHUNKED
+    + chunk(FIRST_EVENT)
+    + chunk(b'data: {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}\n\n')
+    + chunk(b"data: [DONE]\n\n")
+    + LAST_CHUNK
+)
+MESSAGES_STREAM = (
+    CHUNKED
+    + chunk(b'event: message_start\ndata: {"type": "message_start", "message": {"usage": {}}}\n\n')
+    + chunk(b'event: message_stop\ndata: {"type": "message_stop"}\n\n')
+    + LAST_CHUNK
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    hostile: Hostile
+    endpoint: Endpoint = Endpoint.CHAT
+    stream: bool = False
+
+
+CORPUS = {
+    "gzip-bomb": Case(bomb(b"gzip")),
+    "deflate-bomb": Case(bomb(b"deflate")),
+    "gzip-bomb-in-a-stream": Case(bomb(b"gzip", b"text/event-stream", prefix=FIRST_EVENT + b"data: "), stream=True),
+    "endless-chunked-body": Case(answer(JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n", chunk(b"x" * PIECE))),
+    "endless-content-length-body": Case(answer(JSON_HEAD + b"content-length: 1000000000000\r\n\r\n", b"x" * PIECE)),
+    "endless-header-line": Case(answer(JSON_HEAD + b"x-endless: ", b"a" * PIECE)),
+    "huge-header-count": Case(answer(JSON_HEAD, b"x-h: 1\r\n" * (PIECE // 8))),
+    "huge-status-line": Case(answer(b"HTTP/1.1 200 ", b"O" * PIECE)),
+    "endless-interim-answers": Case(answer(b"", b"HTTP/1.1 100 Continue\r\n\r\n" * 1000)),
+    "endless-trailers": Case(answer(JSON_HEAD + b"transfer-encoding: chunked\r\n\r\n" + chunk(b"{}") + b"0\r\n",
+                                    b"x-t: 1\r\n" * (PIECE // 8))),
+    "101-upgrade": Case(once(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n"
+                             b"\x81\x05hello")),
+    "sse-endless-event": Case(answer(CHUNKED + chunk(FIRST_EVENT + b"data: "), chunk(b"x" * PIECE)), stream=True),
+    "sse-endless-event-of-lines": Case(answer(CHUNKED + chunk(FIRST_EVENT), chunk(b"data: x\n" * (PIECE // 8))),
+                                       stream=True),
+    "messages-endless-line": Case(answer(CHUNKED + chunk(b"event: message_start\ndata: "), chunk(b"x" * PIECE)),
+                                  endpoint=Endpoint.MESSAGES, stream=True),
+    "messages-endless-event": Case(answer(CHUNKED, chunk(b"event: ping\n" * (PIECE // 12))),
+                                   endpoint=Endpoint.MESSAGES, stream=True),
+}
+
+
+def hostile_first(case: Case) -> Callable[[Upstream, asyncio.StreamReader, Writer], Awaitable[None]]:
+    """The first connection gets the hostile answer; every later one a good answer to each request."""
+    if case.endpoint is Endpoint.MESSAGES:
+        good = MESSAGES_STREAM
+    else:
+        good = GOOD_STREAM if case.stream else ok(b'{"choices": []}')
+
+    async def handler(up: Upstream, reader: asyncio.StreamReader, writer: Writer) -> None:
+        first = up.connections == 1
+        while await up.request(reader) is not None:
+            if first:
+                await case.hostile(writer)
+                return
+            writer.write(good)
+            await writer.drain()
+
+    return handler
+
+
+def provider_for(up: Upstream) -> OpenAICompatibleProvider:
+    config = Provider(
+        name="hostile", type="openai", hosting=Hosting.CLOUD, jurisdiction="us", vendor="test",
+        base_url=up.url("/v1"), max_connections=1,  # one connection: the next request needs the first one's place
+        protocols=frozenset({Protocol.CHAT, Protocol.MESSAGES}),
+        native_urls=((Protocol.MESSAGES, up.url("/v1/messages")),),
+    )
+    return OpenAICompatibleProvider(config, limits=UpstreamLimits(body_bytes=BODY_CAP, event_bytes=EVENT_CAP))
+
+
+def call_for(provider: OpenAICompatibleProvider, case: Case) -> UpstreamCall:
+    config = Provider(name=provider.name, type="openai", hosting=Hosting.CLOUD, jurisdiction="us", vendor="test")
+    return UpstreamCall(
+        endpoint=case.endpoint,
+        deployment=Deployment(name="d", provider=config, model="m", context_window=None, price=Price(0.0, 0.0)),
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": case.stream},
+        timeouts=Timeouts(connect_s=LIMIT, first_token_s=LIMIT, total_s=LIMIT),
+        stream=case.stream,
+    )
+
+
+async def exchange(provider: OpenAICompatibleProvider, call: UpstreamCall) -> bytes:
+    """What a client of the gateway would get: the body, or every event of the stream."""
+    if not call.stream:
+        return (await provider.send(call)).body
+    relay = await provider.open_stream(call)
+    try:
+        return relay.first_event + b"".join([events async for events in relay.events()])
+    finally:
+        await relay.aclose()
+
+
+@pytest.mark.parametrize("name", list(CORPUS))
+async def test_a_hostile_answer_is_a_server_error_in_bounded_memory_and_the_pool_goes_on(
+    serve: Serve, caplog: pytest.LogCaptureFixture, name: str
+) -> None:
+    case = CORPUS[name]
+    up = await serve(hostile_first(case))
+    provider = provider_for(up)
+    call = call_for(provider, case)
+    try:
+        tracemalloc.start()
+        try:
+            with pytest.raises(UpstreamError) as raised:
+                async with asyncio.timeout(LIMIT * 2):
+                    await exchange(provider, call)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert raised.value.error_class is ErrorClass.SERVER_ERROR, raised.value.message
+        assert peak < BODY_CAP + MARGIN, f"{peak / 2**20:.1f} MiB held at the peak"
+        async with asyncio.timeout(LIMIT):
+            answer = await exchange(provider, call)
+        assert answer.endswith((b'{"choices": []}', b"data: [DONE]\n\n", b'{"type": "message_stop"}\n\n'))
+        assert up.connections == 2  # the hostile connection was dropped, its place in the pool passed on
+    finally:
+        await provider.close()
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
