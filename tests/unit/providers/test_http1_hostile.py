@@ -15,11 +15,20 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.errors import ErrorClass, UpstreamError
-from gateway.policy.table import Deployment, Hosting, Price, Protocol, Provider, Timeouts
-from gateway.providers.base import Endpoint, UpstreamCall
+from gateway.providers.base import Endpoint
 from gateway.providers.http1 import UpstreamLimits
-from gateway.providers.openai import OpenAICompatibleProvider
-from tests.unit.providers.raw_http import CHUNKED, LAST_CHUNK, LIMIT, Serve, Upstream, chunk, ok
+from tests.unit.providers.raw_http import (
+    CHUNKED,
+    LAST_CHUNK,
+    LIMIT,
+    Serve,
+    Upstream,
+    call_for,
+    chunk,
+    exchange,
+    ok,
+    provider_for,
+)
 
 BODY_CAP = 1024 * 1024
 EVENT_CAP = 256 * 1024
@@ -124,46 +133,14 @@ def hostile_first(case: Case) -> Callable[[Upstream, asyncio.StreamReader, Write
     return handler
 
 
-def provider_for(up: Upstream) -> OpenAICompatibleProvider:
-    config = Provider(
-        name="hostile", type="openai", hosting=Hosting.CLOUD, jurisdiction="us", vendor="test",
-        base_url=up.url("/v1"), max_connections=1,  # one connection: the next request needs the first one's place
-        protocols=frozenset({Protocol.CHAT, Protocol.MESSAGES}),
-        native_urls=((Protocol.MESSAGES, up.url("/v1/messages")),),
-    )
-    return OpenAICompatibleProvider(config, limits=UpstreamLimits(body_bytes=BODY_CAP, event_bytes=EVENT_CAP))
-
-
-def call_for(provider: OpenAICompatibleProvider, case: Case) -> UpstreamCall:
-    config = Provider(name=provider.name, type="openai", hosting=Hosting.CLOUD, jurisdiction="us", vendor="test")
-    return UpstreamCall(
-        endpoint=case.endpoint,
-        deployment=Deployment(name="d", provider=config, model="m", context_window=None, price=Price(0.0, 0.0)),
-        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": case.stream},
-        timeouts=Timeouts(connect_s=LIMIT, first_token_s=LIMIT, total_s=LIMIT),
-        stream=case.stream,
-    )
-
-
-async def exchange(provider: OpenAICompatibleProvider, call: UpstreamCall) -> bytes:
-    """What a client of the gateway would get: the body, or every event of the stream."""
-    if not call.stream:
-        return (await provider.send(call)).body
-    relay = await provider.open_stream(call)
-    try:
-        return relay.first_event + b"".join([events async for events in relay.events()])
-    finally:
-        await relay.aclose()
-
-
 @pytest.mark.parametrize("name", list(CORPUS))
 async def test_a_hostile_answer_is_a_server_error_in_bounded_memory_and_the_pool_goes_on(
     serve: Serve, caplog: pytest.LogCaptureFixture, name: str
 ) -> None:
     case = CORPUS[name]
     up = await serve(hostile_first(case))
-    provider = provider_for(up)
-    call = call_for(provider, case)
+    provider = provider_for(up, UpstreamLimits(body_bytes=BODY_CAP, event_bytes=EVENT_CAP))
+    call = call_for(case.endpoint, stream=case.stream)
     try:
         tracemalloc.start()
         try:
