@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import logging
 import tracemalloc
 import zlib
@@ -16,7 +17,7 @@ import pytest
 
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.providers.base import Endpoint
-from gateway.providers.http1 import UpstreamLimits
+from gateway.providers.http1 import HTTPClient, UpstreamLimits
 from tests.unit.providers.raw_http import (
     CHUNKED,
     LAST_CHUNK,
@@ -27,6 +28,7 @@ from tests.unit.providers.raw_http import (
     chunk,
     exchange,
     ok,
+    post,
     provider_for,
 )
 
@@ -159,3 +161,40 @@ async def test_a_hostile_answer_is_a_server_error_in_bounded_memory_and_the_pool
     finally:
         await provider.close()
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked", "until-close"])
+@pytest.mark.parametrize("encoding", [b"gzip", b"deflate"])
+async def test_a_compressed_body_read_piece_by_piece_is_inflated_no_faster_than_it_is_read(
+    client: HTTPClient, serve: Serve, framing: str, encoding: bytes
+) -> None:
+    plain = bytes(range(256)) * (32 * 1024)  # 8 MiB, from a few KiB on the wire
+    packed = gzip.compress(plain) if encoding == b"gzip" else zlib.compress(plain)
+    head = JSON_HEAD + b"content-encoding: " + encoding + b"\r\n"
+    if framing == "content-length":
+        wire = head + b"content-length: %d\r\n\r\n" % len(packed) + packed
+    elif framing == "chunked":
+        wire = head + b"transfer-encoding: chunked\r\n\r\n" + chunk(packed) + LAST_CHUNK
+    else:
+        wire = head + b"connection: close\r\n\r\n" + packed
+
+    async def send(up: Upstream, reader: asyncio.StreamReader, writer: Writer) -> None:
+        await up.request(reader)
+        writer.write(wire)
+        await writer.drain()
+
+    up = await serve(send)
+    pieces: list[int] = []
+    digest = hashlib.sha256()
+    tracemalloc.start()
+    try:
+        async with await post(client, up.url()) as response, asyncio.timeout(LIMIT):
+            while data := await response.readany():
+                pieces.append(len(data))
+                digest.update(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest.digest() == hashlib.sha256(plain).digest()
+    assert max(pieces) <= 512 * 1024  # the read-ahead limit and one slice
+    assert peak < 2 * 1024 * 1024, f"{peak / 2**20:.1f} MiB held at the peak"
