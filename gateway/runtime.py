@@ -19,6 +19,7 @@ from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import Deployment, PolicyTable
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
+from gateway.providers.http1 import UpstreamLimits
 from gateway.providers.registry import build_providers, close_shared_clients
 from gateway.providers.upstream_proxy import proxies_for
 from gateway.routing.executor import AttemptObserver, Executor
@@ -68,6 +69,9 @@ class Runtime:
         self._proxies = proxies_for(
             http_proxy=settings.http_proxy, https_proxy=settings.https_proxy, no_proxy=settings.no_proxy
         )
+        self._limits = UpstreamLimits(
+            body_bytes=settings.max_upstream_body_bytes, event_bytes=settings.max_sse_event_bytes
+        )
         self.store = store
         self.metrics = metrics
         self.health = HealthTracker(
@@ -84,7 +88,7 @@ class Runtime:
 
     def _activate(self, table: PolicyTable, previous: ActivePolicy | None) -> ActivePolicy:
         reuse = previous.adapters if previous is not None else None
-        adapters = build_providers(table.providers, reuse, self._proxies)
+        adapters = build_providers(table.providers, reuse, self._proxies, self._limits)
         self.metrics.set_known(
             aliases=table.aliases,
             deployments=table.deployments,

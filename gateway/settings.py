@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     usd_per_cny: float = 0.14
     usd_per_eur: float = 1.08
     multiproc_dir: Path | None = None
+    # What one upstream answer may hold in memory: a body read whole (after decoding), one event of a stream.
+    max_upstream_body_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_sse_event_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     # The usual proxy variables (no POLYROUTE_ prefix), for `type: openai` upstreams.
     http_proxy: str | None = Field(default=None, validation_alias=AliasChoices("HTTP_PROXY", "http_proxy"))
     https_proxy: str | None = Field(default=None, validation_alias=AliasChoices("HTTPS_PROXY", "https_proxy"))
@@ -85,7 +88,8 @@ def prepare_litellm_environment() -> None:
 
 def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
     """Worker processes read their settings from the environment: write the resolved ones there."""
-    for name in ("policy", "redis_url", "admin_key", "max_body_bytes", "state_failure_mode", "metrics_port"):
+    for name in ("policy", "redis_url", "admin_key", "max_body_bytes", "state_failure_mode", "metrics_port",
+                 "max_upstream_body_bytes", "max_sse_event_bytes"):
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))

@@ -13,10 +13,17 @@ Failures, all of them exceptions the caller classifies:
     ConnectionError
      ├── ConnectFailed    no connection: refused, unreachable, DNS, TLS handshake, a proxy refusing the tunnel
      └── BrokenExchange   the upstream closed or reset the connection, or answered with malformed HTTP
+          └── AnswerRefused   an answer past a limit (head, decoded body, a stream's line), or a switch of protocols
     ValueError
      └── InvalidHeader    a header name or value that cannot be sent (CR, LF, NUL: header injection)
 
 A plain TimeoutError is the request's total timeout, which runs from the request to the last byte read.
+
+What an upstream sends is bounded in bytes, so that a broken or hostile one cannot exhaust memory: the head (status
+line, header lines and count: `http1_wire`), a body read whole (`UpstreamLimits.body_bytes`, after decoding), and a
+line read by `readline` or an event of a stream (`UpstreamLimits.event_bytes`, checked by the stream's reader). A
+stream read piece by piece is bounded in length only by the total timeout; a compressed body is inflated no faster
+than it is read.
 """
 
 from __future__ import annotations
@@ -27,9 +34,11 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import TracebackType
 
 from gateway.providers.http1_wire import (
+    AnswerRefused,
     BrokenExchange,
     ConnectFailed,
     Connection,
@@ -41,6 +50,7 @@ from gateway.providers.http1_wire import (
 from gateway.providers.upstream_proxy import UpstreamProxy
 
 __all__ = [
+    "AnswerRefused",
     "BrokenExchange",
     "ConnectFailed",
     "ConnectTimeout",
@@ -48,7 +58,16 @@ __all__ = [
     "HeaderBlock",
     "InvalidHeader",
     "Response",
+    "UpstreamLimits",
 ]
+
+
+@dataclass(frozen=True)
+class UpstreamLimits:
+    """How much of an answer is held at once: a body read whole (decoded); one event of a stream, or a line."""
+
+    body_bytes: int = 64 * 1024 * 1024
+    event_bytes: int = 8 * 1024 * 1024
 
 
 class Response:
@@ -64,7 +83,9 @@ class Response:
         self._timer = timer
         self.status = conn.status
         self.headers: Mapping[str, str] = conn.headers
-        self._line = b""  # what readline has received past the last line it returned
+        self.limits = client.limits
+        self._line = b""  # received by readline; returned up to _line_at
+        self._line_at = 0
 
     async def readany(self) -> bytes:
         """The body bytes received since the last read (waiting for some), or b"" once the body is complete."""
@@ -81,35 +102,52 @@ class Response:
             await conn.wait()
 
     async def read(self) -> bytes:
-        """The whole body (the rest of it, if some was read already)."""
-        parts = [self._line] if self._line else []
-        self._line = b""
+        """The whole body (the rest of it, if some was read already), up to `limits.body_bytes` decoded."""
+        rest = self._line[self._line_at :]
+        parts = [rest] if rest else []
+        self._line, self._line_at = b"", 0
+        size, limit = len(rest), self.limits.body_bytes
         while data := await self.readany():
+            size += len(data)
+            if size > limit:
+                self.close()
+                raise AnswerRefused(f"the upstream's answer is larger than {limit} bytes")
             parts.append(data)
         return b"".join(parts)
 
     async def readline(self) -> bytes:
-        """The next line with its b"\\n"; at the end the last unterminated line, then b""."""
-        buf = self._line
-        start = 0
+        """The next line with its b"\\n", up to `limits.event_bytes`; at the end the last unterminated line, then b"".
+
+        Each byte is searched and copied once, however many reads a line takes or lines a read holds."""
+        buf, start = self._line, self._line_at
+        end = buf.find(b"\n", start)
+        if end >= 0:
+            self._line_at = end + 1
+            return buf[start : end + 1]
+        parts = [buf[start:]] if start < len(buf) else []
+        size, limit = len(buf) - start, self.limits.event_bytes
         while True:
-            end = buf.find(b"\n", start)
-            if end >= 0:
-                self._line = buf[end + 1 :]
-                return buf[: end + 1]
-            start = len(buf)
             data = await self.readany()
             if not data:
-                self._line = b""
-                return buf
-            buf += data
+                self._line, self._line_at = b"", 0
+                return b"".join(parts)
+            end = data.find(b"\n")
+            if end >= 0:
+                self._line, self._line_at = data, end + 1
+                parts.append(data[: end + 1])
+                return b"".join(parts)
+            size += len(data)
+            if size > limit:
+                self.close()
+                raise AnswerRefused(f"a line of the upstream's answer is longer than {limit} bytes")
+            parts.append(data)
 
     def release(self) -> None:
         """Done with this answer: its connection goes back to the pool when the body was read to its end."""
         conn, self._conn = self._conn, None
         if conn is not None:
             self._timer.cancel()
-            self._client._done(conn, reuse=conn.reusable() and not self._line)
+            self._client._done(conn, reuse=conn.reusable() and self._line_at >= len(self._line))
 
     def close(self) -> None:
         """Done with this answer before its end: its connection is closed."""
@@ -151,8 +189,10 @@ class HTTPClient:
         keepalive_s: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
         proxies: Mapping[str, UpstreamProxy] | None = None,
+        limits: UpstreamLimits = UpstreamLimits(),
     ) -> None:
         """`proxies`: the proxy for "http" and for "https" upstreams, if any (each with its own NO_PROXY list)."""
+        self.limits = limits
         self._max = max(1, max_connections)
         self._proxies: Mapping[str, UpstreamProxy] = proxies or {}
         self._keepalive_s = keepalive_s

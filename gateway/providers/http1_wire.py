@@ -11,6 +11,7 @@ import base64
 import re
 import select
 import zlib
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import cast
 from urllib.parse import quote, unquote, urlsplit
@@ -20,6 +21,14 @@ import httptools
 from gateway.providers.upstream_proxy import UpstreamProxy
 
 _HIGH_WATER = 256 * 1024  # stop reading from an upstream socket while this much is received but not yet read
+_SLICE = 64 * 1024  # inflated per step: a compressed body is decoded no further ahead of its reader than this
+# The answer's head, limited as aiohttp's client limits it (aiohttp 3.14, `http_parser.HttpParser` and
+# `ClientSession` defaults: max_line_size=8190, max_field_size=8190, max_headers=128). aiohttp bounds the whole
+# head only through those; here it has a bound of its own, which also covers chunk framing and trailers.
+MAX_STATUS_LINE = 8190  # the reason phrase of the status line
+MAX_HEADER_LINE = 8190  # one header's name and value
+MAX_HEADERS = 128  # header (and trailer) lines of one answer
+MAX_HEAD = 64 * 1024  # bytes received without a byte of body: the head, chunk-size lines, trailers
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _BAD_VALUE = re.compile(r"[\r\n\0]")
 _URL_SAFE = "/%:@!$&'()*+,;=?~-._"  # left as they are in a request target; anything else is percent-encoded
@@ -36,6 +45,11 @@ class ConnectFailed(ConnectionError):
 
 class BrokenExchange(ConnectionError):
     """The connection broke before the answer was complete, or what came back was not HTTP/1.1."""
+
+
+class AnswerRefused(BrokenExchange):
+    """The upstream answered with something the client will not take: past one of its size limits (status line,
+    header line, header count, head, decoded body, a line or event of a stream) or a switch of protocols (101)."""
 
 
 class InvalidHeader(ValueError):
@@ -120,11 +134,17 @@ class Connection(asyncio.Protocol):
         self.headers_done = False
         self.chunks: list[bytes] = []
         self.buffered = 0
-        self.complete = False
+        self.complete = False  # the whole body is in `chunks` or was read (decoded, if it was compressed)
         self.keep_alive = False
         self.error: BaseException | None = None
+        self._parsed = False  # the parser saw the end of the answer (its body may still be inflating)
         self._until_close = False
         self._decoder: zlib._Decompress | None = None
+        self._compressed: deque[bytes] = deque()  # body received, not yet inflated: its reader is behind
+        self._inflating = False  # the last slice filled up: the decoder may hold more output
+        self._framing = 0  # bytes received since the last byte of body (or since the request)
+        self._status_size = 0
+        self._head_size = 0
 
     # asyncio.Protocol
 
@@ -137,20 +157,28 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         parser = self._parser
-        if parser is None or self.complete:  # bytes nobody asked for: this connection cannot be trusted any more
+        if parser is None or self._parsed:  # bytes nobody asked for: this connection cannot be trusted any more
             self._fail(BrokenExchange("the upstream sent bytes outside an answer"))
             return
+        self._framing += len(data)  # on_body sets it back to 0
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(BrokenExchange(f"malformed HTTP answer: {exc}"))
+            refused = exc.__context__  # what a callback below raised, if one did
+            malformed = BrokenExchange(f"malformed HTTP answer: {exc}")
+            self._fail(refused if isinstance(refused, AnswerRefused) else malformed)
+        except httptools.HttpParserUpgrade:
+            self._fail(AnswerRefused("the upstream switched protocols (an upgrade), which a POST here never asks for"))
+        else:
+            if self._framing > MAX_HEAD:  # httptools keeps an unfinished line whole: it must not grow for ever
+                self._fail(AnswerRefused(f"the upstream sent more than {MAX_HEAD} bytes of head or framing"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._on_lost(self)
-        if self._parser is not None and not self.complete and self.error is None:
+        if self._parser is not None and not self._parsed and self.error is None:
             if self.headers_done and self._until_close:
-                self.complete = True  # an answer without length or chunks ends where the connection does
+                self._end_body()  # an answer without length or chunks ends where the connection does
             elif exc is not None:
                 self.error = BrokenExchange(f"connection broke: {type(exc).__name__}")
             else:
@@ -159,14 +187,30 @@ class Connection(asyncio.Protocol):
 
     # httptools callbacks
 
+    def on_status(self, reason: bytes) -> None:
+        self._status_size += len(reason)  # called per piece received: an endless status line stops here
+        if self._status_size > MAX_STATUS_LINE:
+            raise AnswerRefused(f"the upstream's status line is longer than {MAX_STATUS_LINE} bytes")
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers.append((name, value))
+        raw = self._raw_headers
+        raw.append((name, value))
+        size = len(name) + len(value)
+        self._head_size += size + 4
+        if size > MAX_HEADER_LINE or len(raw) > MAX_HEADERS or self._head_size > MAX_HEAD:
+            raise AnswerRefused(
+                f"the upstream's headers are past the limits ({MAX_HEADER_LINE} bytes a line, {MAX_HEADERS} lines,"
+                f" {MAX_HEAD} bytes in all)"
+            )
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
         status = self._parser.get_status_code()
+        if status == 101:  # the connection would speak another protocol from here on
+            raise AnswerRefused("the upstream answered 101 Switching Protocols to a POST that asked for no upgrade")
         if 100 <= status < 200:  # an interim answer (never asked for): the real one follows
             self._raw_headers.clear()
+            self._status_size = 0
             return
         self.status = status
         headers = self.headers
@@ -189,32 +233,74 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        self._framing = 0
         if self.error is not None:  # the exchange already failed (say, an unsupported encoding): nothing to keep
             return
-        if self._decoder is not None:
-            try:
-                body = self._decoder.decompress(body)
-            except zlib.error:
-                self._fail(BrokenExchange("the answer's compressed body is corrupt"))
-                return
-        if body:
-            self.chunks.append(body)
-            self.buffered += len(body)
-            if self.buffered > _HIGH_WATER and not self._paused and self.transport is not None:
-                self._paused = True
-                self.transport.pause_reading()
-            self._wake()
+        if self._decoder is None:
+            self._keep(body)
+        else:
+            self._compressed.append(body)
+            self._inflate()
 
     def on_message_complete(self) -> None:
         if self._parser is None or self.error is not None or not self.headers_done:
             return  # the exchange failed meanwhile, or this ends an interim (1xx) answer
-        if self._decoder is not None:
-            tail = self._decoder.flush()
-            if tail:
-                self.chunks.append(tail)
-        self.complete = True
         self.keep_alive = self._parser.should_keep_alive()
+        self._end_body()
+
+    # the body on its way to the reader
+
+    def _keep(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > _HIGH_WATER:
+            self._pause()
         self._wake()
+
+    def _inflate(self) -> None:
+        """Decode received compressed bytes a slice at a time, only while less than the high-water mark waits for
+        the reader: a small body that inflates to gigabytes grows no faster than it is read. Reading from the
+        socket pauses while compressed bytes wait too, so those stay within about one read."""
+        decoder = self._decoder
+        assert decoder is not None
+        pending = self._compressed
+        try:
+            while self.buffered < _HIGH_WATER:
+                if decoder.unconsumed_tail:
+                    data = decoder.decompress(decoder.unconsumed_tail, _SLICE)
+                elif pending:
+                    data = decoder.decompress(pending.popleft(), _SLICE)
+                elif self._inflating:
+                    data = decoder.decompress(b"", _SLICE)
+                else:
+                    break
+                self._inflating = len(data) == _SLICE
+                if data:
+                    self._keep(data)
+        except zlib.error:
+            self._fail(BrokenExchange("the answer's compressed body is corrupt"))
+            return
+        if pending or decoder.unconsumed_tail or self._inflating:
+            self._pause()
+        elif self._parsed and not self.complete:
+            tail = decoder.flush()  # all input consumed and no slice filled: at most what zlib still holds
+            if tail:
+                self._keep(tail)
+            self.complete = True
+            self._wake()
+
+    def _end_body(self) -> None:
+        self._parsed = True
+        if self._decoder is not None:
+            self._inflate()  # complete once every compressed byte is decoded
+        else:
+            self.complete = True
+            self._wake()
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None and not self.lost:
+            self._paused = True
+            self.transport.pause_reading()
 
     # used by the client and the response
 
@@ -231,7 +317,12 @@ class Connection(asyncio.Protocol):
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self.buffered = 0
-        if self._paused and self.transport is not None:
+        decoder = self._decoder
+        if decoder is not None and self.error is None:
+            self._inflate()  # the next slices, from what waited compressed
+            if self._compressed or decoder.unconsumed_tail or self._inflating:
+                return data
+        if self._paused and self.transport is not None and self.buffered <= _HIGH_WATER:
             self._paused = False
             self.transport.resume_reading()
         return data

@@ -7,7 +7,7 @@ from typing import Any
 
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.providers.base import Endpoint, Usage
-from gateway.providers.http1 import Response
+from gateway.providers.http1 import AnswerRefused, Response
 from gateway.routing.classify import classify_status, stream_event
 
 # Events polyroute reads (for usage, the end of the stream or an error); every other event is relayed unparsed.
@@ -64,8 +64,16 @@ def native_error(payload: Any) -> UpstreamError | None:
     )
 
 
+def refused(exc: AnswerRefused) -> UpstreamError:
+    """An answer past a size limit, or a switch of protocols: the upstream misbehaved, another one may not."""
+    return UpstreamError(f"unacceptable upstream answer: {exc}", error_class=ErrorClass.SERVER_ERROR)
+
+
 class NativeSSERelay:
-    """Reads a native SSE stream event by event and relays each (its `event:` line too) unchanged."""
+    """Reads a native SSE stream event by event and relays each (its `event:` line too) unchanged.
+
+    An event longer than the response's `limits.event_bytes` (a line of it, or all its lines) fails the stream as a
+    server error."""
 
     def __init__(self, resp: Response, endpoint: Endpoint) -> None:
         self._resp = resp
@@ -74,6 +82,7 @@ class NativeSSERelay:
         self._usage: Usage | None = None
         self._finished = False
         self._ended = False
+        self._max_event = resp.limits.event_bytes
         self.sent = 0  # events read so far (a Responses stream numbers its events from 0)
         self.first_event = b""
 
@@ -93,6 +102,8 @@ class NativeSSERelay:
                 yield event
         except TimeoutError as exc:
             raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
+        except AnswerRefused as exc:
+            raise refused(exc) from exc
         except ConnectionError as exc:
             raise UpstreamError(f"stream broke: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
 
@@ -102,6 +113,7 @@ class NativeSSERelay:
         lines: list[bytes] = []
         name = b""
         data: list[bytes] = []
+        size = 0
         resp = self._resp
         while True:
             line = await resp.readline()
@@ -118,6 +130,10 @@ class NativeSSERelay:
                     break
                 continue
             lines.append(line)
+            size += len(line) + 1
+            if size > self._max_event:
+                raise UpstreamError(f"an event of the upstream's stream is longer than {self._max_event} bytes",
+                                    error_class=ErrorClass.SERVER_ERROR)
             if line.startswith(b"event:"):
                 name = line[6:].strip()
             elif line.startswith(b"data:"):

@@ -10,8 +10,16 @@ import orjson
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Protocol, Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
-from gateway.providers.http1 import ConnectTimeout, HeaderBlock, HTTPClient, InvalidHeader, Response
-from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
+from gateway.providers.http1 import (
+    AnswerRefused,
+    ConnectTimeout,
+    HeaderBlock,
+    HTTPClient,
+    InvalidHeader,
+    Response,
+    UpstreamLimits,
+)
+from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage, refused
 from gateway.providers.upstream_proxy import UpstreamProxy
 from gateway.routing.classify import inband_error, stream_event, upstream_error
 
@@ -29,7 +37,13 @@ KEEPALIVE_S = 60.0  # an idle upstream connection is kept this long (or until th
 class OpenAICompatibleProvider:
     """Relays the request body and the upstream's bytes; parses only what accounting and failover need."""
 
-    def __init__(self, provider: Provider, *, proxies: Mapping[str, UpstreamProxy] | None = None) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        proxies: Mapping[str, UpstreamProxy] | None = None,
+        limits: UpstreamLimits | None = None,
+    ) -> None:
         self.name = provider.name
         self._base = (provider.base_url or "").rstrip("/")
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -44,7 +58,10 @@ class OpenAICompatibleProvider:
         self._anthropic_headers = {"anthropic-version": ANTHROPIC_VERSION}
         if provider.api_key:
             self._anthropic_headers["x-api-key"] = provider.api_key
-        self._http = HTTPClient(max_connections=provider.max_connections, keepalive_s=KEEPALIVE_S, proxies=proxies)
+        self._http = HTTPClient(
+            max_connections=provider.max_connections, keepalive_s=KEEPALIVE_S, proxies=proxies,
+            limits=limits or UpstreamLimits(),
+        )
 
     async def close(self) -> None:
         await self._http.close()
@@ -87,6 +104,8 @@ class OpenAICompatibleProvider:
         except TimeoutError as exc:
             raise UpstreamError(f"no complete answer within the total timeout of {call.timeouts.total_s:g}s",
                                 error_class=ErrorClass.TIMEOUT) from exc
+        except AnswerRefused as exc:
+            raise refused(exc) from exc
         except ConnectionError as exc:
             raise UpstreamError(f"connection failed: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
         except InvalidHeader as exc:
@@ -138,6 +157,8 @@ class OpenAICompatibleProvider:
         except TimeoutError as exc:
             raise UpstreamError(f"no first token within the first_token timeout of {first_token_s:g}s",
                                 error_class=ErrorClass.TIMEOUT) from exc
+        except AnswerRefused as exc:
+            raise refused(exc) from exc
         except ConnectionError as exc:
             raise UpstreamError(f"connection failed: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
         except InvalidHeader as exc:
@@ -148,6 +169,11 @@ class OpenAICompatibleProvider:
 def _connect_timeout(call: UpstreamCall) -> UpstreamError:
     return UpstreamError(f"could not connect within the connect timeout of {call.timeouts.connect_s:g}s",
                          error_class=ErrorClass.TIMEOUT)
+
+
+def _ends_event(joint: bytes) -> bool:
+    """Whether the last two bytes of one read and the first two of the next hold an empty line."""
+    return b"\n\n" in joint or b"\n\r\n" in joint
 
 
 def _finish_reason_set(payload: bytes) -> bool:
@@ -176,6 +202,8 @@ class SSERelay:
 
     Bytes are read as they arrive into a buffer of its own, so that every complete event already received is relayed
     in one write: one send per network read instead of one per event (an upstream often sends several at once).
+    Reads that cannot end an event are held apart and joined once one can, so an event is copied once however many
+    reads it takes; one longer than the response's `limits.event_bytes` fails the stream as a server error.
     """
 
     def __init__(self, resp: Response, *, hide_usage_chunk: bool) -> None:
@@ -185,6 +213,9 @@ class SSERelay:
         self._finished = False
         self._buf = b""  # received; parsed up to self._pos
         self._pos = 0
+        self._held: list[bytes] = []  # received after _buf, none of it able to end an event
+        self._held_size = 0
+        self._max_event = resp.limits.event_bytes
         self._eof = False
         self.first_event = b""
 
@@ -222,6 +253,8 @@ class SSERelay:
                     yield b"".join(batch)
         except TimeoutError as exc:  # the request's `total` covers reading the whole stream
             raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
+        except AnswerRefused as exc:
+            raise refused(exc) from exc
         except ConnectionError as exc:
             raise UpstreamError(f"stream broke: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
 
@@ -233,12 +266,31 @@ class SSERelay:
             event = self._take_event()
             if event is not None:
                 return event
-            data = await self._resp.readany()
-            if data:
-                self._buf = self._buf[self._pos :] + data
-                self._pos = 0
-            else:
-                self._eof = True
+            self._receive(await self._resp.readany())
+
+    def _receive(self, data: bytes) -> None:
+        """Add a read to the unparsed bytes (b"": the end of the stream); joined with them only if it may end an
+        event, a line ending in it or where it meets what came before."""
+        held = self._held
+        if data:
+            before = held[-1] if held else self._buf
+            if b"\n\n" not in data and b"\n\r\n" not in data and not _ends_event(before[-2:] + data[:2]):
+                held.append(data)
+                self._held_size += len(data)
+                if self._held_size + len(self._buf) - self._pos > self._max_event:
+                    raise UpstreamError(f"an event of the upstream's stream is longer than {self._max_event} bytes",
+                                        error_class=ErrorClass.SERVER_ERROR)
+                return
+        else:
+            self._eof = True
+        parts = [self._buf[self._pos :]] if self._pos < len(self._buf) else []
+        parts += held
+        if data:
+            parts.append(data)
+        self._buf = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._pos = 0
+        held.clear()
+        self._held_size = 0
 
     def _take_event(self) -> bytes | None:
         """The next complete event in the buffer (b"" for one to drop), or None until more bytes arrive."""
@@ -261,6 +313,8 @@ class SSERelay:
             end = buf.find(b"\n", pos)
             if end < 0:
                 if not self._eof:
+                    if not data_lines:  # only blank lines or fields relayed without their event: not kept
+                        self._pos = pos
                     return None
                 if pos < len(buf):  # the last line had no newline
                     end = len(buf)

@@ -8,23 +8,29 @@ from collections.abc import Mapping
 
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
+from gateway.providers.http1 import UpstreamLimits
 from gateway.providers.openai import OpenAICompatibleProvider
 from gateway.providers.upstream_proxy import UpstreamProxy
 
 
-def build_provider(config: ProviderConfig, proxies: Mapping[str, UpstreamProxy] | None = None) -> Provider:
-    """`proxies` (by upstream scheme) apply to `type: openai` providers; litellm reads its own settings."""
+def build_provider(
+    config: ProviderConfig,
+    proxies: Mapping[str, UpstreamProxy] | None = None,
+    limits: UpstreamLimits | None = None,
+) -> Provider:
+    """`proxies` (by upstream scheme) and `limits` apply to `type: openai` providers; litellm has its own."""
     if config.type == "litellm":
         module = importlib.import_module("gateway.providers.litellm")
         provider: Provider = module.LiteLLMProvider(config)
         return provider
-    return OpenAICompatibleProvider(config, proxies=proxies)
+    return OpenAICompatibleProvider(config, proxies=proxies, limits=limits)
 
 
 def build_providers(
     configs: dict[str, ProviderConfig],
     reuse: dict[str, tuple[ProviderConfig, Provider]] | None = None,
     proxies: Mapping[str, UpstreamProxy] | None = None,
+    limits: UpstreamLimits | None = None,
 ) -> dict[str, tuple[ProviderConfig, Provider]]:
     """Adapters by provider name; an adapter whose configuration did not change is kept (its pool stays warm)."""
     built: dict[str, tuple[ProviderConfig, Provider]] = {}
@@ -33,7 +39,7 @@ def build_providers(
         if previous is not None and previous[0] == config:
             built[name] = previous
         else:
-            built[name] = (config, build_provider(config, proxies))
+            built[name] = (config, build_provider(config, proxies, limits))
     return built
 
 

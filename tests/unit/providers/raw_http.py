@@ -1,4 +1,5 @@
-"""Raw HTTP/1.1 servers on loopback for the upstream client's tests: exact bytes, exact failures."""
+"""Raw HTTP/1.1 servers on loopback for the upstream client's tests: exact bytes, exact failures; the fast-path
+provider in front of one."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from gateway.providers.http1 import HeaderBlock, HTTPClient, Response
+from gateway.policy import table
+from gateway.providers.base import Endpoint, UpstreamCall
+from gateway.providers.http1 import HeaderBlock, HTTPClient, Response, UpstreamLimits
+from gateway.providers.openai import OpenAICompatibleProvider
 
 LIMIT = 5.0  # every wait in these tests ends within this many seconds
 CHUNKED = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -89,3 +93,40 @@ async def until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("not within the limit")
+
+
+def provider_for(up: Upstream, limits: UpstreamLimits | None = None) -> OpenAICompatibleProvider:
+    """The fast-path provider in front of `up` (chat at /v1, Messages at /v1/messages), with one connection: a
+    request after a failed one needs its place in the pool."""
+    config = table.Provider(
+        name="raw", type="openai", hosting=table.Hosting.CLOUD, jurisdiction="us", vendor="test",
+        base_url=up.url("/v1"), max_connections=1,
+        protocols=frozenset({table.Protocol.CHAT, table.Protocol.MESSAGES}),
+        native_urls=((table.Protocol.MESSAGES, up.url("/v1/messages")),),
+    )
+    return OpenAICompatibleProvider(config, limits=limits)
+
+
+def call_for(endpoint: Endpoint = Endpoint.CHAT, *, stream: bool = False) -> UpstreamCall:
+    config = table.Provider(name="raw", type="openai", hosting=table.Hosting.CLOUD, jurisdiction="us", vendor="test")
+    return UpstreamCall(
+        endpoint=endpoint,
+        deployment=table.Deployment(
+            name="d", provider=config, model="m", context_window=None, price=table.Price(0.0, 0.0)
+        ),
+        body={"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": stream},
+        timeouts=table.Timeouts(connect_s=LIMIT, first_token_s=LIMIT, total_s=LIMIT),
+        stream=stream,
+        client_wants_usage=True,
+    )
+
+
+async def exchange(provider: OpenAICompatibleProvider, call: UpstreamCall) -> bytes:
+    """What a client of the gateway would get: the body, or every event of the stream."""
+    if not call.stream:
+        return (await provider.send(call)).body
+    relay = await provider.open_stream(call)
+    try:
+        return relay.first_event + b"".join([events async for events in relay.events()])
+    finally:
+        await relay.aclose()
