@@ -302,6 +302,19 @@ def test_a_responses_stream_is_translated(client: openai.OpenAI) -> None:
     assert text.strip()
 
 
+def test_a_forced_function_call_is_translated_for_responses(client: openai.OpenAI) -> None:
+    response = client.responses.create(
+        model="smol", input="What is the weather in Paris?", temperature=0,
+        tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER_SCHEMA, "strict": False}],
+        tool_choice={"type": "function", "name": "get_weather"},
+    )
+
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert len(calls) == 1
+    assert calls[0].name == "get_weather" and calls[0].call_id
+    assert isinstance(json.loads(calls[0].arguments)["city"], str)
+
+
 LONG_PROMPT = "Please summarise the following words. " + "alpha beta gamma delta " * 200  # about 800 tokens
 
 
