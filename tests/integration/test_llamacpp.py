@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +60,13 @@ GREEDY = {"temperature": 0}  # the anthropic client has no `temperature` argumen
 NEVER_STOP = {"0": -100, "2": -100}
 
 
+@dataclass(frozen=True)
 class Engines:
     """The chat engine (n_ctx 512), the embeddings engine, and one gateway in front of both."""
 
-    def __init__(self, chat: LlamaServer, embed: LlamaServer, gateway: GatewayProcess) -> None:
-        self.chat = chat
-        self.embed = embed
-        self.gateway = gateway
+    chat: LlamaServer
+    embed: LlamaServer
+    gateway: GatewayProcess
 
 
 @pytest.fixture(scope="module")
