@@ -134,6 +134,8 @@ class ErrorClass(StrEnum):
     AUTH = "auth"
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"
+    ACCOUNT = "account"  # arrears / AccessDenied: the operator's account, not the request; opens the circuit at once
+    QUOTA_EXHAUSTED = "quota_exhausted"  # a quota that no retry restores (a spent free tier): opens the circuit at once
 
 
 class UpstreamError(PolyrouteError):
