@@ -171,7 +171,6 @@ def inband_error(payload: Any) -> UpstreamError | None:
     return failure
 
 
-
 def stream_event(payload: bytes) -> dict[str, Any]:
     """One SSE event's JSON object; a malformed one is a server_error (it fails over before the first byte)."""
     try:

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.errors import PolicyError
 from gateway.policy.durations import format_duration, parse_duration
-from gateway.policy.loader import load_policy_text
+from gateway.policy.loader import describe_policy, load_policy_text
 from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import FallbackPolicy, Hosting, PolicyTable, Strategy, Thinking
 
@@ -153,6 +153,7 @@ def test_a_deployments_thinking_block() -> None:
         default_on=False, stream_only=True, max_budget=38912, preserve=True
     )
     assert load(PROVIDERS).deployments["qwen-local"].thinking is None
+    assert "thinking: default on, stream only, max budget 38,912, preserve" in describe_policy(load(text))
     found = problems(text.replace("max_budget: 38912", "max_budget: 0, budget: 5"))
     assert found == [
         "deployments.qwen-local.thinking.max_budget: input should be greater than 0",
