@@ -144,8 +144,8 @@ class ErrorClass(StrEnum):
     AUTH = "auth"
     BAD_REQUEST = "bad_request"
     NOT_FOUND = "not_found"
-    ACCOUNT = "account"  # arrears, access denied: operator-side
-    QUOTA_EXHAUSTED = "quota_exhausted"  # a permanent quota is used up: operator-side, not a rate limit
+    ACCOUNT = "account"  # arrears / AccessDenied: the operator's account, not the request; opens the circuit at once
+    QUOTA_EXHAUSTED = "quota_exhausted"  # a quota that no retry restores (a spent free tier): opens the circuit at once
 
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"

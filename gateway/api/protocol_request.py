@@ -14,6 +14,7 @@ from gateway.api.parsing import ParsedRequest, json_object, parse_request
 from gateway.errors import BadRequestError, PolyrouteError
 from gateway.policy.table import Deployment, Protocol, Timeouts
 from gateway.protocols.adapters import ClientProtocol, TranslatedStream, translate_reply
+from gateway.protocols.messages_request import fit_thinking
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, UpstreamStream
 from gateway.providers.native_sse import NativeSSERelay
 
@@ -42,7 +43,10 @@ class ProtocolRequest:
             assert self.untranslatable is not None
             raise self.untranslatable
         else:
-            endpoint, body, headers = Endpoint.CHAT, {**self.chat, "model": deployment.model}, {}
+            chat = self.chat
+            if deployment.thinking is not None and self.adapter.protocol is Protocol.MESSAGES:
+                chat = fit_thinking(chat, deployment.thinking, stream=self.stream)
+            endpoint, body, headers = Endpoint.CHAT, {**chat, "model": deployment.model}, {}
             if self.stream:
                 body["stream_options"] = {"include_usage": True}  # the translator reports usage itself
         return UpstreamCall(

@@ -8,7 +8,16 @@ from typing import Any
 
 # Faults answered with the flavor's error body (Model Studio names; other flavors answer in their own words).
 NAMED_ERRORS = frozenset(
-    {"throttling", "insufficient_quota", "data_inspection", "context_overflow", "invalid_key", "internal"}
+    {
+        "throttling",
+        "insufficient_quota",
+        "data_inspection",
+        "context_overflow",
+        "invalid_key",
+        "internal",
+        "arrearage",
+        "quota_exhausted",
+    }
 )
 FAULT_KINDS = NAMED_ERRORS | {
     "status",
@@ -34,6 +43,8 @@ class Fault:
                       `retry_after` (any error fault also takes `message` and `retry_after`)
     throttling, insufficient_quota, data_inspection, context_overflow, invalid_key, internal
                       Model Studio's named errors (429, 429, 400, 400, 401, 500), in each flavor's words
+    arrearage         Model Studio's `Arrearage` 400: the account is overdue (every flavor answers it so)
+    quota_exhausted   Model Studio's 429 "Free allocated quota exceeded.": a free tier spent, permanent
     slow_first_token  sleep `delay` s before any byte (non-stream) or before the first frame (stream)
     stall_mid_stream  send `after` frames, sleep `delay` s, continue (non-stream: sleep, then answer)
     reset             drop the connection (TCP RST) without any response

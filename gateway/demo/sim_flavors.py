@@ -23,6 +23,15 @@ class SimError:
 
 
 @dataclass(frozen=True, slots=True)
+class ThinkingModel:
+    """How one simulated model thinks: by default or only when asked, only when streamed, up to which budget."""
+
+    default_on: bool
+    stream_only: bool
+    max_budget: int
+
+
+@dataclass(frozen=True, slots=True)
 class Flavor:
     """The observable habits of one kind of OpenAI-compatible server."""
 
@@ -36,6 +45,7 @@ class Flavor:
     errors: Mapping[str, SimError]  # named faults -> error
     envelope: Callable[[SimError], dict[str, Any]] = field(repr=False)
     messages_path: str = "/v1/messages"  # where it serves Anthropic Messages natively (Responses: prefix/responses)
+    thinking_models: Mapping[str, ThinkingModel] = field(default_factory=dict)  # per-model rules (else: when asked)
 
     def payload(self, error: SimError) -> dict[str, Any]:
         """The JSON object this flavor sends for `error` (as a body, or inside an in-band stream frame)."""
@@ -70,11 +80,11 @@ def _modelstudio_envelope(error: SimError) -> dict[str, Any]:
     else:
         err_type = "invalid_request_error"
     code = error.code if error.code is not None else _phrase(error.status).replace(" ", "")
-    return {
-        "error": {"message": error.message, "type": err_type, "param": None, "code": code},
-        "id": f"chatcmpl-{uuid4()}",
-        "request_id": str(uuid4()),
-    }
+    body: dict[str, Any] = {"error": {"message": error.message, "type": err_type, "param": None, "code": code}}
+    if error.status != 404:  # its model-not-found body carries no `id`
+        body["id"] = f"chatcmpl-{uuid4()}"
+    body["request_id"] = str(uuid4())
+    return body
 
 
 def _vllm_envelope(error: SimError) -> dict[str, Any]:
@@ -103,12 +113,23 @@ def _ollama_envelope(error: SimError) -> dict[str, Any]:
 
 _QUOTA_MESSAGE = "You exceeded your current quota, please check your plan and billing details."
 _CONTENT_MESSAGE = "Input data may contain inappropriate content."
+# Model Studio's own words, from https://help.aliyun.com/en/model-studio/error-code and
+# https://www.alibabacloud.com/help/en/model-studio/developer-reference/error-code (see README, Model Studio).
+_MS_DOCS = "https://help.aliyun.com/en/model-studio/error-code"
+_MS_CONTENT_MESSAGE = f"{_CONTENT_MESSAGE} For details, see: {_MS_DOCS}#inappropriate-content"
+_ARREARAGE_MESSAGE = "Access denied, please make sure your account is in good standing."
+_FREE_QUOTA_MESSAGE = "Free allocated quota exceeded."
+_CONTEXT_MESSAGE = "<400> InternalError.Algo.InvalidParameter: Range of input length should be [1, 983616]"
+_OTHERS_ACCOUNT_ERRORS = {  # the other flavors have no accounts: these faults answer in Model Studio's words
+    "arrearage": SimError(400, _ARREARAGE_MESSAGE, "Arrearage", "Arrearage"),
+    "quota_exhausted": SimError(429, _FREE_QUOTA_MESSAGE, "Throttling.AllocationQuota", "Throttling.AllocationQuota"),
+}
 
 MODELSTUDIO = Flavor(
     name="modelstudio",
     prefix="/compatible-mode/v1",
     owned_by="system",
-    default_models=("qwen3.6-plus", "qwen-plus", "qwen-flash", "text-embedding-v4"),
+    default_models=("qwen3.6-plus", "qwen-plus", "qwen-flash", "qwen3-32b", "text-embedding-v4"),
     cached_tokens=True,
     thinking=True,
     model_not_found="The model `{model}` does not exist or you do not have access to it.",
@@ -117,10 +138,12 @@ MODELSTUDIO = Flavor(
             429, "Requests rate limit exceeded, please try again later.", "Throttling.RateQuota", "Throttling.RateQuota"
         ),
         "insufficient_quota": SimError(429, _QUOTA_MESSAGE, "insufficient_quota", "insufficient_quota"),
-        "data_inspection": SimError(400, _CONTENT_MESSAGE, "data_inspection_failed", "DataInspectionFailed"),
-        "context_overflow": SimError(
-            400, "Range of input length should be [1, 1000000]", "invalid_request_error", "invalid_parameter_error"
+        "data_inspection": SimError(400, _MS_CONTENT_MESSAGE, "data_inspection_failed", "data_inspection_failed"),
+        "context_overflow": SimError(400, _CONTEXT_MESSAGE, "invalid_request_error", "invalid_parameter_error"),
+        "arrearage": SimError(
+            400, f"{_ARREARAGE_MESSAGE} For details, see: {_MS_DOCS}#overdue-payment", "Arrearage", "Arrearage"
         ),
+        "quota_exhausted": _OTHERS_ACCOUNT_ERRORS["quota_exhausted"],
         "invalid_key": SimError(401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key"),
         "internal": SimError(
             500,
@@ -131,6 +154,14 @@ MODELSTUDIO = Flavor(
     },
     envelope=_modelstudio_envelope,
     messages_path="/apps/anthropic/v1/messages",
+    # Hybrid Qwen 3.5/3.6 think unless told not to; open-source Qwen3 thinks only when streamed; each caps its
+    # budget. https://www.alibabacloud.com/help/en/model-studio/deep-thinking (budgets: the simulator's own values)
+    thinking_models={
+        "qwen3.6-plus": ThinkingModel(default_on=True, stream_only=False, max_budget=81920),
+        "qwen-plus": ThinkingModel(default_on=False, stream_only=False, max_budget=38912),
+        "qwen-flash": ThinkingModel(default_on=False, stream_only=False, max_budget=38912),
+        "qwen3-32b": ThinkingModel(default_on=True, stream_only=True, max_budget=38912),
+    },
 )
 
 VLLM = Flavor(
@@ -152,6 +183,7 @@ VLLM = Flavor(
         ),
         "invalid_key": SimError(401, "Unauthorized", raw_payload={"error": "Unauthorized"}),
         "internal": SimError(500, "Internal server error"),
+        **_OTHERS_ACCOUNT_ERRORS,
     },
     envelope=_vllm_envelope,
 )
@@ -171,6 +203,7 @@ OLLAMA = Flavor(
         "context_overflow": SimError(400, "the input length exceeds the context length"),
         "invalid_key": SimError(401, "unauthorized"),
         "internal": SimError(500, "llama runner process has terminated: exit status 2"),
+        **_OTHERS_ACCOUNT_ERRORS,
     },
     envelope=_ollama_envelope,
 )

@@ -104,6 +104,7 @@ class Reply:
     tool_call: ToolCall | None
     prompt_tokens: int
     completion_tokens: int
+    cache_written: int = 0  # tokens up to the last `cache_control` marker: an explicit cache created
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +133,19 @@ class Envelope:
             "completion_tokens": reply.completion_tokens,
             "total_tokens": reply.prompt_tokens + reply.completion_tokens,
         }
-        if self.cached_tokens:
+        if self.cached_tokens and reply.cache_written:
+            # Model Studio's explicit cache (exclusive with the implicit one) reports what it wrote; the field names
+            # as its replies carry them (Model Studio's context-cache page; litellm's dashscope usage tests).
+            usage["prompt_tokens_details"] = {
+                "cached_tokens": 0,
+                "cache_creation": {"ephemeral_5m_input_tokens": reply.cache_written},
+                "cache_creation_input_tokens": reply.cache_written,
+                "cache_type": "ephemeral",
+            }
+        elif self.cached_tokens:
             usage["prompt_tokens_details"] = {"cached_tokens": reply.prompt_tokens // 2}
-            if reply.reasoning:
-                usage["completion_tokens_details"] = {"reasoning_tokens": len(reply.reasoning.split())}
+        if self.cached_tokens and reply.reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": len(reply.reasoning.split())}
         return usage
 
 
@@ -196,24 +206,31 @@ def _tool_call(body: Mapping[str, Any], user_text: str, call_id: str) -> ToolCal
 def chat_reply(body: Mapping[str, Any], *, server: str, thinking: bool, call_id: str) -> Reply:
     messages = body.get("messages")
     messages = messages if isinstance(messages, list) else []
-    chars = 0
+    chars = cached_chars = 0
     user_text = ""
     for message in messages:
         if isinstance(message, dict):
             text = text_of(message.get("content"))
             chars += len(text)
+            if _marks_cache(message.get("content")):
+                cached_chars = chars
             if message.get("role") == "user":
                 user_text = text
     # A tool is called only on a user turn; after the tool's result (a `tool` turn) the model answers with it.
     last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
     tool_call = _tool_call(body, user_text, call_id) if last.get("role") == "user" else None
     reasoning = ""
-    if thinking and body.get("enable_thinking") is True:
+    if thinking:
         reasoning = f"The user asked {server} something; the simulated answer is an echo."
     answered = f"tool {last.get('tool_call_id')} said: {text_of(last.get('content'))}"
     text = "" if tool_call else _echo(server, answered if last.get("role") == "tool" else user_text)
     words = len(tool_call.arguments.split()) if tool_call else len(text.split())
-    return Reply(text, reasoning, tool_call, estimate_tokens(chars), words + len(reasoning.split()))
+    written = estimate_tokens(cached_chars) if cached_chars else 0
+    return Reply(text, reasoning, tool_call, estimate_tokens(chars), words + len(reasoning.split()), written)
+
+
+def _marks_cache(content: Any) -> bool:
+    return isinstance(content, list) and any(isinstance(p, dict) and "cache_control" in p for p in content)
 
 
 def completion_reply(body: Mapping[str, Any], *, server: str) -> Reply:

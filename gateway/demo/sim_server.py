@@ -18,6 +18,7 @@ from gateway.demo import sim_native as native
 from gateway.demo import sim_replies as replies
 from gateway.demo.sim_faults import FAULT_HEADER, NAMED_ERRORS, Fault, FaultQueue, parse_fault, parse_fault_header
 from gateway.demo.sim_flavors import Flavor, SimError
+from gateway.demo.sim_thinking import thinks
 
 _JSON = "application/json"
 _PACED_FAULTS = frozenset({"slow_first_token", "stall_mid_stream", "reset_mid_stream", "inband_error", "delay"})
@@ -209,7 +210,10 @@ class SimulatedUpstream:
             return await self._send(request, payload, fault)
         if endpoint == "chat":
             call_id = f"call_sim_{serial:08x}"
-            reply = replies.chat_reply(body, server=self.name, thinking=self.flavor.thinking, call_id=call_id)
+            thinking = thinks(self.flavor, model, body, stream=stream)
+            if isinstance(thinking, SimError):
+                return self._error(thinking)
+            reply = replies.chat_reply(body, server=self.name, thinking=thinking, call_id=call_id)
             env = self._envelope(f"chatcmpl-sim-{serial:08x}", "chat.completion", model, body, replies.CHAT_KEYS)
         else:
             reply = replies.completion_reply(body, server=self.name)

@@ -157,10 +157,22 @@ async def _tour(base: str, cloud_port: int, table: PolicyTable) -> None:
         async with http.delete(f"http://127.0.0.1:{cloud_port}/_sim/faults") as resp:
             resp.raise_for_status()
 
+        async with http.post(f"http://127.0.0.1:{cloud_port}/_sim/faults",
+                             json={"faults": [{"fault": "arrearage", "count": 1}]}) as resp:
+            resp.raise_for_status()
+        print("\n   (the simulated Model Studio now answers 400 Arrearage: the cloud account is overdue)")
+        raw = await client.chat.completions.with_raw_response.create(model="coder", messages=hello)
+        _show("7. model=coder with the cloud account in arrears: no retry, the self-hosted target answers, and the"
+              " cloud's circuit opens for its cooldown", raw, raw.parse().choices[0].message.content or "")
+        raw = await client.chat.completions.with_raw_response.create(model="coder", messages=hello)
+        _show("8. model=coder again: the open circuit keeps requests off the cloud until the cooldown ends",
+              raw, raw.parse().choices[0].message.content or "")
+
         async with http.get(f"{base}/metrics") as resp:
             metrics = await resp.text()
-    wanted = ("polyroute_requests_total{", "polyroute_fallbacks_total{", "polyroute_cost_usd_total{")
-    print("\n7. a few lines of GET /metrics (Prometheus):")
+    wanted = ("polyroute_requests_total{", "polyroute_fallbacks_total{", "polyroute_cost_usd_total{",
+              "polyroute_circuit_open{")
+    print("\n9. a few lines of GET /metrics (Prometheus):")
     for line in metrics.splitlines():
         if line.startswith(wanted):
             print(f"    {line}")

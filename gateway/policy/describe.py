@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from gateway.policy.durations import format_duration
-from gateway.policy.table import Condition, FallbackPolicy, PolicyTable, Price, Rule
+from gateway.policy.table import Condition, FallbackPolicy, PolicyTable, Price, Rule, Thinking
 
 
 def describe_policy(table: PolicyTable) -> str:
@@ -25,6 +25,7 @@ def describe_policy(table: PolicyTable) -> str:
         context = f"context {d.context_window:,}" if d.context_window else "context unknown"
         limits = "".join(f", {value:,} {unit}" for value, unit in ((d.rpm, "rpm"), (d.tpm, "tpm")) if value)
         caps = f", capabilities {', '.join(sorted(d.capabilities))}" if d.capabilities else ""
+        caps += _thinking(d.thinking) if d.thinking else ""
         lines.append(f"  {d.name}: {d.provider.name} / {d.model}, {context}, {_price(d.price)}{limits}{caps}")
     lines += ["", f"aliases ({len(table.aliases)}):"]
     for a in table.aliases.values():
@@ -109,3 +110,11 @@ def _fallback(f: FallbackPolicy) -> list[str]:
         ),
     ]
 
+
+def _thinking(t: Thinking) -> str:
+    """How Messages requests translated for the deployment ask for thinking (its `thinking:` block)."""
+    parts = [] if t.default_on is None else [f"default {'on' if t.default_on else 'off'}"]
+    parts += ["stream only"] if t.stream_only else []
+    parts += [f"max budget {t.max_budget:,}"] if t.max_budget else []
+    parts += ["preserve"] if t.preserve else []
+    return f", thinking: {', '.join(parts) or 'as asked'}"

@@ -21,6 +21,7 @@ from gateway.policy.schema import (
     Problem,
     ProviderSpec,
     RequireSpec,
+    ThinkingSpec,
     WhenSpec,
     key_hash,
     parse_policy,
@@ -42,6 +43,7 @@ from gateway.policy.table import (
     Retries,
     Rule,
     Tenant,
+    Thinking,
     Timeouts,
 )
 
@@ -281,6 +283,7 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
             tpm=d.tpm,
             capabilities=frozenset(d.capabilities),
             max_output_tokens=d.max_output_tokens,
+            thinking=_thinking(d.thinking),
         )
         for name, d in spec.deployments.items()
     }
@@ -341,6 +344,14 @@ def native_urls(p: ProviderSpec) -> tuple[tuple[Protocol, str], ...]:
 
 def _frozen(values: list[str] | None, normalize: Callable[[str], str] = str) -> frozenset[str] | None:
     return None if values is None else frozenset(normalize(v) for v in values)
+
+
+def _thinking(spec: ThinkingSpec | None) -> Thinking | None:
+    if spec is None:
+        return None
+    return Thinking(
+        default_on=spec.default, stream_only=spec.stream_only, max_budget=spec.max_budget, preserve=spec.preserve
+    )
 
 
 def _condition(when: WhenSpec) -> Condition:

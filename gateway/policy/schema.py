@@ -142,6 +142,15 @@ class PriceSpec(SpecModel):
     currency: Currency = "USD"
 
 
+class ThinkingSpec(SpecModel):
+    """A deployment's `thinking:` block: what its model accepts (Model Studio's deep-thinking page lists it)."""
+
+    default: bool | None = None  # on: thinks unless told not to; off: only when asked
+    stream_only: bool = False
+    max_budget: PositiveInt | None = None
+    preserve: bool = False
+
+
 class DeploymentSpec(SpecModel):
     provider: str
     model: str
@@ -151,6 +160,7 @@ class DeploymentSpec(SpecModel):
     tpm: PositiveInt | None = None
     capabilities: StrList = Field(default_factory=list)
     max_output_tokens: PositiveInt | None = None
+    thinking: ThinkingSpec | None = None
 
 
 class AliasSpec(SpecModel):

@@ -61,6 +61,16 @@ class Price:
 
 
 @dataclass(frozen=True)
+class Thinking:
+    """How a Qwen deployment's thinking must be asked for (Model Studio refuses what does not fit, with a 400)."""
+
+    default_on: bool | None = None  # the model thinks unless sent `enable_thinking: false` (Qwen3.5/3.6 hybrids)
+    stream_only: bool = False  # thinking only on streamed calls: a non-stream call must send `enable_thinking: false`
+    max_budget: int | None = None  # the largest `thinking_budget` the model accepts
+    preserve: bool = False  # earlier turns' reasoning is read only with `preserve_thinking: true`
+
+
+@dataclass(frozen=True)
 class Deployment:
     """One model on one provider."""
 
@@ -73,6 +83,7 @@ class Deployment:
     tpm: int | None = None
     capabilities: frozenset[str] = frozenset()  # e.g. tools, vision; empty = unknown, assume yes
     max_output_tokens: int | None = None
+    thinking: Thinking | None = None  # None: requests are translated without per-model thinking rules
 
 
 @dataclass(frozen=True)
@@ -158,7 +169,17 @@ class CircuitBreakerPolicy:
 @dataclass(frozen=True)
 class FallbackPolicy:
     on: frozenset[str] = frozenset(
-        {"rate_limit", "timeout", "server_error", "connection_error", "context_window", "content_policy", "auth"}
+        {
+            "rate_limit",
+            "timeout",
+            "server_error",
+            "connection_error",
+            "context_window",
+            "content_policy",
+            "auth",
+            "account",
+            "quota_exhausted",
+        }
     )
     retries: Retries = Retries()
     timeouts: Timeouts = Timeouts()

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import BadRequestError
+from gateway.policy.table import Thinking
 
 # Every top-level key of a Messages request that is translated below.
 KNOWN_KEYS = frozenset(
@@ -323,6 +324,36 @@ def _thinking(thinking: Any, chat: dict[str, Any]) -> None:
             chat["thinking_budget"] = budget
     else:
         raise BadRequestError("thinking.type: must be enabled, adaptive or disabled.", param="thinking.type")
+
+
+def fit_thinking(chat: dict[str, Any], rules: Thinking, *, stream: bool) -> dict[str, Any]:
+    """The translated body adjusted to what one deployment's model accepts (its `thinking:` policy block).
+
+    Model Studio answers 400 to `enable_thinking: true` on a non-stream call of a model that thinks only when
+    streamed, and to a `thinking_budget` above the model's maximum; hybrid Qwen 3.5/3.6 models think unless sent
+    `enable_thinking: false`, while a Messages request without `thinking` asks for none; and qwen3.6 reads earlier
+    turns' `reasoning_content` only with `preserve_thinking: true`. Sources: the deep-thinking page
+    https://www.alibabacloud.com/help/en/model-studio/deep-thinking and the error codes
+    https://help.aliyun.com/en/model-studio/error-code ("parameter.enable_thinking must be set to false for
+    non-streaming calls", "The thinking_budget parameter must be a positive integer and not greater than xxx").
+    """
+    out = dict(chat)
+    thinking = out.get("enable_thinking")
+    if thinking is None and rules.default_on:
+        thinking = out["enable_thinking"] = False
+    if thinking is True and rules.stream_only and not stream:
+        # Answered without thinking rather than refused: the service would refuse the call outright.
+        thinking = out["enable_thinking"] = False
+    if thinking is False:
+        out.pop("thinking_budget", None)
+    budget = out.get("thinking_budget")
+    if rules.max_budget is not None and isinstance(budget, int) and budget > rules.max_budget:
+        out["thinking_budget"] = rules.max_budget
+    if rules.preserve and thinking is True and any(
+        isinstance(m, dict) and m.get("reasoning_content") for m in out.get("messages") or ()
+    ):
+        out["preserve_thinking"] = True
+    return out
 
 
 def _output_config(config: Any, chat: dict[str, Any]) -> None:

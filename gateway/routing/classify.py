@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -27,6 +28,31 @@ _CONTENT_MARKERS = (
     "inappropriate content",
     "safety system",
 )
+# The operator's account is refused, whatever the request: Model Studio's `Arrearage` ("Access denied, please make
+# sure your account is in good standing", HTTP 400; newer pages file it under 403 `AccessDenied`) and its other
+# `AccessDenied` answers. https://help.aliyun.com/en/model-studio/error-code-start (403 AccessDenied, Arrearage)
+_ACCOUNT_MARKERS = (
+    "arrearage",
+    "accessdenied",
+    "access_denied",
+    "account is in good standing",
+    "overdue payment",
+    "account_deactivated",
+    "billing_not_active",
+)
+# A quota that no retry restores: Model Studio's spent free tier ("Free allocated quota exceeded", permanent while
+# the account is in free-tier-only mode). Its plain "Allocated quota exceeded" / "You exceeded your current quota"
+# (code Throttling.AllocationQuota / insufficient_quota) is the per-minute token limit and stays a rate limit:
+# https://www.alibabacloud.com/help/en/model-studio/rate-limit ("Why is rate limiting triggered?").
+_QUOTA_EXHAUSTED_MARKERS = (
+    "free allocated quota exceeded",
+    "free tier of the model has been exhausted",
+    "freetieronly",
+)
+# Model Studio puts the status it means and its own code before the words of in-band errors and of some bodies:
+# "<400> InternalError.Algo.InvalidParameter: Range of input length should be [1, 983616]"; the code is in the
+# words the markers read. https://help.aliyun.com/en/model-studio/error-code (the `<400>` messages)
+_STATUS_PREFIX = re.compile(r"<([1-5]\d\d)>")
 # In-band frames carry no HTTP status; their wording says what happened.
 _RATE_MARKERS = ("throttling", "rate limit", "too many requests", "insufficient_quota", "server busy")
 _TIMEOUT_MARKERS = ("timeout", "timed out")
@@ -35,6 +61,10 @@ RETRYABLE = frozenset(
 )
 # Failures that say something about the deployment's health, so they count toward its circuit breaker.
 HEALTH_FAILURES = frozenset({ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR})
+# In-band refusals whose class becomes the error's `code`, so a stream that stops mid-way says why.
+_NAMED_INBAND = frozenset({ErrorClass.CONTENT_POLICY, ErrorClass.CONTEXT_WINDOW})
+# Failures that will repeat on every request until the operator acts: one opens the circuit for its cooldown.
+TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED})
 
 
 def error_fields(body: bytes) -> tuple[str, str]:
@@ -62,10 +92,18 @@ def error_fields_of(data: Any) -> tuple[str, str]:
 def classify_status(status: int | None, message: str, code: str) -> ErrorClass:
     """The class of a failure from its HTTP status (None for an in-band frame) and the upstream's words.
 
-    A status that names the failure (429, 401/403) wins; next the words, because upstreams send context-window
-    and content-policy refusals (Model Studio's `DataInspectionFailed`) as 400, and some as 500; then the status.
+    An account or a spent quota is named by its words whatever the status (Model Studio answers arrears with 400);
+    then a status that names the failure (429, 401/403) wins; next the words, because upstreams send
+    context-window and content-policy refusals (Model Studio's `DataInspectionFailed`) as 400, and some as 500;
+    then the status. An in-band message's leading `<NNN> Code:` stands for the status it has not got.
     """
     text = f"{code} {message}".lower()
+    if status is None and "<" in message:
+        status = status_prefix(message)
+    if any(marker in text for marker in _ACCOUNT_MARKERS):
+        return ErrorClass.ACCOUNT
+    if any(marker in text for marker in _QUOTA_EXHAUSTED_MARKERS):
+        return ErrorClass.QUOTA_EXHAUSTED
     if status == 429 or "throttling" in text:
         return ErrorClass.RATE_LIMIT  # Model Studio's per-minute `insufficient_quota` is a 429 too: retryable
     if status in (401, 403):
@@ -87,6 +125,12 @@ def classify_status(status: int | None, message: str, code: str) -> ErrorClass:
     if status == 404:
         return ErrorClass.NOT_FOUND
     return ErrorClass.BAD_REQUEST
+
+
+def status_prefix(message: str) -> int | None:
+    """The status of a leading `<NNN>` (Model Studio's in-band form), None when the message has none."""
+    match = _STATUS_PREFIX.match(message.lstrip())
+    return int(match.group(1)) if match else None
 
 
 def upstream_error(status: int, body: bytes, retry_after: str | None, deployment: str) -> UpstreamError:
@@ -117,11 +161,14 @@ def inband_error(payload: Any) -> UpstreamError | None:
     if status is not None and not 400 <= status <= 599:
         status = None
     error_class = classify_status(status, message, code)
-    return UpstreamError(
+    failure = UpstreamError(
         f"in-stream error: {code + ': ' if code else ''}{message}",
         error_class=error_class,
         upstream_status=None,
     )
+    if error_class in _NAMED_INBAND:
+        failure.code = error_class.value  # a stop after the first byte tells the client which refusal it was
+    return failure
 
 
 def stream_event(payload: bytes) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from gateway.errors import ErrorClass
 from gateway.policy.plan import HealthSnapshot
 from gateway.policy.table import CircuitBreakerPolicy
-from gateway.routing.classify import HEALTH_FAILURES
+from gateway.routing.classify import HEALTH_FAILURES, TRIPPING_FAILURES
 from gateway.state.base import CircuitPhase, CircuitState, StateStore
 
 log = logging.getLogger("polyroute.health")
@@ -109,21 +109,29 @@ class HealthTracker:
             await self._record(name, ok=True)
 
     async def failed(self, name: str, error_class: ErrorClass) -> None:
-        if error_class in HEALTH_FAILURES:
-            await self._record(name, ok=False)
+        if error_class in TRIPPING_FAILURES:
+            # An account in arrears or a spent quota fails every request alike: the first one trips the breaker
+            # (a threshold of one failure, so both stores open it in the same atomic step as any other).
+            await self._record(name, ok=False, threshold=1, reason=error_class)
+        elif error_class in HEALTH_FAILURES:
+            await self._record(name, ok=False, reason=error_class)
 
-    async def _record(self, name: str, *, ok: bool) -> None:
+    async def _record(
+        self, name: str, *, ok: bool, threshold: int | None = None, reason: ErrorClass | None = None
+    ) -> None:
         policy = self._policy
         state = await self._store.record_outcome(
             name,
             ok,
-            failures=policy.failures,
+            failures=threshold or policy.failures,
             window_s=policy.window_s,
             cooldown_s=policy.cooldown_s,
             now=self._clock(),
         )
         if state.phase is CircuitPhase.OPEN and not ok:
-            log.warning("circuit opened for deployment %s for %.0fs", name, policy.cooldown_s)
+            log.warning(
+                "circuit opened for deployment %s for %.0fs (%s)", name, policy.cooldown_s, reason or "failures"
+            )
         self._set(name, state)
 
 

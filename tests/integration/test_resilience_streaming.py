@@ -13,6 +13,7 @@ from tests.support.resilience import (
     content_of,
     error_of,
     metric,
+    output_of,
     stream_lines,
 )
 
@@ -26,7 +27,7 @@ def test_a_connection_lost_mid_stream_ends_with_an_error_event_and_done(rs: Resi
     headers, lines = stream_lines(rs.client(), f"chain-{ptype}")
     assert headers["x-polyroute-deployment"] == f"primary-{ptype}"  # no failover once bytes were sent
     assert headers["x-polyroute-attempts"] == "1"
-    assert content_of(lines[:-2])  # what arrived before the break
+    assert output_of(lines[:-2])  # what arrived before the break
     assert lines[-1] == "[DONE]"
     assert sum(1 for line in lines if line.startswith('{"error"')) == 1
     error = error_of(lines[-2])
@@ -43,7 +44,7 @@ def test_an_inband_error_mid_stream_is_surfaced_not_swallowed(rs: Resilience, pt
     assert headers["x-polyroute-deployment"] == f"primary-{ptype}"
     assert lines[-1] == "[DONE]"
     assert message in error_of(lines[-2])["message"]
-    assert content_of(lines[:-2])  # the two frames before the error reached the client
+    assert output_of(lines[:-2])  # the two frames before the error reached the client
 
 
 @pytest.mark.parametrize("ptype", PROVIDER_TYPES)

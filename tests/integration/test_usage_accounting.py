@@ -247,9 +247,13 @@ def test_usage_missing_upstream_is_estimated_and_labelled(gw: Gateway) -> None:
     estimated = {"deployment": "qwen-plus", "estimated": "true"}
     assert delta.metric(names.TOKENS_TOTAL, **{**estimated, "estimated": "false"}) == 0
     assert delta.metric(names.TOKENS_TOTAL, **estimated, type="input") > 0
-    text = (reply.choices[0].message.content or "").encode()
+    message = reply.choices[0].message  # qwen3.6-plus thinks by default: its reasoning is output too
+    text = ((message.model_extra or {}).get("reasoning_content", "") + (message.content or "")).encode()
     from_body = math.ceil(len(text) / 4)  # the generated text, about four bytes a token
-    from_stream = sum(1 for c in chunks if c.choices and c.choices[0].delta.content)  # about a token an event
+    from_stream = sum(  # about a token an event
+        1 for c in chunks if c.choices and (c.choices[0].delta.content or (c.choices[0].delta.model_extra or {})
+                                            .get("reasoning_content"))
+    )
     assert from_body > 0 and from_stream > 0
     assert delta.metric(names.TOKENS_TOTAL, **estimated, type="output") == from_body + from_stream
     assert delta.usage("qwen-plus", "output_tokens") == from_body + from_stream

@@ -196,6 +196,18 @@ def content_of(lines: list[str]) -> str:
     return text
 
 
+def output_of(lines: list[str]) -> str:
+    """Everything the model said in a stream: its reasoning (qwen3.6-plus thinks by default) and its content."""
+    text = ""
+    for line in lines:
+        if line == "[DONE]":
+            continue
+        for choice in json.loads(line).get("choices") or []:
+            delta = choice.get("delta") or {}
+            text += (delta.get("reasoning_content") or "") + (delta.get("content") or "")
+    return text
+
+
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of a metric's samples whose labels include `labels` (0 when there are none)."""
     total = 0.0

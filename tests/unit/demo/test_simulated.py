@@ -66,7 +66,8 @@ def test_models_lists_the_configured_ids(upstreams: dict[str, Upstream]) -> None
 @pytest.mark.parametrize("flavor", FLAVORS)
 def test_chat_reply_names_the_server_and_echoes_the_model(upstreams: dict[str, Upstream], flavor: str) -> None:
     upstream = upstreams[flavor]
-    reply = client(upstream).chat.completions.create(model=MODELS[flavor], messages=HELLO)
+    no_thinking = {"enable_thinking": False}  # qwen3.6-plus thinks unless told not to
+    reply = client(upstream).chat.completions.create(model=MODELS[flavor], messages=HELLO, extra_body=no_thinking)
     assert reply.model == MODELS[flavor]
     assert reply.system_fingerprint == "polyroute-simulated"
     assert reply.choices[0].message.content == f"[{upstream.name}] echo: Say hello to the router"
@@ -187,10 +188,12 @@ def test_tool_call_non_stream_and_stream(upstreams: dict[str, Upstream]) -> None
     [
         ("throttling", openai.RateLimitError, "Throttling.RateQuota"),
         ("insufficient_quota", openai.RateLimitError, "insufficient_quota"),
-        ("data_inspection", openai.BadRequestError, "DataInspectionFailed"),
+        ("data_inspection", openai.BadRequestError, "data_inspection_failed"),
         ("context_overflow", openai.BadRequestError, "invalid_parameter_error"),
         ("invalid_key", openai.AuthenticationError, "invalid_api_key"),
         ("internal", openai.InternalServerError, "InternalError"),
+        ("arrearage", openai.BadRequestError, "Arrearage"),
+        ("quota_exhausted", openai.RateLimitError, "Throttling.AllocationQuota"),
     ],
 )
 def test_modelstudio_named_errors(
@@ -203,6 +206,76 @@ def test_modelstudio_named_errors(
     body = info.value.response.json()
     assert set(body) == {"error", "id", "request_id"}
     assert body["error"]["param"] is None
+
+
+def test_modelstudio_errors_in_its_own_words(upstreams: dict[str, Upstream]) -> None:
+    cloud = upstreams["modelstudio"]
+    cloud.inject([{"fault": "context_overflow"}, {"fault": "data_inspection"}, {"fault": "arrearage"}])
+    messages = []
+    for _ in range(3):
+        with pytest.raises(openai.BadRequestError) as info:
+            client(cloud).chat.completions.create(model="qwen3.6-plus", messages=HELLO)
+        messages.append(info.value.response.json()["error"]["message"])
+    assert messages[0] == "<400> InternalError.Algo.InvalidParameter: Range of input length should be [1, 983616]"
+    assert messages[1].startswith("Input data may contain inappropriate content. For details, see: ")
+    assert messages[2].startswith("Access denied, please make sure your account is in good standing.")
+
+
+def test_modelstudio_model_not_found_has_no_id() -> None:
+    cloud = start_simulated("modelstudio", name="sim-strict", models=["qwen3.6-plus"])
+    try:
+        with pytest.raises(openai.NotFoundError) as info:
+            client(cloud).chat.completions.create(model="qwen-nope", messages=HELLO)
+    finally:
+        cloud.stop()
+    body = info.value.response.json()
+    assert set(body) == {"error", "request_id"}
+    assert body["error"]["code"] == "model_not_found"
+
+
+def test_modelstudio_hybrid_models_think_unless_told_not_to(upstreams: dict[str, Upstream]) -> None:
+    cloud = client(upstreams["modelstudio"])
+    by_default = cloud.chat.completions.create(model="qwen3.6-plus", messages=HELLO)
+    assert (by_default.choices[0].message.model_extra or {}).get("reasoning_content")
+    told = cloud.chat.completions.create(model="qwen3.6-plus", messages=HELLO, extra_body={"enable_thinking": False})
+    assert not (told.choices[0].message.model_extra or {}).get("reasoning_content")
+    older = cloud.chat.completions.create(model="qwen-plus", messages=HELLO)
+    assert not (older.choices[0].message.model_extra or {}).get("reasoning_content")
+
+
+def test_modelstudio_refuses_thinking_it_cannot_do(upstreams: dict[str, Upstream]) -> None:
+    cloud = client(upstreams["modelstudio"])
+    with pytest.raises(openai.BadRequestError) as info:  # open-source Qwen3 thinks only when streamed
+        cloud.chat.completions.create(model="qwen3-32b", messages=HELLO)
+    assert info.value.response.json()["error"]["message"] == (
+        "parameter.enable_thinking must be set to false for non-streaming calls"
+    )
+    quiet = cloud.chat.completions.create(model="qwen3-32b", messages=HELLO, extra_body={"enable_thinking": False})
+    assert quiet.choices[0].message.content
+    streamed = list(cloud.chat.completions.create(model="qwen3-32b", messages=HELLO, stream=True))
+    assert any((c.choices[0].delta.model_extra or {}).get("reasoning_content") for c in streamed if c.choices)
+    with pytest.raises(openai.BadRequestError) as info:
+        cloud.chat.completions.create(
+            model="qwen3.6-plus", messages=HELLO, extra_body={"enable_thinking": True, "thinking_budget": 81921}
+        )
+    assert info.value.response.json()["error"]["message"] == (
+        "The thinking_budget parameter must be a positive integer and not greater than 81920"
+    )
+
+
+def test_modelstudio_reports_an_explicit_cache_write(upstreams: dict[str, Upstream]) -> None:
+    marked: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": [{"type": "text", "text": "A long shared prefix. " * 50,
+                                        "cache_control": {"type": "ephemeral"}}]},  # type: ignore[list-item]
+        {"role": "user", "content": "Say hello to the router"},
+    ]
+    reply = client(upstreams["modelstudio"]).chat.completions.create(
+        model="qwen-plus", messages=marked
+    )
+    assert reply.usage is not None and reply.usage.prompt_tokens_details is not None
+    details = reply.usage.prompt_tokens_details.model_dump()
+    assert details["cache_creation_input_tokens"] == len("A long shared prefix. " * 50) // 4
+    assert details["cache_type"] == "ephemeral" and details["cached_tokens"] == 0
 
 
 def test_vllm_errors_use_its_flat_shape(upstreams: dict[str, Upstream]) -> None:

@@ -6,9 +6,9 @@ import pytest
 
 from gateway.errors import PolicyError
 from gateway.policy.durations import format_duration, parse_duration
-from gateway.policy.loader import load_policy_text
+from gateway.policy.loader import describe_policy, load_policy_text
 from gateway.policy.pricing import CurrencyRates
-from gateway.policy.table import FallbackPolicy, Hosting, PolicyTable, Strategy
+from gateway.policy.table import FallbackPolicy, Hosting, PolicyTable, Strategy, Thinking
 
 FX = CurrencyRates(usd_per_cny=0.14, usd_per_eur=1.08)
 
@@ -132,6 +132,33 @@ fallback:
     assert (fallback.retries.attempts, fallback.retries.backoff_s, fallback.retries.max_backoff_s) == (3, 0.15, 1.5)
     assert (fallback.timeouts.connect_s, fallback.timeouts.first_token_s, fallback.timeouts.total_s) == (1, 60, 3600)
     assert (fallback.circuit_breaker.window_s, fallback.circuit_breaker.cooldown_s) == (10, 120)
+
+
+def test_account_and_spent_quota_fail_over_by_default_and_can_be_named() -> None:
+    assert {"account", "quota_exhausted"} <= load(PROVIDERS).fallback.on
+    named = load(PROVIDERS + "fallback:\n  on: [account, quota_exhausted, timeout]\n").fallback.on
+    assert named == frozenset({"account", "quota_exhausted", "timeout"})
+
+
+def test_a_deployments_thinking_block() -> None:
+    text = PROVIDERS.replace(
+        "price: {gpu_hour: 2.5, tokens_per_second: 1200}}",
+        "price: {gpu_hour: 2.5, tokens_per_second: 1200},\n"
+        "               thinking: {default: on, stream_only: true, max_budget: 38912, preserve: true}}",
+    )
+    assert load(text).deployments["qwen-local"].thinking == Thinking(
+        default_on=True, stream_only=True, max_budget=38912, preserve=True
+    )
+    assert load(text.replace("default: on", "default: off")).deployments["qwen-local"].thinking == Thinking(
+        default_on=False, stream_only=True, max_budget=38912, preserve=True
+    )
+    assert load(PROVIDERS).deployments["qwen-local"].thinking is None
+    assert "thinking: default on, stream only, max budget 38,912, preserve" in describe_policy(load(text))
+    found = problems(text.replace("max_budget: 38912", "max_budget: 0, budget: 5"))
+    assert found == [
+        "deployments.qwen-local.thinking.max_budget: input should be greater than 0",
+        "deployments.qwen-local.thinking.budget: unknown key",
+    ]
 
 
 def test_bad_fallback_values_name_their_paths() -> None:

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import BadRequestError
-from gateway.protocols.messages_request import messages_to_chat
+from gateway.policy.table import Thinking
+from gateway.protocols.messages_request import fit_thinking, messages_to_chat
 
 
 def translate(**body: Any) -> dict[str, Any]:
@@ -131,3 +132,52 @@ def test_max_tokens_is_required_except_for_counting() -> None:
 def test_keys_messages_does_not_define_are_chat_extras_for_the_target() -> None:
     chat = translate(messages=[{"role": "user", "content": "x"}], chat_template_kwargs={"enable_thinking": False})
     assert chat["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+HYBRID = Thinking(default_on=True, max_budget=81920, preserve=True)  # qwen3.6-plus
+STREAM_ONLY = Thinking(default_on=True, stream_only=True, max_budget=38912)  # open-source Qwen3 on Model Studio
+ASK = {"type": "enabled", "budget_tokens": 100000}
+HI = [{"role": "user", "content": "hi"}]
+
+
+def test_a_hybrid_model_is_told_not_to_think_when_the_client_did_not_ask() -> None:
+    chat = fit_thinking(translate(messages=HI), HYBRID, stream=False)
+    assert chat["enable_thinking"] is False  # Anthropic's default is no thinking; Qwen 3.5/3.6's is thinking
+    assert "enable_thinking" not in fit_thinking(translate(messages=HI), Thinking(), stream=False)
+
+
+def test_a_budget_above_the_models_maximum_is_capped() -> None:
+    chat = fit_thinking(translate(messages=HI, thinking=ASK), HYBRID, stream=False)
+    assert (chat["enable_thinking"], chat["thinking_budget"]) == (True, 81920)
+    small = fit_thinking(translate(messages=HI, thinking={"type": "enabled", "budget_tokens": 2048}), HYBRID,
+                         stream=True)
+    assert small["thinking_budget"] == 2048
+
+
+def test_a_stream_only_model_answers_a_non_stream_call_without_thinking() -> None:
+    chat = fit_thinking(translate(messages=HI, thinking=ASK), STREAM_ONLY, stream=False)
+    assert chat["enable_thinking"] is False and "thinking_budget" not in chat
+    streamed = fit_thinking(translate(messages=HI, thinking=ASK, stream=True), STREAM_ONLY, stream=True)
+    assert (streamed["enable_thinking"], streamed["thinking_budget"]) == (True, 38912)
+
+
+def test_earlier_reasoning_is_preserved_where_the_model_needs_asking() -> None:
+    turns = [
+        {"role": "user", "content": "list files"},
+        {"role": "assistant", "content": [{"type": "thinking", "thinking": "use ls", "signature": "s"},
+                                          {"type": "text", "text": "Run ls."}]},
+        {"role": "user", "content": "and hidden ones?"},
+    ]
+    chat = fit_thinking(translate(messages=turns, thinking=ASK), HYBRID, stream=True)
+    assert chat["preserve_thinking"] is True
+    assert chat["messages"][1]["reasoning_content"] == "use ls"
+    assert "preserve_thinking" not in fit_thinking(translate(messages=turns), HYBRID, stream=True)  # not thinking
+    assert "preserve_thinking" not in fit_thinking(translate(messages=HI, thinking=ASK), HYBRID, stream=True)
+    no_preserve = Thinking(default_on=True)
+    assert "preserve_thinking" not in fit_thinking(translate(messages=turns, thinking=ASK), no_preserve, stream=True)
+
+
+def test_fitting_leaves_the_translation_itself_alone() -> None:
+    chat = translate(messages=HI, thinking=ASK)
+    fit_thinking(chat, STREAM_ONLY, stream=False)
+    assert (chat["enable_thinking"], chat["thinking_budget"]) == (True, 100000)

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.demo.sim_flavors import FLAVORS
 from gateway.errors import ErrorClass
-from gateway.routing.classify import inband_error, parse_retry_after, upstream_error
+from gateway.routing.classify import inband_error, parse_retry_after, status_prefix, upstream_error
 
 NAMED = {
     "throttling": ErrorClass.RATE_LIMIT,
@@ -16,6 +16,8 @@ NAMED = {
     "context_overflow": ErrorClass.CONTEXT_WINDOW,
     "invalid_key": ErrorClass.AUTH,
     "internal": ErrorClass.SERVER_ERROR,
+    "arrearage": ErrorClass.ACCOUNT,
+    "quota_exhausted": ErrorClass.QUOTA_EXHAUSTED,
 }
 
 
@@ -88,3 +90,72 @@ def test_chunks_without_an_error_are_not_errors() -> None:
     assert inband_error({"error": None, "choices": []}) is None
     assert inband_error(["not", "a", "dict"]) is None
 
+
+
+def _model_studio(message: str, code: str, err_type: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": err_type or code, "param": None, "code": code},
+                         "request_id": "r"})
+
+
+ARREARAGE = "Access denied, please make sure your account is in good standing."
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (400, _model_studio(ARREARAGE, "Arrearage")),  # the docs' table and the issue reports
+        (403, _model_studio(ARREARAGE, "Arrearage")),  # newer pages: under 403 AccessDenied
+        (403, _model_studio("Access denied.", "AccessDenied")),
+        (403, _model_studio("Access to model denied.", "AccessDenied.Unpurchased")),
+    ],
+)
+def test_an_account_in_arrears_or_denied_is_the_operators_failure(status: int, body: bytes) -> None:
+    assert upstream_error(status, body, None, "d").error_class is ErrorClass.ACCOUNT
+
+
+def test_a_spent_free_quota_is_permanent_but_the_per_minute_quota_is_a_rate_limit() -> None:
+    spent = _model_studio("Free allocated quota exceeded.", "Throttling.AllocationQuota")
+    assert upstream_error(429, spent, None, "d").error_class is ErrorClass.QUOTA_EXHAUSTED
+    per_minute = _model_studio("Allocated quota exceeded, please increase your quota limit.",
+                               "Throttling.AllocationQuota")
+    assert upstream_error(429, per_minute, None, "d").error_class is ErrorClass.RATE_LIMIT
+    rate = _model_studio("Requests rate limit exceeded, please try again later.", "Throttling.RateQuota")
+    assert upstream_error(429, rate, None, "d").error_class is ErrorClass.RATE_LIMIT
+
+
+def test_a_plain_forbidden_is_still_auth() -> None:
+    body = orjson.dumps({"error": {"message": "Forbidden", "type": "permission_error", "code": None}})
+    assert upstream_error(403, body, None, "d").error_class is ErrorClass.AUTH
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("<400> InternalError.Algo.InvalidParameter: Range of input length should be [1, 983616]",
+         ErrorClass.CONTEXT_WINDOW),
+        ("<400> InternalError.Algo.DataInspectionFailed: Output data may contain inappropriate content.",
+         ErrorClass.CONTENT_POLICY),
+        ("<400> InternalError.Algo.InvalidParameter: The value of top_p must be in (0, 1]", ErrorClass.BAD_REQUEST),
+        ("<429> Throttling.RateQuota: Requests rate limit exceeded", ErrorClass.RATE_LIMIT),
+        ("<500> InternalError.Algo: An internal error has occured", ErrorClass.SERVER_ERROR),
+        (ARREARAGE, ErrorClass.ACCOUNT),
+    ],
+)
+def test_inband_messages_are_classified_by_their_leading_status_and_code(message: str, expected: ErrorClass) -> None:
+    failure = inband_error({"error": {"message": message, "type": "internal_error", "code": "InternalError"}})
+    assert failure is not None and failure.error_class is expected
+
+
+def test_an_inband_refusal_names_itself_in_its_code() -> None:
+    message = "<400> InternalError.Algo.DataInspectionFailed: Output data may contain inappropriate content."
+    failure = inband_error({"error": {"message": message, "code": "data_inspection_failed"}})
+    assert failure is not None and failure.code == "content_policy"
+    plain = inband_error({"error": {"message": "An internal error has occured", "code": "InternalError"}})
+    assert plain is not None and plain.code is None
+
+
+def test_status_prefix_is_read_only_at_the_start() -> None:
+    assert status_prefix("<400> InternalError.Algo.InvalidParameter: x") == 400
+    assert status_prefix("  <503> x") == 503
+    assert status_prefix("the <400> is not first") is None
+    assert status_prefix("<999> nope") is None

@@ -30,7 +30,8 @@ aliases:
   chain:  {targets: [small, medium, large], strategy: priority}
   ctx:    {targets: [small, same, medium, large], strategy: priority}
 fallback:
-  on: [rate_limit, timeout, server_error, connection_error, context_window, content_policy, auth]
+  on: [rate_limit, timeout, server_error, connection_error, context_window, content_policy, auth, account,
+       quota_exhausted]
   retries: {attempts: 2, backoff: 100ms, max_backoff: 1s}
   circuit_breaker: {failures: 3, window: 30s, cooldown: 30s}
 """
@@ -338,6 +339,23 @@ async def test_rate_limits_and_bad_requests_do_not_open_circuits(table: PolicyTa
     for cls in (ErrorClass.RATE_LIMIT, ErrorClass.RATE_LIMIT, ErrorClass.BAD_REQUEST, ErrorClass.AUTH):
         await h.health.failed("small", cls)
     assert h.health.snapshot().open_circuits == frozenset()
+
+
+@pytest.mark.parametrize("cls", [ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED])
+async def test_an_account_or_spent_quota_fails_over_at_once_and_opens_the_circuit(
+    table: PolicyTable, cls: ErrorClass
+) -> None:
+    h = Harness(table)
+    upstream = Scripted({"small": [err(cls, status=400)]})
+    result, outcome = await h.run("chain", upstream, reserved="medium")
+    assert result == "medium" and upstream.calls == ["small", "medium"]  # no retry round, no backoff
+    assert h.sleeps == [] and outcome.fallback_reason == cls.value
+    assert h.observer.attempts[0] == ("small", cls.value)
+    assert "small" in h.health.snapshot().open_circuits  # one failure, not `failures: 3`
+    again = Scripted({})
+    result, outcome = await h.run("chain", again, reserved="medium")
+    assert result == "medium" and again.calls == ["medium"]
+    assert "circuit breaker is open" in outcome.failures[0].message
 
 
 @pytest.mark.parametrize("round_no", [0, 1, 2, 5])

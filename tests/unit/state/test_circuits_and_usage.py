@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
+from gateway.errors import ErrorClass
+from gateway.policy.table import CircuitBreakerPolicy
+from gateway.routing.health import HealthTracker
 from gateway.settings import Settings
 from gateway.state.base import CircuitPhase, CircuitState, StateStore, UsageRecord, UsageRow
 from gateway.state.factory import create_state_store
@@ -33,6 +36,20 @@ async def test_failures_within_the_window_open_the_circuit(store: StateStore) ->
     states = await store.circuit_states(["qwen", "other"], T0 + 20)
     assert states["qwen"].phase is CircuitPhase.OPEN
     assert states["other"] == CircuitState()
+
+
+async def test_an_account_or_quota_failure_opens_the_circuit_at_once_in_every_store(store: StateStore) -> None:
+    for name, cls in (("arrears", ErrorClass.ACCOUNT), ("free-tier", ErrorClass.QUOTA_EXHAUSTED)):
+        health = HealthTracker(store, on_circuit=lambda _d, _o: None, clock=lambda: T0)
+        health.configure((name,), CircuitBreakerPolicy(failures=5, window_s=30.0, cooldown_s=60.0))
+        await health.failed(name, cls)  # one, where `failures: 5` would need five server errors
+        states = await store.circuit_states([name], T0 + 1)
+        assert (states[name].phase, states[name].open_until) == (CircuitPhase.OPEN, T0 + 60)
+        assert name in health.snapshot().open_circuits
+    health = HealthTracker(store, on_circuit=lambda _d, _o: None, clock=lambda: T0)
+    health.configure(("busy",), CircuitBreakerPolicy(failures=5, window_s=30.0, cooldown_s=60.0))
+    await health.failed("busy", ErrorClass.SERVER_ERROR)
+    assert (await store.circuit_states(["busy"], T0 + 1))["busy"].phase is CircuitPhase.CLOSED
 
 
 async def test_open_then_half_open_lets_exactly_one_probe_through_and_success_closes(store: StateStore) -> None:
