@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.errors import REQUEST_FAULT_CODES, ErrorClass, UpstreamError
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -61,8 +61,6 @@ RETRYABLE = frozenset(
 )
 # Failures that say something about the deployment's health, so they count toward its circuit breaker.
 HEALTH_FAILURES = frozenset({ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR})
-# In-band refusals whose class becomes the error's `code`, so a stream that stops mid-way says why.
-_NAMED_INBAND = frozenset({ErrorClass.CONTENT_POLICY, ErrorClass.CONTEXT_WINDOW})
 # Failures that will repeat on every request until the operator acts: one opens the circuit for its cooldown.
 TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED})
 
@@ -166,8 +164,9 @@ def inband_error(payload: Any) -> UpstreamError | None:
         error_class=error_class,
         upstream_status=None,
     )
-    if error_class in _NAMED_INBAND:
-        failure.code = error_class.value  # a stop after the first byte tells the client which refusal it was
+    if error_class in REQUEST_FAULT_CODES:  # a stop after the first byte tells the client which refusal it was,
+        failure.code = REQUEST_FAULT_CODES[error_class]  # in OpenAI's words, as a refusal before it would
+
     return failure
 
 

@@ -161,5 +161,5 @@ def test_a_moderation_stop_mid_stream_is_a_content_policy_error_event(ms: Resili
     assert headers["x-polyroute-deployment"] == "primary-openai"  # bytes had gone out: no failover
     assert output_of(lines[:-2]) and lines[-1] == "[DONE]"
     error = error_of(lines[-2])
-    assert error["code"] == "content_policy"
+    assert error["code"] == "content_policy_violation"
     assert "Output data may contain inappropriate content" in error["message"]

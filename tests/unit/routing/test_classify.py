@@ -149,7 +149,7 @@ def test_inband_messages_are_classified_by_their_leading_status_and_code(message
 def test_an_inband_refusal_names_itself_in_its_code() -> None:
     message = "<400> InternalError.Algo.DataInspectionFailed: Output data may contain inappropriate content."
     failure = inband_error({"error": {"message": message, "code": "data_inspection_failed"}})
-    assert failure is not None and failure.code == "content_policy"
+    assert failure is not None and failure.code == "content_policy_violation"
     plain = inband_error({"error": {"message": "An internal error has occured", "code": "InternalError"}})
     assert plain is not None and plain.code is None
 
