@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +23,26 @@ prepare_litellm_environment()  # before the import below: never download the pri
 import litellm  # noqa: E402
 from litellm import exceptions as llx  # noqa: E402
 from litellm.llms.custom_httpx.async_client_cleanup import close_litellm_async_clients  # noqa: E402
+
+# What litellm imports only on its first call: the OpenAI SDK's resources (its client's `.chat`), its proxy's file-id
+# helpers, the tiktoken encoding it counts tokens with, fastapi's HTTPException (its error mapping). Together about a
+# second, which the first stream spent inside its first_token budget: a healthy upstream timed out and the request
+# failed over. Loaded with this module instead, once per process, when a policy first names a litellm provider.
+_FIRST_CALL_IMPORTS = (
+    "openai.resources",
+    "litellm.proxy.openai_files_endpoints.common_utils",
+    "litellm.litellm_core_utils.default_encoding",
+    "fastapi.exceptions",
+)
+
+
+def _load_first_call_imports() -> None:
+    for name in _FIRST_CALL_IMPORTS:
+        with contextlib.suppress(ImportError):  # another litellm may not have it: then only its first call is slower
+            importlib.import_module(name)
+
+
+_load_first_call_imports()
 
 _CLASSES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
     (llx.ContextWindowExceededError, ErrorClass.CONTEXT_WINDOW),
