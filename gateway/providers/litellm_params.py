@@ -74,7 +74,7 @@ def forwarded_params(endpoint: Endpoint, body: Mapping[str, Any], provider: str)
             raise BadRequestError(
                 f"Unsupported parameter: '{key[:100]}' is not forwarded to provider '{provider}' (type litellm), which "
                 "takes only OpenAI's request parameters and the provider extras listed in polyroute's README.",
-                param=key,
+                param=key[:100],
                 code="unsupported_parameter",
             )
     tools = params.get("tools")
