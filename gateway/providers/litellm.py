@@ -15,6 +15,7 @@ import orjson
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
+from gateway.providers.litellm_params import forwarded_params
 from gateway.routing.classify import classify_status, inband_error, parse_retry_after
 from gateway.settings import prepare_litellm_environment
 
@@ -56,8 +57,6 @@ _CLASSES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
     (llx.BadRequestError, ErrorClass.BAD_REQUEST),
     (llx.UnprocessableEntityError, ErrorClass.BAD_REQUEST),
 )
-# Keys the gateway itself decides; everything else in the body is handed to litellm as it came.
-_OWN_KEYS = frozenset({"model", "messages", "stream", "input", "prompt"})
 
 
 # litellm's generic classes: the upstream's own words may say more (Model Studio's DataInspectionFailed is a 400,
@@ -146,7 +145,9 @@ class LiteLLMProvider:
         """Nothing of its own to release: litellm's pooled clients are shared (see close_shared_clients)."""
 
     def _kwargs(self, call: UpstreamCall) -> dict[str, Any]:
-        kwargs = {k: v for k, v in call.body.items() if k not in _OWN_KEYS}
+        """The allowed request parameters (litellm_params), then what only the policy decides: where, with which
+        key and headers, how long."""
+        kwargs = forwarded_params(call.endpoint, call.body, self.name)
         kwargs["model"] = f"{self._prefix}/{call.deployment.model}"
         # httpx applies `read` between bytes; the whole-request `total` is enforced around the call below.
         kwargs["timeout"] = httpx.Timeout(call.timeouts.total_s, connect=call.timeouts.connect_s)

@@ -58,6 +58,9 @@ class OpenAICompatibleProvider:
         self._anthropic_headers = {"anthropic-version": ANTHROPIC_VERSION}
         if provider.api_key:
             self._anthropic_headers["x-api-key"] = provider.api_key
+        # A header the client passes on (anthropic-version, anthropic-beta) never replaces one polyroute or the policy
+        # sets: credentials, content type, the request id and the provider's configured `headers`.
+        self._own_names = frozenset({*(name.lower() for name in headers), "authorization", "x-api-key", "x-request-id"})
         self._http = HTTPClient(
             max_connections=provider.max_connections, keepalive_s=KEEPALIVE_S, proxies=proxies,
             limits=limits or UpstreamLimits(),
@@ -74,7 +77,7 @@ class OpenAICompatibleProvider:
                 headers["x-request-id"] = call.request_id
             if protocol is Protocol.MESSAGES:
                 headers.update(self._anthropic_headers)
-            headers.update(call.extra_headers)
+            headers.update((k, v) for k, v in call.extra_headers.items() if k.lower() not in self._own_names)
             block = HeaderBlock(headers)
             url = self._native_urls.get(protocol)
             if url is None:
