@@ -53,16 +53,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProtocolStack]:
         yield started
 
 
+_OPENED: list[anthropic.Anthropic] = []
+
+
 @pytest.fixture(autouse=True)
 def _no_faults_left(stack: ProtocolStack) -> Iterator[None]:
     yield
     stack.cloud.clear()
     stack.vllm.clear()
+    while _OPENED:  # each test's clients are closed with it, so no connection outlives its test
+        _OPENED.pop().close()
 
 
 def client(stack: ProtocolStack, **options: Any) -> anthropic.Anthropic:
     options.setdefault("api_key", AGENT_KEY)
-    return anthropic.Anthropic(base_url=stack.anthropic_url, max_retries=0, **options)
+    opened = anthropic.Anthropic(base_url=stack.anthropic_url, max_retries=0, **options)
+    _OPENED.append(opened)
+    return opened
 
 
 def first_turn() -> list[Any]:
