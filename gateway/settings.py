@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     http_proxy: str | None = Field(default=None, validation_alias=AliasChoices("HTTP_PROXY", "http_proxy"))
     https_proxy: str | None = Field(default=None, validation_alias=AliasChoices("HTTPS_PROXY", "https_proxy"))
     no_proxy: str | None = Field(default=None, validation_alias=AliasChoices("NO_PROXY", "no_proxy"))
+    # Slow or greedy clients (gateway.api.server_protocol): a request's headers must arrive within
+    # header_timeout_seconds of the connection opening or the previous response ending; its body may pause at most
+    # body_timeout_seconds; each worker holds at most max_connections client connections.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=2048, gt=0)
 
 
 def environment() -> Mapping[str, str]:
@@ -61,6 +67,8 @@ def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))
+    for name in ("header_timeout_seconds", "body_timeout_seconds", "max_connections"):
+        os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(settings, name))
     if multiproc_dir is not None:
         # prometheus-client picks its multiprocess value class from this variable when first imported.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
