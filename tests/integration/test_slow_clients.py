@@ -174,3 +174,15 @@ def test_connections_beyond_the_bound_get_503_at_once(bounded: GatewayProcess) -
                 break
         assert time.monotonic() < deadline, "no connection was served after the held ones closed"
         time.sleep(0.05)
+
+
+def test_the_bounds_hold_in_every_worker_of_a_multi_worker_gateway(policy: Path) -> None:
+    with start_gateway(policy, env=SHORT, workers=2) as workers:
+        with contextlib.ExitStack() as stack:
+            socks = [stack.enter_context(raw_connection(workers)) for _ in range(8)]  # spread over both workers
+            for sock in socks:
+                sock.sendall(b"POST /v1/chat/compl")
+            assert {status_and_body(read_until_closed(sock))[0] for sock in socks} == {408}
+        with raw_connection(workers) as sock:
+            sock.sendall(post_head("/v1/chat/completions", 100_000_000))
+            assert status_and_body(read_until_closed(sock))[0] == 413
