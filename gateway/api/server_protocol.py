@@ -2,7 +2,8 @@
 
 uvicorn has a keep-alive timeout but nothing that ends a connection whose request never finishes arriving, and no
 bound on connections short of answering 503 to requests on connections it has already accepted. Three bounds are
-added here, each a timer per connection or per request (no work per byte):
+added here, with one timer per connection that a request answered in time does not touch (no work per byte, no
+timer created or cancelled per request):
 
 - header timeout: a request's headers must be complete within `header_timeout_s` of the connection opening or of
   the previous response ending; otherwise 408 (when part of a request came) and close. It also bounds how long
@@ -75,11 +76,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._limits = limits
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._body_timer: asyncio.TimerHandle | None = None
-        self._head_started = False  # part of a request's head has come, not all of it
+        # One timer per connection, moved lazily: a request that arrives and is answered in time changes a
+        # deadline (a float) and creates or cancels no timer. When the timer fires it checks the deadlines that
+        # still apply and sleeps again until the nearest one, or acts on the one that passed.
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._head_due: float | None = None  # when the next request's headers must be complete
+        self._head_started = False  # part of that request's head has come, not all of it
         self._reading_body = False  # headers complete, body not yet
-        self._body_seen_at = 0.0
+        self._body_seen_at = 0.0  # the last time body bytes came (or the gateway resumed reading them)
         self._linger = False  # answered and to be closed, once the client finishes sending the body
         self._cycle_transport: _CycleTransport | None = None
 
@@ -94,27 +99,27 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 messages=False,
             )
             return
-        self._header_timer = self.loop.call_later(self._limits.header_timeout_s, self._header_timed_out)
+        self._expect_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
-        self._cancel_body_timer()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self._reading_body:
-            # A body that did not arrive with its headers: from here on, a pause may not exceed the body timeout.
-            self._body_seen_at = self.loop.time()
-            if self._body_timer is None:
-                self._body_timer = self.loop.call_later(self._limits.body_timeout_s, self._body_check)
+            # A body that did not come whole with its headers: a pause may not exceed the body timeout.
+            self._body_seen_at = now = self.loop.time()
+            self._wake_by(now + self._limits.body_timeout_s)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_started = True
 
     def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
+        self._head_due = None
         self._head_started = False
         self._reading_body = True
         super().on_headers_complete()
@@ -123,7 +128,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._reading_body = False
-        self._cancel_body_timer()
         if self._linger:
             self.transport.close()
             return
@@ -134,13 +138,39 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # uvicorn arms its keep-alive timer exactly when it now waits for a next request (not closing, nothing
         # pipelined): the next request's headers are due from here.
         if self.timeout_keep_alive_task is not None:
-            self._cancel_header_timer()
-            self._header_timer = self.loop.call_later(self._limits.header_timeout_s, self._header_timed_out)
+            self._expect_head()
 
-    def _header_timed_out(self) -> None:
-        self._header_timer = None
+    def _expect_head(self) -> None:
+        self._head_due = due = self.loop.time() + self._limits.header_timeout_s
+        self._wake_by(due)
+
+    def _wake_by(self, due: float) -> None:
+        """Make sure the timer fires no later than `due` (usually it already does)."""
+        if self._timer is not None:
+            if self._timer_at <= due:
+                return
+            self._timer.cancel()
+        self._timer = self.loop.call_at(due, self._on_timer)
+        self._timer_at = due
+
+    def _on_timer(self) -> None:
+        self._timer = None
         if self.transport.is_closing():
             return
+        now = self.loop.time()
+        body_due: float | None = None
+        if self._reading_body:
+            if self.flow.read_paused:
+                self._body_seen_at = now  # the gateway is not reading: the client cannot be late
+            body_due = self._body_seen_at + self._limits.body_timeout_s
+        if self._head_due is not None and self._head_due <= now:
+            self._head_timed_out()
+        elif body_due is not None and body_due <= now:
+            self._body_timed_out()
+        elif self._head_due is not None or body_due is not None:
+            self._wake_by(min(due for due in (self._head_due, body_due) if due is not None))
+
+    def _head_timed_out(self) -> None:
         if self._head_started and not self._linger:
             self._answer_and_close(
                 RequestTimeoutError(
@@ -151,17 +181,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         else:  # idle, or still sending the body of an answered request: nothing to answer
             self._close()
 
-    def _body_check(self) -> None:
-        self._body_timer = None
-        if not self._reading_body or self.transport.is_closing():
-            return
-        now = self.loop.time()
-        if self.flow.read_paused:
-            self._body_seen_at = now  # the gateway is not reading: the client cannot be late
-        idle = now - self._body_seen_at
-        if idle < self._limits.body_timeout_s:
-            self._body_timer = self.loop.call_later(self._limits.body_timeout_s - idle, self._body_check)
-            return
+    def _body_timed_out(self) -> None:
         err = RequestTimeoutError(f"The request body paused for over {self._limits.body_timeout_s:g} seconds.")
         if self.cycle is not None and not self.cycle.response_started:
             self._answer_and_close(err, messages=self.scope.get("path", "").startswith("/v1/messages"))
@@ -196,16 +216,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.disconnected = True
             self.cycle.message_event.set()
         self.transport.close()
-
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _cancel_body_timer(self) -> None:
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
 
 
 class _CycleTransport:

@@ -162,9 +162,9 @@ def test_connections_beyond_the_bound_get_503_at_once(bounded: GatewayProcess) -
         for sock in extra:  # answered without sending anything
             status, body = status_and_body(read_until_closed(sock))
             assert status == 503 and body["error"]["code"] == "too_many_connections"
-        with openai.OpenAI(base_url=bounded.url("/v1"), api_key="any", max_retries=0) as client:
-            with pytest.raises(openai.APIStatusError) as info:
-                client.chat.completions.create(model="local", messages=HELLO)
+        client = stack.enter_context(openai.OpenAI(base_url=bounded.url("/v1"), api_key="any", max_retries=0))
+        with pytest.raises(openai.APIStatusError) as info:
+            client.chat.completions.create(model="local", messages=HELLO)
         assert info.value.status_code == 503 and info.value.code == "too_many_connections"
         assert info.value.response.headers["retry-after"] == "1"
         held_statuses = [status_and_body(read_until_closed(sock))[0] for sock in held]
