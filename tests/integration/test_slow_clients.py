@@ -57,7 +57,7 @@ def gateway(policy: Path) -> Iterator[GatewayProcess]:
 
 @pytest.fixture(scope="module")
 def bounded(policy: Path) -> Iterator[GatewayProcess]:
-    env = {"POLYROUTE_MAX_CONNECTIONS": str(MAX_CONNECTIONS), "POLYROUTE_HEADER_TIMEOUT_SECONDS": "3"}
+    env = {"POLYROUTE_MAX_CONNECTIONS": str(MAX_CONNECTIONS), "POLYROUTE_HEADER_TIMEOUT_SECONDS": "5"}
     with start_gateway(policy, env=env) as started:
         yield started
 
