@@ -81,10 +81,10 @@ def status_and_body(answer: bytes) -> tuple[int, dict]:  # type: ignore[type-arg
     return int(head.split(b" ", 2)[1]), json.loads(body)
 
 
-def post_head(path: str, length: int) -> bytes:
+def post_head(path: str, length: int, extra: str = "") -> bytes:
     return (
         f"POST {path} HTTP/1.1\r\nHost: {HOST}\r\ncontent-type: application/json\r\n"
-        f"content-length: {length}\r\n\r\n"
+        f"content-length: {length}\r\n{extra}\r\n"
     ).encode()
 
 
@@ -138,6 +138,19 @@ def test_a_body_that_stalls_gets_408_and_is_closed(gateway: GatewayProcess, path
         assert body["type"] == "error" and "paused" in body["error"]["message"]
     else:
         assert body["error"]["code"] == "request_timeout"
+
+
+def test_a_slow_but_steady_body_is_not_cut(gateway: GatewayProcess) -> None:
+    body = json.dumps({"model": "local", "messages": HELLO}).encode()
+    pieces = [body[i : i + 8] for i in range(0, len(body), 8)]
+    with raw_connection(gateway) as sock:
+        sock.sendall(post_head("/v1/chat/completions", len(body), "connection: close\r\n"))
+        for piece in pieces:  # in all longer than the 1 s body timeout, but never a pause that long
+            time.sleep(0.3)
+            sock.sendall(piece)
+        status, reply = status_and_body(read_until_closed(sock))
+    assert len(pieces) * 0.3 > 2 * float(SHORT["POLYROUTE_BODY_TIMEOUT_SECONDS"])  # the body took in all longer
+    assert status == 200 and reply["choices"][0]["message"]["content"]
 
 
 def test_keep_alive_clients_and_a_stream_longer_than_the_timeouts_are_unaffected(
