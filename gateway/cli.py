@@ -134,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
                 host=settings.host,
                 port=settings.port,
                 loop=_loop(),
-                http=_http(),
+                http=_http(settings),
                 log_level=settings.log_level,
                 access_log=False,
                 proxy_headers=False,  # nothing reads the client address or scheme: no per-request rewrite
@@ -176,7 +176,7 @@ def _uvicorn_config(app: Any, settings: Settings, port: int) -> Any:
         host=settings.host,
         port=port,
         loop=_loop(),
-        http=_http(),
+        http=_http(settings),
         log_level=settings.log_level,
         access_log=False,
         proxy_headers=False,  # nothing reads the client address or scheme: no per-request rewrite
@@ -196,8 +196,11 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _http() -> str:
-    return "httptools" if _has("httptools") else "h11"
+def _http(settings: Settings) -> Any:
+    """uvicorn's httptools protocol with polyroute's header and body timeouts and connection bound."""
+    from gateway.api.server_protocol import ConnectionLimits, bounded_protocol
+
+    return bounded_protocol(ConnectionLimits.from_settings(settings))
 
 
 def _has(module: str) -> bool:

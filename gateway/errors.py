@@ -7,6 +7,7 @@
     │   ├── AuthenticationError         401 authentication_error
     │   ├── PermissionDeniedError       403 permission_error (model not allowed for tenant)
     │   ├── NotFoundError               404 not_found_error (unknown alias / route)
+    │   ├── RequestTimeoutError         408 invalid_request_error (headers or body too slow to arrive)
     │   ├── RequestTooLargeError        413 invalid_request_error
     │   ├── NoEligibleTargetError       400 invalid_request_error (every target excluded by a rule)
     │   ├── UpstreamRejectedError       400 the upstream refused the request itself (bad request, content
@@ -18,6 +19,7 @@
     │                                       every target refused the request itself, 429 (+ Retry-After) when every
     │                                       target was rate-limited, else 502 / 503 / 504 (operator-side failures)
     ├── ShuttingDownError               503 the gateway is draining and the shutdown deadline passed
+    ├── TooManyConnectionsError         503 the process holds its maximum of client connections
     └── ClientGoneError                 499 the client disconnected; the upstream request was cancelled
 """
 
@@ -87,10 +89,19 @@ class NotFoundError(ClientError):
     code = "model_not_found"
 
 
+class RequestTimeoutError(ClientError):
+    status = 408
+    error_type = "invalid_request_error"
+    code = "request_timeout"
+
+
 class RequestTooLargeError(ClientError):
     status = 413
     error_type = "invalid_request_error"
     code = "request_too_large"
+
+    def headers(self) -> dict[str, str]:
+        return {"connection": "close"}  # the rest of the body is read and dropped (bounded), then the connection closed
 
 
 class NoEligibleTargetError(ClientError):
@@ -281,6 +292,16 @@ class ShuttingDownError(PolyrouteError):
 
     def headers(self) -> dict[str, str]:
         return {"connection": "close"}
+
+
+class TooManyConnectionsError(PolyrouteError):
+    """A connection beyond POLYROUTE_MAX_CONNECTIONS: answered at once and closed, before any request is read."""
+
+    status = 503
+    code = "too_many_connections"
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "1"}
 
 
 class ClientGoneError(PolyrouteError):

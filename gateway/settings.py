@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     http_proxy: str | None = Field(default=None, validation_alias=AliasChoices("HTTP_PROXY", "http_proxy"))
     https_proxy: str | None = Field(default=None, validation_alias=AliasChoices("HTTPS_PROXY", "https_proxy"))
     no_proxy: str | None = Field(default=None, validation_alias=AliasChoices("NO_PROXY", "no_proxy"))
+    # Slow or greedy clients (gateway.api.server_protocol): a request's headers must arrive within
+    # header_timeout_seconds of the connection opening or the previous response ending; its body may pause at most
+    # body_timeout_seconds; each worker holds at most max_connections client connections.
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=2048, gt=0)
     # Browser origins allowed to call /v1 (comma list of scheme://host[:port], or *); unset = no CORS headers.
     cors_origins: str | None = None
 
@@ -89,12 +95,11 @@ def prepare_litellm_environment() -> None:
 def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
     """Worker processes read their settings from the environment: write the resolved ones there."""
     for name in ("policy", "redis_url", "admin_key", "max_body_bytes", "state_failure_mode", "metrics_port",
-                 "max_upstream_body_bytes", "max_sse_event_bytes"):
+                 "max_upstream_body_bytes", "max_sse_event_bytes", "cors_origins", "header_timeout_seconds",
+                 "body_timeout_seconds", "max_connections"):
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))
-    if settings.cors_origins is not None:
-        os.environ["POLYROUTE_CORS_ORIGINS"] = settings.cors_origins
     if multiproc_dir is not None:
         # prometheus-client picks its multiprocess value class from this variable when first imported.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)

@@ -13,14 +13,19 @@ from starlette.types import Message, Receive, Send
 
 from gateway.errors import ClientGoneError, RequestTooLargeError
 
-DRAIN_FACTOR = 8  # an oversized body is read (and dropped) up to this multiple of the limit
 RawHeaders = list[tuple[bytes, bytes]]
 
 
 async def read_body(receive: Receive, headers: Headers, max_bytes: int) -> bytes:
-    """The raw body, refusing (413) anything over the limit before or while reading it."""
+    """The raw body, refusing (413) a declared length over the limit before reading any of it, and a body that
+    grows past the limit as soon as it does.
+
+    What the client still sends after the 413 is read and dropped by the server protocol, for a bounded time
+    (gateway.api.server_protocol), so that a client sending its whole body first still reads the answer.
+    """
     declared = headers.get("content-length")
-    too_large = declared is not None and declared.isdigit() and int(declared) > max_bytes
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise RequestTooLargeError(f"Request body is {declared} bytes; the limit is {max_bytes} bytes.")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -28,19 +33,13 @@ async def read_body(receive: Receive, headers: Headers, max_bytes: int) -> bytes
         if message["type"] != "http.request":
             raise ClientGoneError()  # http.disconnect: the client left while sending
         chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > max_bytes:
-            too_large = True
-            if size > max_bytes * DRAIN_FACTOR:
-                break  # past this the connection is dropped: reading on would only serve an abuser
-        elif chunk:
+        if chunk:
+            size += len(chunk)
+            if size > max_bytes:
+                raise RequestTooLargeError(f"Request body is over {max_bytes} bytes; the limit is {max_bytes} bytes.")
             chunks.append(chunk)
         if not message.get("more_body", False):
             break
-    if too_large:
-        raise RequestTooLargeError(
-            f"Request body is {declared or 'over ' + str(max_bytes)} bytes; the limit is {max_bytes} bytes."
-        )
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
