@@ -34,6 +34,7 @@ from gateway.state.base import (
     utc_day,
 )
 from gateway.state.memory import USAGE_RETENTION_DAYS, LocalCircuitBreakers, UsageKey, sort_rows, tally_usage, usage_row
+from gateway.state.redis_cluster import ClusterScript
 from gateway.state.redis_keys import (
     CIRCUIT_TTL_S,
     DAY_TTL_S,
@@ -57,6 +58,11 @@ from gateway.state.redis_pipe import PipelinedScripts
 from gateway.state.redis_script import ScriptConnections
 
 log = logging.getLogger("polyroute.state")
+
+
+def _plain(client: Redis | RedisCluster, text: str) -> AsyncScript | ClusterScript:
+    """A script through the client; on a Cluster, one that follows ASK redirects (see redis_cluster.py)."""
+    return ClusterScript(client, text) if isinstance(client, RedisCluster) else AsyncScript(client, text)
 
 ScriptCall = Callable[[Sequence[str], Sequence[int | str]], Awaitable[Any]]
 
@@ -106,10 +112,10 @@ class RedisStateStore:
         self._split = isinstance(client, RedisCluster) if split_admission is None else split_admission
         self._scripts = scripts
         self._admit_lua = self._script(client, lua("window.lua", "quota.lua", "admit.lua"), lean=not self._split)
-        self._reserve_lua = AsyncScript(client, lua("window.lua", "quota.lua", "reserve.lua"))
+        self._reserve_lua = _plain(client, lua("window.lua", "quota.lua", "reserve.lua"))
         self._adjust_lua = self._script(client, lua("window.lua", "adjust.lua"))
-        self._record_lua = AsyncScript(client, lua("circuit_record.lua"))
-        self._probe_lua = AsyncScript(client, lua("circuit_probe.lua"))
+        self._record_lua = _plain(client, lua("circuit_record.lua"))
+        self._probe_lua = _plain(client, lua("circuit_probe.lua"))
         self._usage_lua = self._script(client, lua("usage.lua"))
         self._local = LocalCircuitBreakers()  # routing keeps its breakers while Redis is away
         self._pending: deque[UsageRecord] = deque()
@@ -292,7 +298,9 @@ class RedisStateStore:
     # --- internals ---
 
     def _script(self, client: Redis | RedisCluster, text: str, *, lean: bool = True) -> ScriptCall:
-        return self._scripts.script(text) if self._scripts is not None and lean else AsyncScript(client, text)
+        if self._scripts is not None and lean and not isinstance(client, RedisCluster):
+            return self._scripts.script(text)
+        return _plain(client, text)
 
     async def _admit_atomic(self, r: AdmissionRequest) -> Counted:
         keys = tenant_keys(r.tenant, r.now) + deployment_keys(r.deployments)
