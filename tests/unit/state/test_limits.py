@@ -206,3 +206,27 @@ async def test_saturated_deployments_say_when_the_first_frees(store: StateStore)
     full = await store.admit(req(now=T0 + 30, deployments=plan))
     assert (full.reason, full.retry_after_s) == ("deployments_saturated", 36.0)  # b's 5th second leaves at +66
     assert (await store.admit(req(now=T0 + 66, deployments=plan))).deployment == "b"
+
+
+async def test_a_budget_overshoots_only_by_what_admitted_requests_cost_beyond_their_reservations(
+    store: StateStore,
+) -> None:
+    # 20 requests at once, each reserving its estimate of $0.10 against a $1.00 budget: ten fit, ten are refused.
+    results = await asyncio.gather(*(store.admit(req(est_cost_usd=0.1, budget_day_usd=1.0)) for _ in range(20)))
+    admitted = [r for r in results if r.allowed]
+    assert len(admitted) == 10 and {r.reason for r in results if not r.allowed} == {"budget_day"}
+
+    # Each answer cost $0.13 (a longer reply than estimated): the budget is overshot by exactly the excess of the
+    # requests that were in flight, never by a request admitted past it.
+    for _ in admitted:
+        await store.settle("team-a", token_delta=0, cost_delta_usd=0.03, now=T0 + 10)
+    assert await store.spent("team-a", T0 + 10) == (1.3, 1.3)
+    refused = await store.admit(req(now=T0 + 11, est_cost_usd=0.0, budget_day_usd=1.0))
+    assert (refused.allowed, refused.reason, refused.spent_day_usd) == (False, "budget_day", 1.3)
+
+
+async def test_a_replica_whose_clock_runs_behind_is_still_counted(store: StateStore) -> None:
+    assert (await store.admit(req(now=T0 + 100, tenant_rpm=2))).allowed
+    assert (await store.admit(req(now=T0 + 30, tenant_rpm=2))).allowed  # a replica 70 s behind
+    assert not (await store.admit(req(now=T0 + 100.5, tenant_rpm=2))).allowed  # both count
+    assert (await store.admit(req(now=T0 + 101, tenant_rpm=2))).allowed  # the late one counted as the oldest second
