@@ -17,9 +17,9 @@ end
 
 local requests, tokens = tonumber(ARGV[1]), tonumber(ARGV[2])
 if requests ~= 0 or tokens ~= 0 then
-  local bucket, span = tonumber(ARGV[7]), tonumber(ARGV[8])
-  local _, _, lo = window_load(KEYS[1], bucket, span)
-  window_add(KEYS[1], bucket, span, lo, requests, tokens, ARGV[4])
+  local bucket, span, ttl = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[4])
+  local sum_requests, sum_tokens, lo, at, at_requests, at_tokens = window_load(KEYS[1], bucket, span, ttl)
+  window_add(KEYS[1], span, ttl, sum_requests, sum_tokens, lo, at, at_requests, at_tokens, requests, tokens)
 end
 adjust(KEYS[2], ARGV[3], ARGV[5])
 adjust(KEYS[3], ARGV[3], ARGV[6])

@@ -11,10 +11,10 @@ local tokens = tonumber(ARGV[1])
 local cost = tonumber(ARGV[2])
 local rpm_limit, tpm_limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local day_budget, month_budget = tonumber(ARGV[5]), tonumber(ARGV[6])
-local bucket, span = tonumber(ARGV[10]), tonumber(ARGV[11])
+local ttl, bucket, span = tonumber(ARGV[7]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local count = tonumber(ARGV[12])
 
-local requests, used, lo = window_load(KEYS[1], bucket, span)
+local requests, used, lo, at, at_requests, at_tokens = window_load(KEYS[1], bucket, span, ttl)
 local day = tonumber(redis.call('GET', KEYS[2]) or '0')
 local month = tonumber(redis.call('GET', KEYS[3]) or '0')
 
@@ -34,9 +34,9 @@ if reason == 'tenant_rpm' or reason == 'tenant_tpm' then
     excess(tpm_limit, used, tokens))
 end
 
-local chosen, saturated, chosen_lo = 0, {}, nil
+local chosen, saturated, window = 0, {}, nil
 if reason == '' then
-  chosen, saturated, passes_at, chosen_lo = walk_deployments(4, 13, count, tokens, bucket, span)
+  chosen, saturated, passes_at, window = walk_deployments(4, 13, count, tokens, bucket, span, ttl)
   if count > 0 and chosen == 0 then
     reason = 'deployments_saturated'
   end
@@ -45,13 +45,11 @@ if reason ~= '' then
   return {0, reason, chosen, saturated, requests, used, day, month, passes_at}
 end
 
-window_add(KEYS[1], bucket, span, lo, 1, tokens, ARGV[7])
+window_add(KEYS[1], span, ttl, requests, used, lo, at, at_requests, at_tokens, 1, tokens)
 requests, used = requests + 1, used + tokens
 day = redis.call('INCRBY', KEYS[2], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 month = redis.call('INCRBY', KEYS[3], ARGV[2])
 redis.call('EXPIRE', KEYS[3], ARGV[9])
-if chosen > 0 then
-  count_deployment(4, 13, chosen, tokens, bucket, span, chosen_lo, ARGV[7])
-end
+count_deployment(window, tokens, span, ttl)
 return {1, '', chosen, saturated, requests, used, day, month, 0}

@@ -8,40 +8,39 @@ local function deployment_limits(first_arg, i)
 end
 
 -- Walk the deployments in plan order: the first one under its limits is chosen; every one at its limit is saturated.
--- When every one is, also the first bucket from which one of them would take the request.
-local function walk_deployments(first_key, first_arg, count, tokens, bucket, span)
-  local chosen, chosen_lo = 0, nil
+-- Returns the chosen one (0 = none), the saturated ones, the first bucket from which one of them would take the
+-- request when every one is saturated, and the chosen one's window as window_load returned it (a table).
+local function walk_deployments(first_key, first_arg, count, tokens, bucket, span, ttl)
+  local chosen, window = 0, nil
   local saturated = {}
   local passes_at = 0
   for i = 1, count do
     local rpm_limit, tpm_limit = deployment_limits(first_arg, i)
     if rpm_limit >= 0 or tpm_limit >= 0 then
       local key = KEYS[first_key + i - 1]
-      local requests, used, lo = window_load(key, bucket, span)
+      local requests, used, lo, at, at_requests, at_tokens = window_load(key, bucket, span, ttl)
       local over_requests, over_tokens = excess(rpm_limit, requests, 1), excess(tpm_limit, used, tokens)
       if over_requests > 0 or over_tokens > 0 then
         saturated[#saturated + 1] = i
         if chosen == 0 then
-          local at = window_passes_at(key, bucket, span, lo, over_requests, over_tokens)
-          if passes_at == 0 or at < passes_at then
-            passes_at = at
+          local passes = window_passes_at(key, bucket, span, lo, over_requests, over_tokens)
+          if passes_at == 0 or passes < passes_at then
+            passes_at = passes
           end
         end
       elseif chosen == 0 then
-        chosen, chosen_lo = i, lo
+        chosen, window = i, {key, requests, used, lo, at, at_requests, at_tokens}
       end
     elseif chosen == 0 then
       chosen = i
     end
   end
-  return chosen, saturated, passes_at, chosen_lo
+  return chosen, saturated, passes_at, window
 end
 
--- Count one request and its tokens against deployment i, if it has limits at all.
-local function count_deployment(first_key, first_arg, i, tokens, bucket, span, lo, ttl)
-  local rpm_limit, tpm_limit = deployment_limits(first_arg, i)
-  if rpm_limit < 0 and tpm_limit < 0 then
-    return
+-- Count one request and its tokens against the chosen deployment, if it has limits at all (`window` is not nil).
+local function count_deployment(window, tokens, span, ttl)
+  if window ~= nil then
+    window_add(window[1], span, ttl, window[2], window[3], window[4], window[5], window[6], window[7], 1, tokens)
   end
-  window_add(KEYS[first_key + i - 1], bucket, span, lo, 1, tokens, ttl)
 end
