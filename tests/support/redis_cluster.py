@@ -120,6 +120,12 @@ class RedisClusterNodes:
             with _client(m.port) as c:
                 c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", owner_id)
 
+    def flush(self) -> None:
+        """Empty every master."""
+        for m in self.masters:
+            with _client(m.port) as c:
+                c.flushall()
+
     def stop(self) -> None:
         for m in self.masters:
             m.stop()
