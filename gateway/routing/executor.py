@@ -172,7 +172,7 @@ class Executor:
 
 
 def _saturated(name: str) -> AttemptFailure:
-    """A deployment at its own per-minute limit frees when the store's current minute window ends."""
+    """A deployment at its own per-minute limit has room again at the latest when its sliding window has moved on."""
     return AttemptFailure(
         name, ErrorClass.RATE_LIMIT, "skipped: deployment at its own rpm/tpm limit", skipped=True,
         retry_after=seconds_to_next_window(time.time()),

@@ -170,17 +170,29 @@ class StateStore(Protocol):
 
 # --- Periods and money, shared by every implementation so that they agree to the second and the micro-dollar ---
 
-WINDOW_S = 60  # rate limits count in fixed one-minute windows
+# Rate limits count over a sliding window of one minute, kept as one-second buckets: a request is admitted when the
+# buckets of the last WINDOW_S seconds plus the current, partial one leave room for it. In any 60-second span a limit
+# of N per minute therefore admits at most N; the price of whole buckets is that a request may wait up to one second
+# longer than an exact sliding log would make it (never less).
+WINDOW_S = 60
+BUCKET_S = 1
+WINDOW_BUCKETS = WINDOW_S // BUCKET_S + 1  # the buckets counted at any moment, the current one included
 MICRO = 1_000_000  # budgets are kept in integer micro-dollars: sums never drift
 
 
-def window_index(now: float) -> int:
-    """The fixed one-minute window `now` falls in."""
-    return int(now // WINDOW_S)
+def bucket_index(now: float) -> int:
+    """The one-second bucket `now` falls in."""
+    return int(now // BUCKET_S)
+
+
+def seconds_until_bucket(bucket: int, now: float) -> float:
+    """How long until the bucket `bucket` starts."""
+    return max(0.0, bucket * BUCKET_S - now)
 
 
 def seconds_to_next_window(now: float) -> float:
-    return (window_index(now) + 1) * WINDOW_S - now
+    """How long until everything counted at `now` has left the sliding window (the limit is whole again)."""
+    return seconds_until_bucket(bucket_index(now) + WINDOW_BUCKETS, now)
 
 
 def utc_day(now: float) -> str:
@@ -232,10 +244,11 @@ class Counted:
     reason: str | None
     deployment: str | None
     saturated: tuple[str, ...]
-    rpm_used: int  # the tenant's requests in this window, this one included when allowed
+    rpm_used: int  # the tenant's requests in the sliding window, this one included when allowed
     tpm_used: int
     spent_day_micro: int
     spent_month_micro: int
+    passes_at_bucket: int = 0  # refused by a rate limit: the bucket from which the same request would pass
 
 
 def admission_result(request: AdmissionRequest, counted: Counted) -> AdmissionResult:
@@ -247,7 +260,7 @@ def admission_result(request: AdmissionRequest, counted: Counted) -> AdmissionRe
     elif counted.reason == "budget_month":
         retry_after = seconds_to_next_month(request.now)
     elif counted.reason is not None:
-        retry_after = reset
+        retry_after = seconds_until_bucket(counted.passes_at_bucket, request.now) if counted.passes_at_bucket else reset
     rpm, tpm = request.tenant_rpm, request.tenant_tpm
     return AdmissionResult(
         allowed=counted.allowed,

@@ -17,12 +17,13 @@ from gateway.state.base import (
     UsageRecord,
     UsageRow,
     admission_result,
+    bucket_index,
     from_micro,
     to_micro,
     utc_day,
     utc_month,
-    window_index,
 )
+from gateway.state.window import SlidingWindows
 
 USAGE_RETENTION_DAYS = 400
 
@@ -166,7 +167,7 @@ class LocalCircuitBreakers:
 
 
 class _PeriodCounters:
-    """Integer counters that start again from zero when their period (window, day or month) changes."""
+    """Integer counters that start again from zero when their period (day or month) changes."""
 
     def __init__(self) -> None:
         self._values: dict[tuple[str, str], tuple[int | str, int]] = {}
@@ -186,6 +187,7 @@ class MemoryStateStore:
 
     def __init__(self) -> None:
         self._counters = _PeriodCounters()
+        self._windows = SlidingWindows()
         self._circuits = LocalCircuitBreakers()
         self._usage: dict[str, dict[UsageKey, dict[str, int]]] = {}
 
@@ -200,50 +202,58 @@ class MemoryStateStore:
 
     async def admit(self, request: AdmissionRequest) -> AdmissionResult:
         c, tenant = self._counters, request.tenant
-        window, day, month = window_index(request.now), utc_day(request.now), utc_month(request.now)
+        bucket, day, month = bucket_index(request.now), utc_day(request.now), utc_month(request.now)
         cost = to_micro(request.est_cost_usd)
-        requests = c.get("rpm", tenant, window)
-        used = c.get("tpm", tenant, window)
+        requests, used = self._windows.used(("tenant", tenant), bucket)
         spent_day = c.get("usd_day", tenant, day)
         spent_month = c.get("usd_month", tenant, month)
         reason = _tenant_reason(request, requests, used, spent_day + cost, spent_month + cost)
         chosen: DeploymentQuota | None = None
-        saturated: tuple[str, ...] = ()
+        saturated: tuple[DeploymentQuota, ...] = ()
+        passes_at = 0
         if reason is None:
-            chosen, saturated = self._walk(request.deployments, request.tokens, window)
+            chosen, saturated = self._walk(request.deployments, request.tokens, bucket)
             if request.deployments and chosen is None:
                 reason = "deployments_saturated"
+                passes_at = min(self._passes_at(q, request.tokens, bucket) for q in saturated)
+        elif reason in ("tenant_rpm", "tenant_tpm"):
+            passes_at = self._windows.passes_at(
+                ("tenant", tenant),
+                bucket,
+                _excess(request.tenant_rpm, requests, 1),
+                _excess(request.tenant_tpm, used, request.tokens),
+            )
         if reason is None:
-            requests = c.add("rpm", tenant, window, 1)
-            used = c.add("tpm", tenant, window, request.tokens)
+            requests, used = self._windows.add(("tenant", tenant), bucket, 1, request.tokens)
             spent_day = c.add("usd_day", tenant, day, cost)
             spent_month = c.add("usd_month", tenant, month, cost)
             if chosen is not None:
-                self._count_deployment(chosen, request.tokens, window)
+                self._count_deployment(chosen, request.tokens, bucket)
         counted = Counted(
             allowed=reason is None,
             reason=reason,
             deployment=chosen.name if chosen is not None else None,
-            saturated=saturated,
+            saturated=tuple(q.name for q in saturated),
             rpm_used=requests,
             tpm_used=used,
             spent_day_micro=spent_day,
             spent_month_micro=spent_month,
+            passes_at_bucket=passes_at,
         )
         return admission_result(request, counted)
 
     async def reserve_deployment(self, quota: DeploymentQuota, tokens: int, now: float) -> bool:
-        window = window_index(now)
-        chosen, _ = self._walk((quota,), tokens, window)
+        bucket = bucket_index(now)
+        chosen, _ = self._walk((quota,), tokens, bucket)
         if chosen is None:
             return False
-        self._count_deployment(chosen, tokens, window)
+        self._count_deployment(chosen, tokens, bucket)
         return True
 
     async def settle(self, tenant: str, *, token_delta: int, cost_delta_usd: float, now: float) -> None:
         c, cost = self._counters, to_micro(cost_delta_usd)
         if token_delta:
-            c.add("tpm", tenant, window_index(now), token_delta)
+            self._windows.add(("tenant", tenant), bucket_index(now), 0, token_delta)
         if cost:
             c.add("usd_day", tenant, utc_day(now), cost)
             c.add("usd_month", tenant, utc_month(now), cost)
@@ -287,25 +297,28 @@ class MemoryStateStore:
         )
 
     def _walk(
-        self, quotas: Iterable[DeploymentQuota], tokens: int, window: int
-    ) -> tuple[DeploymentQuota | None, tuple[str, ...]]:
+        self, quotas: Iterable[DeploymentQuota], tokens: int, bucket: int
+    ) -> tuple[DeploymentQuota | None, tuple[DeploymentQuota, ...]]:
         """The first deployment under its limits, and every deployment at its limit, in plan order."""
         chosen: DeploymentQuota | None = None
-        saturated: list[str] = []
+        saturated: list[DeploymentQuota] = []
         for q in quotas:
-            full = (q.rpm is not None and self._counters.get("dep_rpm", q.name, window) + 1 > q.rpm) or (
-                q.tpm is not None and self._counters.get("dep_tpm", q.name, window) + tokens > q.tpm
-            )
+            requests, used = self._windows.used(("deployment", q.name), bucket)
+            full = (q.rpm is not None and requests + 1 > q.rpm) or (q.tpm is not None and used + tokens > q.tpm)
             if full:
-                saturated.append(q.name)
+                saturated.append(q)
             elif chosen is None:
                 chosen = q
         return chosen, tuple(saturated)
 
-    def _count_deployment(self, quota: DeploymentQuota, tokens: int, window: int) -> None:
+    def _passes_at(self, quota: DeploymentQuota, tokens: int, bucket: int) -> int:
+        key = ("deployment", quota.name)
+        requests, used = self._windows.used(key, bucket)
+        return self._windows.passes_at(key, bucket, _excess(quota.rpm, requests, 1), _excess(quota.tpm, used, tokens))
+
+    def _count_deployment(self, quota: DeploymentQuota, tokens: int, bucket: int) -> None:
         if quota.rpm is not None or quota.tpm is not None:
-            self._counters.add("dep_rpm", quota.name, window, 1)
-            self._counters.add("dep_tpm", quota.name, window, tokens)
+            self._windows.add(("deployment", quota.name), bucket, 1, tokens)
 
     def _forget_before(self, day: str) -> None:
         start = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC)
@@ -325,3 +338,8 @@ def _tenant_reason(request: AdmissionRequest, requests: int, used: int, day_afte
     if request.budget_month_usd is not None and month_after > to_micro(request.budget_month_usd):
         return "budget_month"
     return None
+
+
+def _excess(limit: int | None, used: int, wanted: int) -> int:
+    """How much must leave the window before `wanted` more fit under `limit` (<= 0: it fits now)."""
+    return 0 if limit is None else used + wanted - limit

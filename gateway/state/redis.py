@@ -34,6 +34,7 @@ from gateway.state.base import (
     utc_day,
 )
 from gateway.state.memory import USAGE_RETENTION_DAYS, LocalCircuitBreakers, UsageKey, sort_rows, tally_usage, usage_row
+from gateway.state.redis_cluster import ClusterScript
 from gateway.state.redis_keys import (
     CIRCUIT_TTL_S,
     DAY_TTL_S,
@@ -51,11 +52,17 @@ from gateway.state.redis_keys import (
     tenant_keys,
     usage_field,
     usage_key,
+    window_args,
 )
 from gateway.state.redis_pipe import PipelinedScripts
 from gateway.state.redis_script import ScriptConnections
 
 log = logging.getLogger("polyroute.state")
+
+
+def _plain(client: Redis | RedisCluster, text: str) -> AsyncScript | ClusterScript:
+    """A script through the client; on a Cluster, one that follows ASK redirects (see redis_cluster.py)."""
+    return ClusterScript(client, text) if isinstance(client, RedisCluster) else AsyncScript(client, text)
 
 ScriptCall = Callable[[Sequence[str], Sequence[int | str]], Awaitable[Any]]
 
@@ -104,11 +111,11 @@ class RedisStateStore:
         self._companions = tuple(companions)  # e.g. Sentinel connections, closed with the store
         self._split = isinstance(client, RedisCluster) if split_admission is None else split_admission
         self._scripts = scripts
-        self._admit_lua = self._script(client, lua("quota.lua", "admit.lua"), lean=not self._split)
-        self._reserve_lua = AsyncScript(client, lua("quota.lua", "reserve.lua"))
-        self._adjust_lua = self._script(client, lua("adjust.lua"))
-        self._record_lua = AsyncScript(client, lua("circuit_record.lua"))
-        self._probe_lua = AsyncScript(client, lua("circuit_probe.lua"))
+        self._admit_lua = self._script(client, lua("window.lua", "quota.lua", "admit.lua"), lean=not self._split)
+        self._reserve_lua = _plain(client, lua("window.lua", "quota.lua", "reserve.lua"))
+        self._adjust_lua = self._script(client, lua("window.lua", "adjust.lua"))
+        self._record_lua = _plain(client, lua("circuit_record.lua"))
+        self._probe_lua = _plain(client, lua("circuit_probe.lua"))
         self._usage_lua = self._script(client, lua("usage.lua"))
         self._local = LocalCircuitBreakers()  # routing keeps its breakers while Redis is away
         self._pending: deque[UsageRecord] = deque()
@@ -166,7 +173,7 @@ class RedisStateStore:
         if not has_quota(quota):
             return True
         try:
-            chosen, _ = await self._reserve((quota,), tokens, now)
+            chosen, _, _ = await self._reserve((quota,), tokens, now)
         except OUTAGE_ERRORS as err:
             self._failed("admit", err)
             if self._failure_mode is StateFailureMode.CLOSED:
@@ -193,7 +200,7 @@ class RedisStateStore:
     async def spent(self, tenant: str, now: float) -> tuple[float, float]:
         keys = tenant_keys(tenant, now)
         try:
-            day, month = await self._client.mget(keys[2], keys[3])
+            day, month = await self._client.mget(keys[1], keys[2])
         except OUTAGE_ERRORS as err:
             self._failed("other", err)
             raise StateUnavailableError("the state store is unreachable: spending is unknown") from err
@@ -291,10 +298,12 @@ class RedisStateStore:
     # --- internals ---
 
     def _script(self, client: Redis | RedisCluster, text: str, *, lean: bool = True) -> ScriptCall:
-        return self._scripts.script(text) if self._scripts is not None and lean else AsyncScript(client, text)
+        if self._scripts is not None and lean and not isinstance(client, RedisCluster):
+            return self._scripts.script(text)
+        return _plain(client, text)
 
     async def _admit_atomic(self, r: AdmissionRequest) -> Counted:
-        keys = tenant_keys(r.tenant, r.now) + deployment_keys(r.deployments, r.now)
+        keys = tenant_keys(r.tenant, r.now) + deployment_keys(r.deployments)
         raw = await self._admit_lua(keys, admit_args(r, r.deployments))
         return admit_reply(raw, r.deployments)
 
@@ -304,7 +313,7 @@ class RedisStateStore:
             return counted
         if not any(has_quota(q) for q in r.deployments):
             return replace(counted, deployment=r.deployments[0].name)
-        chosen, saturated = await self._reserve(r.deployments, r.tokens, r.now)
+        chosen, saturated, passes_at = await self._reserve(r.deployments, r.tokens, r.now)
         if chosen is not None:
             return replace(counted, deployment=chosen, saturated=saturated)
         cost = to_micro(r.est_cost_usd)
@@ -318,18 +327,19 @@ class RedisStateStore:
             tpm_used=counted.tpm_used - r.tokens,
             spent_day_micro=counted.spent_day_micro - cost,
             spent_month_micro=counted.spent_month_micro - cost,
+            passes_at_bucket=passes_at,
         )
 
     async def _reserve(
         self, quotas: Sequence[DeploymentQuota], tokens: int, now: float
-    ) -> tuple[str | None, tuple[str, ...]]:
-        args = [tokens, WINDOW_TTL_S, len(quotas), *quota_args(quotas)]
-        chosen, saturated = await self._reserve_lua(deployment_keys(quotas, now), args)
+    ) -> tuple[str | None, tuple[str, ...], int]:
+        args = [tokens, WINDOW_TTL_S, *window_args(now), len(quotas), *quota_args(quotas)]
+        chosen, saturated, passes_at = await self._reserve_lua(deployment_keys(quotas), args)
         name = quotas[int(chosen) - 1].name if int(chosen) else None
-        return name, tuple(quotas[int(i) - 1].name for i in saturated)
+        return name, tuple(quotas[int(i) - 1].name for i in saturated), int(passes_at)
 
     async def _adjust(self, tenant: str, now: float, *, requests: int, tokens: int, cost: int) -> None:
-        args = [requests, tokens, cost, WINDOW_TTL_S, DAY_TTL_S, MONTH_TTL_S]
+        args = [requests, tokens, cost, WINDOW_TTL_S, DAY_TTL_S, MONTH_TTL_S, *window_args(now)]
         await self._adjust_lua(tenant_keys(tenant, now), args)
 
     async def _write_usage(self, records: Sequence[UsageRecord], keep: Callable[[list[UsageRecord]], None]) -> bool:

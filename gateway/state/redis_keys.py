@@ -7,7 +7,16 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-from gateway.state.base import AdmissionRequest, Counted, DeploymentQuota, to_micro, utc_day, utc_month, window_index
+from gateway.state.base import (
+    WINDOW_BUCKETS,
+    AdmissionRequest,
+    Counted,
+    DeploymentQuota,
+    bucket_index,
+    to_micro,
+    utc_day,
+    utc_month,
+)
 from gateway.state.memory import USAGE_RETENTION_DAYS, UsageKey
 
 PREFIX = "polyroute"
@@ -25,19 +34,19 @@ def lua(*names: str) -> str:
 
 
 def tenant_keys(tenant: str, now: float) -> list[str]:
-    """Requests and tokens in this window, micro-USD spent this day and month; one hash tag, so one Cluster slot."""
+    """The sliding window of requests and tokens, micro-USD spent this day and month; one hash tag, one Cluster slot."""
     tag = f"{PREFIX}:{{t:{tenant}}}"
-    window = window_index(now)
-    return [f"{tag}:rpm:{window}", f"{tag}:tpm:{window}", f"{tag}:usd:{utc_day(now)}", f"{tag}:usd:{utc_month(now)}"]
+    return [f"{tag}:window", f"{tag}:usd:{utc_day(now)}", f"{tag}:usd:{utc_month(now)}"]
 
 
-def deployment_keys(quotas: Sequence[DeploymentQuota], now: float) -> list[str]:
+def deployment_keys(quotas: Sequence[DeploymentQuota]) -> list[str]:
     """Every deployment shares one hash tag, so that one script can walk a plan's deployments even in Cluster."""
-    window = window_index(now)
-    keys: list[str] = []
-    for q in quotas:
-        keys += [f"{PREFIX}:{{deployments}}:{q.name}:rpm:{window}", f"{PREFIX}:{{deployments}}:{q.name}:tpm:{window}"]
-    return keys
+    return [f"{PREFIX}:{{deployments}}:{q.name}:window" for q in quotas]
+
+
+def window_args(now: float) -> list[int]:
+    """The bucket `now` falls in and how many buckets a window counts: the window.lua arguments of every script."""
+    return [bucket_index(now), WINDOW_BUCKETS]
 
 
 def circuit_keys(deployment: str) -> list[str]:
@@ -95,6 +104,7 @@ def admit_args(r: AdmissionRequest, quotas: Sequence[DeploymentQuota]) -> list[i
         WINDOW_TTL_S,
         DAY_TTL_S,
         MONTH_TTL_S,
+        *window_args(r.now),
         len(quotas),
         *quota_args(quotas),
     ]
@@ -102,7 +112,7 @@ def admit_args(r: AdmissionRequest, quotas: Sequence[DeploymentQuota]) -> list[i
 
 def admit_reply(raw: list[Any], quotas: Sequence[DeploymentQuota]) -> Counted:
     """What admit.lua returned, with deployment numbers turned back into names."""
-    allowed, reason, chosen, saturated, requests, used, day, month = raw
+    allowed, reason, chosen, saturated, requests, used, day, month, passes_at = raw
     return Counted(
         allowed=bool(allowed),
         reason=reason or None,
@@ -112,4 +122,5 @@ def admit_reply(raw: list[Any], quotas: Sequence[DeploymentQuota]) -> Counted:
         tpm_used=int(used),
         spent_day_micro=int(day),
         spent_month_micro=int(month),
+        passes_at_bucket=int(passes_at),
     )

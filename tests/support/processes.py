@@ -230,17 +230,20 @@ def start_simulated(
 class RedisServer(_Stoppable):
     """A throwaway `redis-server` on loopback: no persistence, restartable on the same port."""
 
-    def __init__(self, binary: str, port: int, directory: Path, timeout: float) -> None:
+    def __init__(
+        self, binary: str, port: int, directory: Path, timeout: float, extra_args: Sequence[str] = ()
+    ) -> None:
         self.binary = binary
         self.port = port
         self.url = f"redis://{HOST}:{port}/0"
-        self._directory = directory
+        self.directory = directory
         self._timeout = timeout
+        self._extra_args = list(extra_args)
         self.process = self._spawn()
 
     def _spawn(self) -> ManagedProcess:
         args = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        args += ["--dir", str(self._directory), "--daemonize", "no"]
+        args += ["--dir", str(self.directory), "--daemonize", "no", *self._extra_args]
         process = ManagedProcess(args, label="redis")
         deadline = time.monotonic() + self._timeout
         while not self.ping():
@@ -270,15 +273,15 @@ def have_redis() -> bool:
     return shutil.which("redis-server") is not None
 
 
-def start_redis(*, timeout: float = START_TIMEOUT_S) -> RedisServer:
-    """Run `redis-server` on a free loopback port with `--save '' --appendonly no` and wait for PING."""
+def start_redis(*, timeout: float = START_TIMEOUT_S, extra_args: Sequence[str] = ()) -> RedisServer:
+    """Run `redis-server` on a free loopback port with `--save '' --appendonly no` (and `extra_args`), wait for PING."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (check with have_redis() to skip)")
     directory = Path(tempfile.mkdtemp(prefix="redis-", dir=_LIVE.log_dir()))
     for attempt in range(3):
         try:
-            return RedisServer(binary, free_port(), directory, timeout)
+            return RedisServer(binary, free_port(), directory, timeout, extra_args)
         except RuntimeError as exc:
             # Another process may have taken the port between free_port() and the bind: try another one.
             if "address already in use" not in str(exc).lower() or attempt == 2:

@@ -294,7 +294,7 @@ async def test_own_limits_and_open_circuits_count_as_waits(table: PolicyTable) -
     assert 1 <= wait <= 30  # the circuit (30 s) or medium's minute window, whichever frees first
     skipped = {f.deployment: f.retry_after for f in info.value.failures if f.skipped}
     assert skipped.keys() == {"medium", "large"}
-    assert all(w is not None and 0 <= w <= 60 for w in skipped.values())
+    assert all(w is not None and 0 <= w <= 61 for w in skipped.values())  # a minute window plus its current second
 
 
 async def test_a_context_overflow_beside_rate_limits_is_a_429(table: PolicyTable) -> None:

@@ -11,6 +11,7 @@ from gateway.state.base import StateStore
 from gateway.state.factory import connect, create_state_store, parse_redis_url
 from gateway.state.memory import MemoryStateStore
 from gateway.state.redis import RedisStateStore
+from tests.support.redis_cluster import RedisClusterNodes, have_redis_cli, start_cluster
 from tests.unit.state.redis_process import RedisServer
 
 
@@ -21,6 +22,16 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterNodes]:
+    """A real three-master Cluster, shared by the behavioural suite, emptied before each test."""
+    if not have_redis_cli():
+        pytest.skip("redis-server and redis-cli are not installed")
+    cluster = start_cluster()
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture
@@ -38,12 +49,18 @@ def errors() -> list[str]:
     return []
 
 
-@pytest.fixture(params=["memory", "redis", "redis-split"])
+@pytest.fixture(params=["memory", "redis", "redis-split", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, errors: list[str]) -> AsyncIterator[StateStore]:
-    """Each implementation in turn; `redis-split` runs Cluster mode's two-step admission against standalone Redis."""
+    """Each implementation in turn; `redis-split` runs Cluster mode's two-step admission against standalone Redis,
+    `redis-cluster` against a real three-master Cluster."""
     if request.param == "memory":
         s: StateStore = create_state_store(Settings(redis_url=None), on_error=errors.append)
         assert isinstance(s, MemoryStateStore)
+    elif request.param == "redis-cluster":
+        cluster: RedisClusterNodes = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        s = create_state_store(Settings(redis_url=cluster.url), on_error=errors.append)
+        assert isinstance(s, RedisStateStore)
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         server.flush()

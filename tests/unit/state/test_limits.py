@@ -25,16 +25,17 @@ async def test_rpm_is_exact_under_200_concurrent_admits(store: StateStore) -> No
     assert len(allowed) == 50
     rejected = [r for r in results if not r.allowed]
     assert {r.reason for r in rejected} == {"tenant_rpm"}
-    assert all(r.retry_after_s == 55.0 and r.rpm_remaining == 0 for r in rejected)
+    assert all(r.retry_after_s == 61.0 and r.rpm_remaining == 0 for r in rejected)  # the 5th second leaves at +66
     assert sorted(r.rpm_remaining or 0 for r in allowed) == list(range(50))
 
 
-async def test_a_new_window_admits_again(store: StateStore) -> None:
+async def test_the_window_slides_past_a_request(store: StateStore) -> None:
     assert (await store.admit(req(tenant_rpm=1))).allowed
-    assert not (await store.admit(req(now=T0 + 59.9, tenant_rpm=1))).allowed
-    fresh = await store.admit(req(now=T0 + 60, tenant_rpm=1))
+    assert not (await store.admit(req(now=T0 + 60, tenant_rpm=1))).allowed
+    assert not (await store.admit(req(now=T0 + 65.9, tenant_rpm=1))).allowed
+    fresh = await store.admit(req(now=T0 + 66, tenant_rpm=1))
     assert fresh.allowed
-    assert (fresh.rpm_limit, fresh.rpm_remaining, fresh.reset_s) == (1, 0, 60.0)
+    assert (fresh.rpm_limit, fresh.rpm_remaining, fresh.reset_s) == (1, 0, 61.0)
 
 
 async def test_tpm_counts_estimated_tokens_and_settle_corrects_them(store: StateStore) -> None:
@@ -120,7 +121,7 @@ async def test_all_deployments_saturated_rejects_without_counting_the_tenant(sto
         False,
         "deployments_saturated",
         ("a", "b"),
-        55.0,
+        61.0,
     )
     assert full.rpm_remaining == 1
 
@@ -143,10 +144,89 @@ async def test_reserve_deployment_for_fallbacks(store: StateStore) -> None:
     assert await store.reserve_deployment(quota, 400, T0 + 1)
     assert await store.reserve_deployment(quota, 400, T0 + 2)
     assert not await store.reserve_deployment(quota, 100, T0 + 3)
-    assert await store.reserve_deployment(quota, 100, T0 + 60)
+    assert not await store.reserve_deployment(quota, 100, T0 + 61.5)  # both are still in the window
+    assert await store.reserve_deployment(quota, 100, T0 + 62)  # the first one has left it
     assert not await store.reserve_deployment(DeploymentQuota("c", tpm=10), 11, T0)
     assert await store.reserve_deployment(DeploymentQuota("free"), 10**9, T0)
 
     # admission sees what fallbacks reserved
-    after = await store.admit(req(now=T0 + 61, tokens=950, deployments=(quota, DeploymentQuota("c"))))
+    after = await store.admit(req(now=T0 + 62.5, tokens=950, deployments=(quota, DeploymentQuota("c"))))
     assert (after.deployment, after.saturated) == ("c", ("b",))
+
+
+async def test_no_burst_across_a_minute_boundary(store: StateStore) -> None:
+    """A full minute's quota sent just before a whole minute leaves nothing for the seconds just after it."""
+    late = [await store.admit(req(now=T0 + 58.5, tenant_rpm=10)) for _ in range(10)]
+    assert all(r.allowed for r in late)
+
+    early = [await store.admit(req(now=T0 + 61, tenant_rpm=10)) for _ in range(10)]
+
+    assert not any(r.allowed for r in early)
+    assert {(r.reason, r.retry_after_s) for r in early} == {("tenant_rpm", 58.0)}  # second 58 leaves at +119
+
+
+async def test_any_60_second_span_holds_at_most_the_limit(store: StateStore) -> None:
+    """Requests every 1.5 s for three minutes: every 60-second span of admitted ones holds at most the limit."""
+    admitted: list[float] = []
+    for n in range(120):
+        now = T0 + 30 + 1.5 * n  # starting mid-minute, as a fixed window's worst case does
+        if (await store.admit(req(now=now, tenant_rpm=12))).allowed:
+            admitted.append(now)
+
+    busiest = max(sum(1 for t in admitted if start <= t < start + 60) for start in admitted)
+    assert busiest == 12
+    assert len(admitted) >= 3 * 12 - 1  # and the limit is used, not starved: about one a minute-span's worth
+
+
+async def test_retry_after_says_when_the_next_request_passes(store: StateStore) -> None:
+    assert (await store.admit(req(now=T0 + 10.2, tenant_rpm=2))).allowed
+    assert (await store.admit(req(now=T0 + 30.7, tenant_rpm=2))).allowed
+    refused = await store.admit(req(now=T0 + 40, tenant_rpm=2))
+    assert (refused.reason, refused.retry_after_s) == ("tenant_rpm", 31.0)  # the 10th second leaves at +71
+
+    assert not (await store.admit(req(now=T0 + 70.9, tenant_rpm=2))).allowed
+    assert (await store.admit(req(now=T0 + 71, tenant_rpm=2))).allowed
+
+
+async def test_tpm_slides_and_settled_tokens_free_room(store: StateStore) -> None:
+    assert (await store.admit(req(now=T0 + 50, tokens=600, tenant_tpm=1000))).allowed
+    refused = await store.admit(req(now=T0 + 65, tokens=600, tenant_tpm=1000))
+    assert (refused.reason, refused.tpm_remaining, refused.retry_after_s) == ("tenant_tpm", 400, 46.0)
+
+    await store.settle("team-a", token_delta=-400, cost_delta_usd=0.0, now=T0 + 66)  # it used 200 tokens
+    after = await store.admit(req(now=T0 + 67, tokens=600, tenant_tpm=1000))
+    assert (after.allowed, after.tpm_remaining) == (True, 200)
+
+
+async def test_saturated_deployments_say_when_the_first_frees(store: StateStore) -> None:
+    plan = (DeploymentQuota("a", rpm=1), DeploymentQuota("b", rpm=1))
+    assert (await store.admit(req(now=T0 + 20, deployments=plan))).deployment == "a"
+    assert (await store.admit(req(now=T0 + 5, deployments=plan))).deployment == "b"
+
+    full = await store.admit(req(now=T0 + 30, deployments=plan))
+    assert (full.reason, full.retry_after_s) == ("deployments_saturated", 36.0)  # b's 5th second leaves at +66
+    assert (await store.admit(req(now=T0 + 66, deployments=plan))).deployment == "b"
+
+
+async def test_a_budget_overshoots_only_by_what_admitted_requests_cost_beyond_their_reservations(
+    store: StateStore,
+) -> None:
+    # 20 requests at once, each reserving its estimate of $0.10 against a $1.00 budget: ten fit, ten are refused.
+    results = await asyncio.gather(*(store.admit(req(est_cost_usd=0.1, budget_day_usd=1.0)) for _ in range(20)))
+    admitted = [r for r in results if r.allowed]
+    assert len(admitted) == 10 and {r.reason for r in results if not r.allowed} == {"budget_day"}
+
+    # Each answer cost $0.13 (a longer reply than estimated): the budget is overshot by exactly the excess of the
+    # requests that were in flight, never by a request admitted past it.
+    for _ in admitted:
+        await store.settle("team-a", token_delta=0, cost_delta_usd=0.03, now=T0 + 10)
+    assert await store.spent("team-a", T0 + 10) == (1.3, 1.3)
+    refused = await store.admit(req(now=T0 + 11, est_cost_usd=0.0, budget_day_usd=1.0))
+    assert (refused.allowed, refused.reason, refused.spent_day_usd) == (False, "budget_day", 1.3)
+
+
+async def test_a_replica_whose_clock_runs_behind_is_still_counted(store: StateStore) -> None:
+    assert (await store.admit(req(now=T0 + 100, tenant_rpm=2))).allowed
+    assert (await store.admit(req(now=T0 + 30, tenant_rpm=2))).allowed  # a replica 70 s behind
+    assert not (await store.admit(req(now=T0 + 100.5, tenant_rpm=2))).allowed  # both count
+    assert (await store.admit(req(now=T0 + 101, tenant_rpm=2))).allowed  # the late one counted as the oldest second

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from gateway.state.base import (
+    bucket_index,
     from_micro,
     seconds_to_next_day,
     seconds_to_next_month,
     seconds_to_next_window,
+    seconds_until_bucket,
     to_micro,
     utc_day,
     utc_month,
-    window_index,
 )
 
 
@@ -20,10 +21,12 @@ def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: 
     return datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp()
 
 
-def test_windows_are_fixed_minutes() -> None:
-    assert window_index(ts(2025, 1, 1, 0, 0, 59)) == window_index(ts(2025, 1, 1, 0, 0, 0))
-    assert window_index(ts(2025, 1, 1, 0, 1, 0)) == window_index(ts(2025, 1, 1, 0, 0, 0)) + 1
-    assert seconds_to_next_window(ts(2025, 1, 1, 0, 0, 45)) == 15.0
+def test_windows_slide_by_whole_seconds() -> None:
+    start = ts(2025, 1, 1, 0, 0, 59)
+    assert bucket_index(start + 0.999) == bucket_index(start) == bucket_index(ts(2025, 1, 1, 0, 1, 0)) - 1
+    assert seconds_until_bucket(bucket_index(start) + 1, start + 0.25) == 0.75
+    # what is counted at 0:00:59.5 has left the window (60 s plus the current second) at 0:02:00
+    assert seconds_to_next_window(start + 0.5) == 60.5
 
 
 def test_days_and_months_are_utc() -> None:

@@ -23,7 +23,7 @@ def test_a_tenants_keys_share_a_slot() -> None:
 
 def test_the_deployments_of_any_plan_share_a_slot() -> None:
     plan = [DeploymentQuota(name or "x", rpm=1) for name in NAMES]
-    assert len(slots(deployment_keys(plan, NOW))) == 1
+    assert len(slots(deployment_keys(plan))) == 1
 
 
 def test_a_circuits_keys_share_a_slot() -> None:
