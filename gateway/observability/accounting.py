@@ -6,13 +6,16 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from gateway.errors import PolyrouteError
 from gateway.observability.metrics import Metrics
+from gateway.observability.request_scope import noted_request
 from gateway.policy.pricing import estimate_cost_usd
 from gateway.policy.table import Deployment
 from gateway.providers.base import Usage
-from gateway.state.base import StateStore, UsageRecord
+from gateway.state.base import RoutingFact, StateStore, UsageRecord
 
 log = logging.getLogger("polyroute.accounting")
 QUEUE_LIMIT = 100_000
@@ -81,6 +84,17 @@ class Accountant:
     def __init__(self, store: StateStore, metrics: Metrics) -> None:
         self._store = store
         self._metrics = metrics
+        self._watched_params: frozenset[str] = frozenset()
+        self._periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = []
+        self._periodic_tasks: list[asyncio.Task[None]] = []
+
+    def watch_params(self, names: Iterable[str]) -> None:
+        """Body parameters (provider-specific ones) whose presence each request's routing fact records."""
+        self._watched_params = frozenset(names)
+
+    def every(self, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Run `job` every `interval_s` seconds while accounting runs (reports over usage, off the request path)."""
+        self._periodic.append((interval_s, job))
         self._queue: asyncio.Queue[tuple[FinishedRequest, float, UsageRecord | None]] = asyncio.Queue(
             QUEUE_LIMIT
         )
@@ -88,9 +102,16 @@ class Accountant:
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._drain_forever(), name="polyroute-accounting")
+        self._periodic_tasks = [
+            asyncio.create_task(_repeat(interval_s, job), name="polyroute-accounting-periodic")
+            for interval_s, job in self._periodic
+        ]
 
     async def close(self) -> None:
         """Write out everything queued, then stop."""
+        for task in self._periodic_tasks:
+            task.cancel()
+        await asyncio.gather(*self._periodic_tasks, return_exceptions=True)
         await self._queue.join()
         if self._worker is not None:
             self._worker.cancel()
@@ -152,6 +173,7 @@ class Accountant:
                 latency_s=done.duration_s,
                 fallback=done.fallback,
                 attempts=done.attempts,
+                fact=self._routing_fact(done),
             )
         if record is not None or done.settle:
             try:
@@ -159,6 +181,24 @@ class Accountant:
             except asyncio.QueueFull:
                 log.error("accounting queue full: dropping the usage record of one request")
         return cost
+
+    def _routing_fact(self, done: FinishedRequest) -> RoutingFact | None:
+        noted = noted_request()
+        if noted is None:
+            return None
+        facts, body = noted
+        if facts.alias != done.alias or facts.tenant != done.tenant:
+            return None  # noted for another request of this task (never expected): better none than a wrong one
+        return RoutingFact(
+            endpoint=facts.endpoint,
+            stream=facts.stream,
+            data_class=facts.data_class,
+            tags=facts.tags,
+            prompt_tokens=facts.prompt_tokens,
+            max_output_tokens=facts.max_output_tokens,
+            needs=facts.needs,
+            params=self._watched_params.intersection(body) if self._watched_params else frozenset(),
+        )
 
     async def _drain_forever(self) -> None:
         while True:
@@ -187,3 +227,13 @@ class Accountant:
         records = [r for _, _, r in batch if r is not None]
         if records:
             await self._store.record_usage(records)
+
+
+async def _repeat(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+    """`job` now and then every `interval_s`; a failing run is logged and the next one runs as planned."""
+    while True:
+        try:
+            await job()
+        except PolyrouteError as err:  # e.g. the shared store is away: say so, try again next time
+            log.warning("periodic accounting job failed: %s", err.message)
+        await asyncio.sleep(interval_s)
