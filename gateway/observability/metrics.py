@@ -76,7 +76,7 @@ _HELP: Final[Mapping[str, str]] = {
     names.ALIAS_STRANDED_SHARE: "Share (0-1) of an alias's recent traffic that no target outside its dominant vendor "
     f"may serve under the current rules. {_ALIAS}.",
     names.ALIAS_PORTABLE: "1 when the current rules let every recent request of an alias go to another vendor, "
-    f"else 0. {_ALIAS}.",
+    f"else 0; critical = the alias is marked critical in the policy. {_ALIAS}.",
 }
 
 
@@ -111,6 +111,11 @@ class _Children(Generic[_M]):
     def __init__(self, metric: _M) -> None:
         self._metric: _M = metric
         self._children: dict[tuple[str, ...], _M] = {}
+
+    def remove(self, *label_values: str) -> None:
+        """Drop a series (no-op when it does not exist)."""
+        if self._children.pop(label_values, None) is not None:
+            self._metric.remove(*label_values)
 
     def __call__(self, *label_values: str) -> _M:
         child = self._children.get(label_values)
@@ -184,7 +189,7 @@ class Metrics:
         self._vendor_share = gauge(names.VENDOR_SHARE, "mostrecent", "by", "vendor")
         self._vendor_hhi = gauge(names.VENDOR_HHI, "mostrecent", "by")
         self._stranded = gauge(names.ALIAS_STRANDED_SHARE, "mostrecent", "alias")
-        self._portable = gauge(names.ALIAS_PORTABLE, "mostrecent", "alias")
+        self._portable = gauge(names.ALIAS_PORTABLE, "mostrecent", "alias", "critical")
         # Series that alerts use with rate() or increase() must exist before their first event.
         for result in sorted(POLICY_RELOAD_RESULTS):
             self._reloads(result)
@@ -319,8 +324,10 @@ class Metrics:
         hhi: Mapping[str, float],
         stranded: Mapping[str, float],
         portable: Mapping[str, bool],
+        critical: frozenset[str] = frozenset(),
     ) -> None:
-        """Publish the lock-in report's numbers: vendor shares keyed (by, vendor), HHI by `by`, per-alias values."""
+        """Publish the lock-in report's numbers: vendor shares keyed (by, vendor), HHI by `by`, per-alias values
+        (`critical` names the aliases a vendor drill must not strand: the label alerts select on)."""
         for (by, vendor), share in vendor_shares.items():
             if by in LOCKIN_SHARE_BY:
                 self._vendor_share(by, _clamp(vendor, self._known.vendors)).set(share)
@@ -330,7 +337,10 @@ class Metrics:
         for alias, share in stranded.items():
             self._stranded(_clamp(alias, self._known.aliases)).set(share)
         for alias, ok in portable.items():
-            self._portable(_clamp(alias, self._known.aliases)).set(1.0 if ok else 0.0)
+            label = _clamp(alias, self._known.aliases)
+            is_critical = alias in critical
+            self._portable.remove(label, _flag(not is_critical))  # the flag changed with a reload
+            self._portable(label, _flag(is_critical)).set(1.0 if ok else 0.0)
 
     def circuit(self, *, deployment: str, is_open: bool) -> None:
         """Record that a deployment's circuit breaker opened or closed."""

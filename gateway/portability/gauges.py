@@ -26,6 +26,7 @@ def publish(metrics: Metrics, report: dict[str, Any]) -> None:
         hhi=report["hhi"],
         stranded={name: a["stranded_share"] for name, a in aliases.items()},
         portable={name: a["other_vendor_allowed"] for name, a in aliases.items()},
+        critical=frozenset(name for name, a in aliases.items() if a["critical"]),
     )
 
 
