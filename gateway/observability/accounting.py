@@ -154,6 +154,7 @@ class Accountant:
         record = None
         if dep is not None and provider is not None:
             u = usage or Usage()
+            fact, params = self._routing_fact(done)
             record = UsageRecord(
                 ts=time.time(),
                 tenant=done.tenant,
@@ -173,7 +174,8 @@ class Accountant:
                 latency_s=done.duration_s,
                 fallback=done.fallback,
                 attempts=done.attempts,
-                fact=self._routing_fact(done),
+                fact=fact,
+                params=params,
             )
         if record is not None or done.settle:
             try:
@@ -182,23 +184,16 @@ class Accountant:
                 log.error("accounting queue full: dropping the usage record of one request")
         return cost
 
-    def _routing_fact(self, done: FinishedRequest) -> RoutingFact | None:
+    def _routing_fact(self, done: FinishedRequest) -> tuple[RoutingFact | None, frozenset[str]]:
+        """The facts routing saw for this request (noted by the API layer), and the watched parameters it sent."""
         noted = noted_request()
         if noted is None:
-            return None
+            return None, frozenset()
         facts, body = noted
         if facts.alias != done.alias or facts.tenant != done.tenant:
-            return None  # noted for another request of this task (never expected): better none than a wrong one
-        return RoutingFact(
-            endpoint=facts.endpoint,
-            stream=facts.stream,
-            data_class=facts.data_class,
-            tags=facts.tags,
-            prompt_tokens=facts.prompt_tokens,
-            max_output_tokens=facts.max_output_tokens,
-            needs=facts.needs,
-            params=self._watched_params.intersection(body) if self._watched_params else frozenset(),
-        )
+            return None, frozenset()  # noted for another request of this task (never expected): none, not a wrong one
+        # Iterates over the body's few top-level keys, not over the watched list.
+        return facts, self._watched_params.intersection(body) if self._watched_params else frozenset()
 
     async def _drain_forever(self) -> None:
         while True:

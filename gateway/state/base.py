@@ -76,18 +76,26 @@ class CircuitState:
     failures: int = 0
 
 
-@dataclass(slots=True)  # one per request: a frozen dataclass costs twice as much to build
-class RoutingFact:
-    """What routing knew of one request (never its text), kept with its usage so that a drill can replay it."""
+class RoutingFact(Protocol):
+    """What routing knew of one request (never its text), kept with its usage so that a drill can replay it.
 
-    endpoint: str
-    stream: bool
-    data_class: str | None
-    tags: frozenset[str]
-    prompt_tokens: int  # routing's estimate
-    max_output_tokens: int | None
-    needs: frozenset[str]
-    params: frozenset[str] = frozenset()  # provider-specific body parameters the request carried
+    The engine's RequestFacts is one: accounting keeps a reference to it, building nothing per request.
+    """
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def stream(self) -> bool: ...
+    @property
+    def data_class(self) -> str | None: ...
+    @property
+    def tags(self) -> frozenset[str]: ...
+    @property
+    def prompt_tokens(self) -> int: ...  # routing's estimate
+    @property
+    def max_output_tokens(self) -> int | None: ...
+    @property
+    def needs(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,7 @@ class UsageRecord:
     fallback: bool = False
     attempts: int = 1
     fact: RoutingFact | None = None  # None when the request's routing facts are unknown
+    params: frozenset[str] = frozenset()  # provider-specific body parameters the request carried
 
 
 @dataclass(frozen=True)

@@ -21,44 +21,61 @@ def size_bucket(tokens: int) -> int:
     return -(-tokens >> shift) << shift
 
 
-def fact_key(record: UsageRecord, fact: RoutingFact) -> FactKey:
+# What one request's fact is summed under within a batch: built cheaply (the sets as they are), turned into a FactKey
+# once per distinct fact.
+_RawKey = tuple[str, str, str, str, bool, str | None, frozenset[str], int, int | None, frozenset[str], frozenset[str]]
+
+
+def _raw_key(record: UsageRecord, fact: RoutingFact) -> _RawKey:
     return (
         record.alias,
         record.tenant,
         record.deployment,
         fact.endpoint,
-        "1" if fact.stream else "0",
-        fact.data_class or "",
-        ",".join(sorted(fact.tags)),
-        str(size_bucket(fact.prompt_tokens)),
-        "" if fact.max_output_tokens is None else str(size_bucket(fact.max_output_tokens)),
-        ",".join(sorted(fact.needs)),
-        ",".join(sorted(fact.params)),
+        fact.stream,
+        fact.data_class,
+        fact.tags,
+        size_bucket(fact.prompt_tokens),
+        None if fact.max_output_tokens is None else size_bucket(fact.max_output_tokens),
+        fact.needs,
+        record.params,
+    )
+
+
+def _fact_key(raw: _RawKey) -> FactKey:
+    alias, tenant, deployment, endpoint, stream, data_class, tags, prompt, max_out, needs, params = raw
+    return (
+        alias,
+        tenant,
+        deployment,
+        endpoint,
+        "1" if stream else "0",
+        data_class or "",
+        ",".join(sorted(tags)),
+        str(prompt),
+        "" if max_out is None else str(max_out),
+        ",".join(sorted(needs)),
+        ",".join(sorted(params)),
     )
 
 
 def tally_facts(records: Iterable[UsageRecord]) -> dict[str, dict[FactKey, list[int]]]:
     """Sum the records that carry routing facts by day and fact, in FACT_COUNTERS order."""
-    days: dict[str, dict[FactKey, list[int]]] = {}
+    raw_days: dict[str, dict[_RawKey, list[int]]] = {}
     for record in records:
         if record.fact is None:
             continue
-        facts = days.setdefault(utc_day(record.ts), {})
-        key = fact_key(record, record.fact)
-        values = (
-            1,
-            record.input_tokens,
-            record.output_tokens,
-            to_micro(record.cost_usd),
-            round(record.latency_s * 1_000_000),
-        )
+        facts = raw_days.setdefault(utc_day(record.ts), {})
+        key = _raw_key(record, record.fact)
         counts = facts.get(key)
         if counts is None:
-            facts[key] = list(values)
-        else:
-            for i, value in enumerate(values):
-                counts[i] += value
-    return days
+            counts = facts[key] = [0, 0, 0, 0, 0]
+        counts[0] += 1
+        counts[1] += record.input_tokens
+        counts[2] += record.output_tokens
+        counts[3] += to_micro(record.cost_usd)
+        counts[4] += round(record.latency_s * 1_000_000)
+    return {day: {_fact_key(raw): counts for raw, counts in facts.items()} for day, facts in raw_days.items()}
 
 
 def _split(text: str) -> tuple[str, ...]:

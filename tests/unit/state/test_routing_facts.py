@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gateway.policy.plan import RequestFacts
 from gateway.settings import Settings
-from gateway.state.base import RoutingFact, StateStore, UsageRecord, utc_day
+from gateway.state.base import StateStore, UsageRecord, utc_day
 from gateway.state.factory import create_state_store
 from gateway.state.facts import size_bucket
 from tests.unit.state.redis_process import RedisServer
@@ -13,7 +14,9 @@ from tests.unit.state.redis_process import RedisServer
 T0 = 1_780_000_000.0  # a fixed instant, far from midnight UTC
 DAY = utc_day(T0)
 
-PII = RoutingFact(
+PII = RequestFacts(
+    alias="coder",
+    tenant="team-a",
     endpoint="chat",
     stream=False,
     data_class="pii",
@@ -21,11 +24,11 @@ PII = RoutingFact(
     prompt_tokens=1000,
     max_output_tokens=200,
     needs=frozenset({"tools"}),
-    params=frozenset({"enable_thinking"}),
 )
+THINKING = frozenset({"enable_thinking"})
 
 
-def record(fact: RoutingFact | None, **kw: object) -> UsageRecord:
+def record(fact: RequestFacts | None, **kw: object) -> UsageRecord:
     fields: dict[str, object] = {
         "ts": T0,
         "tenant": "team-a",
@@ -41,6 +44,7 @@ def record(fact: RoutingFact | None, **kw: object) -> UsageRecord:
         "cost_usd": 0.25,
         "latency_s": 0.5,
         "fact": fact,
+        "params": THINKING if fact is PII else frozenset(),
     }
     fields.update(kw)
     return UsageRecord(**fields)  # type: ignore[arg-type]
@@ -48,7 +52,8 @@ def record(fact: RoutingFact | None, **kw: object) -> UsageRecord:
 
 async def test_identical_facts_are_one_row_with_their_count_and_sums(store: StateStore) -> None:
     await store.record_usage([record(PII), record(PII), record(None)])
-    await store.record_usage([record(replace(PII, prompt_tokens=1010))])  # the same size bucket as 1000
+    same_bucket = replace(PII, prompt_tokens=1010)  # rounded up to the same size as 1000
+    await store.record_usage([record(same_bucket, params=THINKING)])
     facts = await store.routing_facts(DAY, DAY)
     assert facts.dropped == 0
     [row] = facts.rows
@@ -62,7 +67,7 @@ async def test_identical_facts_are_one_row_with_their_count_and_sums(store: Stat
 
 
 async def test_different_facts_and_days_are_kept_apart(store: StateStore) -> None:
-    public = replace(PII, data_class=None, tags=frozenset(), params=frozenset())
+    public = replace(PII, data_class=None, tags=frozenset())
     await store.record_usage(
         [record(PII), record(public), record(public, tenant="team-b"), record(PII, ts=T0 + 86_400)]
     )
