@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,14 +42,18 @@ async def read_usage(store: StateStore, days: int) -> tuple[list[UsageRow], Rout
 
 async def lockin_from_store(store: StateStore, table: PolicyTable, days: int) -> dict[str, Any]:
     usage, facts, since, until = await read_usage(store, days)
-    return {"since": since, "until": until, **lockin_report(table, usage, facts)}
+    # Up to a few thousand engine decisions: in a thread, so that a gateway's event loop keeps serving meanwhile.
+    report = await asyncio.to_thread(lockin_report, table, usage, facts)
+    return {"since": since, "until": until, **report}
 
 
 async def drill_from_store(
     store: StateStore, table: PolicyTable, days: int, without: str, max_stranded: float
 ) -> dict[str, Any]:
     usage, facts, since, until = await read_usage(store, days)
-    report = vendor_drill(table, usage, facts, without=without, max_stranded=max_stranded)
+    report = await asyncio.to_thread(
+        functools.partial(vendor_drill, table, usage, facts, without=without, max_stranded=max_stranded)
+    )
     return {"since": since, "until": until, **report}
 
 

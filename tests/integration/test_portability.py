@@ -188,6 +188,16 @@ def test_lockin_needs_the_admin_key(gw: Gateway) -> None:
         assert json.loads(error.read())["error"]["type"] == "authentication_error"
 
 
+def test_a_bad_days_value_is_a_400_naming_the_parameter(gw: Gateway) -> None:
+    request = urllib.request.Request(gw.process.url("/admin/lockin?days=99"), headers={"authorization": "Bearer adm"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    with refused.value as error:
+        assert error.code == 400
+        body = json.loads(error.read())["error"]
+        assert body["param"] == "days" and "between 1 and 35" in body["message"]
+
+
 def test_lockin_gauges_are_exported(gw: Gateway) -> None:
     deadline = time.monotonic() + WAIT_S
     while True:
