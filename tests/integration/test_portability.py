@@ -1,8 +1,9 @@
 """Lock-in report and vendor drill as a user runs them: mixed traffic through a real gateway, then the CLI commands.
 
-One gateway (in-process state) in front of a simulated Model Studio (vendor alibaba) and a simulated vLLM (vendor
-self) gets traffic from the official openai client: tenants, a pii data class, a prompt too long for the self-hosted
-window, and Model Studio's `enable_thinking`. `polyroute lockin` and `polyroute drill` then run as processes.
+One gateway (in-process state, then Redis) in front of a simulated Model Studio (vendor alibaba) and a simulated vLLM
+(vendor self) gets traffic from the official openai client: tenants, a pii data class, a prompt too long for the
+self-hosted window, and Model Studio's `enable_thinking`. `polyroute lockin` and `polyroute drill` then run as
+processes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,14 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.observability import names
-from tests.support.processes import GatewayProcess, Upstream, start_gateway, start_simulated
+from tests.support.processes import (
+    GatewayProcess,
+    Upstream,
+    have_redis,
+    start_gateway,
+    start_redis,
+    start_simulated,
+)
 from tests.support.prometheus import scrape, total
 
 POLICY = """
@@ -73,13 +81,18 @@ class Gateway:
             return json.loads(response.read())
 
 
-@pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def gw(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    if request.param == "redis" and not have_redis():
+        pytest.skip("redis-server is not installed")
     cloud = start_simulated("modelstudio", name="sim-cloud")
     vllm = start_simulated("vllm", name="sim-vllm")
+    redis = start_redis() if request.param == "redis" else None
     policy: Path = tmp_path_factory.mktemp("portability") / "policy.yaml"
     policy.write_text(POLICY.format(cloud=cloud.base_url, vllm=vllm.base_url))
     env = {"POLYROUTE_ADMIN_KEY": "adm", "POLYROUTE_LOCKIN_REFRESH_SECONDS": "0.2"}
+    if redis is not None:
+        env["POLYROUTE_REDIS_URL"] = redis.url
     process = start_gateway(policy, env=env)
     try:
         gateway = Gateway(process, cloud, vllm)
@@ -87,8 +100,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         yield gateway
     finally:
         process.stop()
-        cloud.stop()
-        vllm.stop()
+        for other in (cloud, vllm, *([redis] if redis is not None else [])):
+            other.stop()
 
 
 def send_mixed_traffic(gw: Gateway) -> None:
