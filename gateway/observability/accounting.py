@@ -84,6 +84,10 @@ class Accountant:
     def __init__(self, store: StateStore, metrics: Metrics) -> None:
         self._store = store
         self._metrics = metrics
+        self._queue: asyncio.Queue[tuple[FinishedRequest, float, UsageRecord | None]] = asyncio.Queue(
+            QUEUE_LIMIT
+        )
+        self._worker: asyncio.Task[None] | None = None
         self._watched_params: frozenset[str] = frozenset()
         self._periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = []
         self._periodic_tasks: list[asyncio.Task[None]] = []
@@ -95,10 +99,6 @@ class Accountant:
     def every(self, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
         """Run `job` every `interval_s` seconds while accounting runs (reports over usage, off the request path)."""
         self._periodic.append((interval_s, job))
-        self._queue: asyncio.Queue[tuple[FinishedRequest, float, UsageRecord | None]] = asyncio.Queue(
-            QUEUE_LIMIT
-        )
-        self._worker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._drain_forever(), name="polyroute-accounting")
