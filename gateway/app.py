@@ -19,6 +19,7 @@ from gateway.api.admin import admin_routes
 from gateway.api.cors import BrowserCORS
 from gateway.api.health import health_routes
 from gateway.api.openai_routes import model_routes
+from gateway.api.portability_routes import portability_routes
 from gateway.api.protocol_request import protocol_error_response
 from gateway.api.responses import error_response
 from gateway.errors import BadRequestError, NotFoundError, PolicyError, PolyrouteError
@@ -59,6 +60,7 @@ def create_app(settings: Settings, *, table: PolicyTable | None = None) -> Starl
         *model_routes(runtime),
         *health_routes(runtime, with_metrics=settings.metrics_port is None),
         *admin_routes(runtime),
+        *portability_routes(runtime),
     ]
     hot = {r.path: r.app for r in routes if isinstance(r, Route) and r.methods == {"POST"} and r.path in HOT_PATHS}
     origins = settings.cors_origin_list

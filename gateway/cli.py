@@ -1,4 +1,4 @@
-"""The `polyroute` command: serve, demo, policy check, route explain, usage."""
+"""The `polyroute` command: serve, demo, policy check, route explain, usage, lockin, drill."""
 
 from __future__ import annotations
 
@@ -65,6 +65,34 @@ def main(argv: list[str] | None = None) -> int:
     usage.add_argument("--url", help="ask this gateway's /admin/usage instead of the store")
     usage.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    lockin = sub.add_parser(
+        "lockin",
+        help="how locked-in the traffic is: vendor shares, concentration, aliases that cannot leave their vendor",
+        description="Each vendor's, jurisdiction's and hosting type's share of requests, tokens and spend, vendor "
+        "concentration (HHI), and per alias whether the current rules let its recorded traffic go to another vendor "
+        "or a self-hosted target, and which provider-specific parameters it sends. Same sources as `usage` (with "
+        "POLYROUTE_REDIS_URL, the policy comes from POLYROUTE_POLICY).",
+    )
+    lockin.add_argument("--days", type=int, default=7, help="the last N UTC days, today included (default: 7)")
+    lockin.add_argument("--url", help="ask this gateway's /admin/lockin instead of the store")
+    lockin.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    drill = sub.add_parser(
+        "drill",
+        help="replay recorded traffic as if a vendor were gone; fails when a critical alias loses traffic",
+        description="Replays the recorded routing facts through the routing engine with every deployment of the "
+        "vendor removed: per alias, the requests refused and the rules that refuse them, where the rest go, and "
+        "the cost and latency change. Exits with status 3 when an alias marked `critical: true` would lose more "
+        "than --max-stranded of its traffic.",
+    )
+    drill.add_argument("--without", required=True, metavar="VENDOR", help="the vendor to remove")
+    drill.add_argument("--days", type=int, default=7, help="the last N UTC days, today included (default: 7)")
+    drill.add_argument("--url", help="ask this gateway's /admin/drill instead of the store")
+    drill.add_argument("--json", action="store_true", help="print JSON instead of text")
+    drill.add_argument(
+        "--max-stranded", type=float, default=0.0, help="share of a critical alias's traffic it may lose (default: 0)"
+    )
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -78,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             return _policy_check(args.file)
         if args.command == "route":
             return _route_explain(args)
+        if args.command in ("lockin", "drill"):
+            return _portability(args)
         from gateway.observability.usage_cli import run_usage
 
         return asyncio.run(run_usage(Settings(), args.days, args.group_by, args.url, args.json))
@@ -89,6 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     except PolyrouteError as err:
         print(f"error: {err.message}", file=sys.stderr)
         return 1
+
+
+def _portability(args: argparse.Namespace) -> int:
+    from gateway.portability.commands import run_drill, run_lockin
+
+    if args.command == "lockin":
+        return asyncio.run(run_lockin(Settings(), args.days, args.url, args.json))
+    return asyncio.run(run_drill(Settings(), args.without, args.days, args.url, args.json, args.max_stranded))
 
 
 def _serve(args: argparse.Namespace) -> int:

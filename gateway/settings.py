@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=2048, gt=0)
     # Browser origins allowed to call /v1 (comma list of scheme://host[:port], or *); unset = no CORS headers.
     cors_origins: str | None = None
+    # Portability: distinct routing facts kept per UTC day (identical facts share one row with a count), and how
+    # often the lock-in gauges are recomputed.
+    routing_facts_per_day: int = Field(default=5_000, gt=0)
+    lockin_refresh_seconds: float = Field(default=60.0, gt=0)
 
     @field_validator("cors_origins")
     @classmethod
@@ -96,7 +100,7 @@ def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
     """Worker processes read their settings from the environment: write the resolved ones there."""
     for name in ("policy", "redis_url", "admin_key", "max_body_bytes", "state_failure_mode", "metrics_port",
                  "max_upstream_body_bytes", "max_sse_event_bytes", "cors_origins", "header_timeout_seconds",
-                 "body_timeout_seconds", "max_connections"):
+                 "body_timeout_seconds", "max_connections", "routing_facts_per_day", "lockin_refresh_seconds"):
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))

@@ -10,6 +10,7 @@ import orjson
 from starlette.datastructures import Headers
 
 from gateway.errors import BadRequestError
+from gateway.observability.request_scope import note_request
 from gateway.policy.plan import RequestFacts
 from gateway.policy.table import Tenant
 from gateway.providers.base import Endpoint
@@ -199,8 +200,8 @@ def _checked_metadata(metadata: Any) -> dict[str, Any]:
 
 
 def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
-    """What the routing engine sees of a parsed request and its tenant."""
-    return RequestFacts(
+    """What the routing engine sees of a parsed request and its tenant (noted for the request's usage record)."""
+    facts = RequestFacts(
         alias=parsed.model,
         tenant=tenant.name,
         endpoint=parsed.endpoint.value,
@@ -212,3 +213,5 @@ def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
         needs=parsed.needs,
         allowed_aliases=tenant.models,
     )
+    note_request(facts, parsed.body)
+    return facts

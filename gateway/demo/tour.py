@@ -25,6 +25,8 @@ from gateway.policy.loader import load_policy
 from gateway.policy.plan import HealthSnapshot
 from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import PolicyTable
+from gateway.portability.commands import lockin_from_store
+from gateway.portability.render import render_lockin
 from gateway.providers.base import Endpoint
 from gateway.settings import Settings, environment
 
@@ -85,9 +87,9 @@ async def run_demo(*, port: int = 0) -> int:
 
     from gateway.app import create_app
 
+    app = create_app(settings, table=table)
     server = uvicorn.Server(
-        uvicorn.Config(create_app(settings, table=table), host="127.0.0.1", port=gateway_port,
-                       log_level="warning", access_log=False)
+        uvicorn.Config(app, host="127.0.0.1", port=gateway_port, log_level="warning", access_log=False)
     )
     serving = asyncio.create_task(server.serve())
     try:
@@ -104,6 +106,11 @@ async def run_demo(*, port: int = 0) -> int:
         await serving
         await cloud.cleanup()
         await local.cleanup()
+    # The server has stopped and its accounting has written every usage record: the tour's traffic is all there.
+    report = await lockin_from_store(app.state.runtime.store, table, days=1)
+    print("\n10. `polyroute lockin`: how locked-in the tour's traffic is (GET /admin/lockin has the same as JSON):")
+    for line in render_lockin(report).splitlines():
+        print(f"    {line}")
     print("\nDemo finished. Next: `polyroute policy check policies/demo.yaml`, or `polyroute serve --policy FILE`.")
     return 0
 

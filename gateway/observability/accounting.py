@@ -6,13 +6,16 @@ import asyncio
 import logging
 import re
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from gateway.errors import PolyrouteError
 from gateway.observability.metrics import Metrics
+from gateway.observability.request_scope import noted_request
 from gateway.policy.pricing import estimate_cost_usd
 from gateway.policy.table import Deployment
 from gateway.providers.base import Usage
-from gateway.state.base import StateStore, UsageRecord
+from gateway.state.base import RoutingFact, StateStore, UsageRecord
 
 log = logging.getLogger("polyroute.accounting")
 QUEUE_LIMIT = 100_000
@@ -85,12 +88,30 @@ class Accountant:
             QUEUE_LIMIT
         )
         self._worker: asyncio.Task[None] | None = None
+        self._watched_params: frozenset[str] = frozenset()
+        self._periodic: list[tuple[float, Callable[[], Awaitable[None]]]] = []
+        self._periodic_tasks: list[asyncio.Task[None]] = []
+
+    def watch_params(self, names: Iterable[str]) -> None:
+        """Body parameters (provider-specific ones) whose presence each request's routing fact records."""
+        self._watched_params = frozenset(names)
+
+    def every(self, interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+        """Run `job` every `interval_s` seconds while accounting runs (reports over usage, off the request path)."""
+        self._periodic.append((interval_s, job))
 
     async def start(self) -> None:
         self._worker = asyncio.create_task(self._drain_forever(), name="polyroute-accounting")
+        self._periodic_tasks = [
+            asyncio.create_task(_repeat(interval_s, job), name="polyroute-accounting-periodic")
+            for interval_s, job in self._periodic
+        ]
 
     async def close(self) -> None:
         """Write out everything queued, then stop."""
+        for task in self._periodic_tasks:
+            task.cancel()
+        await asyncio.gather(*self._periodic_tasks, return_exceptions=True)
         await self._queue.join()
         if self._worker is not None:
             self._worker.cancel()
@@ -133,6 +154,7 @@ class Accountant:
         record = None
         if dep is not None and provider is not None:
             u = usage or Usage()
+            fact, params = self._routing_fact(done)
             record = UsageRecord(
                 ts=time.time(),
                 tenant=done.tenant,
@@ -152,6 +174,8 @@ class Accountant:
                 latency_s=done.duration_s,
                 fallback=done.fallback,
                 attempts=done.attempts,
+                fact=fact,
+                params=params,
             )
         if record is not None or done.settle:
             try:
@@ -159,6 +183,17 @@ class Accountant:
             except asyncio.QueueFull:
                 log.error("accounting queue full: dropping the usage record of one request")
         return cost
+
+    def _routing_fact(self, done: FinishedRequest) -> tuple[RoutingFact | None, frozenset[str]]:
+        """The facts routing saw for this request (noted by the API layer), and the watched parameters it sent."""
+        noted = noted_request()
+        if noted is None:
+            return None, frozenset()
+        facts, body = noted
+        if facts.alias != done.alias or facts.tenant != done.tenant:
+            return None, frozenset()  # noted for another request of this task (never expected): none, not a wrong one
+        # Iterates over the body's few top-level keys, not over the watched list.
+        return facts, self._watched_params.intersection(body) if self._watched_params else frozenset()
 
     async def _drain_forever(self) -> None:
         while True:
@@ -187,3 +222,13 @@ class Accountant:
         records = [r for _, _, r in batch if r is not None]
         if records:
             await self._store.record_usage(records)
+
+
+async def _repeat(interval_s: float, job: Callable[[], Awaitable[None]]) -> None:
+    """`job` now and then every `interval_s`; a failing run is logged and the next one runs as planned."""
+    while True:
+        try:
+            await job()
+        except PolyrouteError as err:  # e.g. the shared store is away: say so, try again next time
+            log.warning("periodic accounting job failed: %s", err.message)
+        await asyncio.sleep(interval_s)

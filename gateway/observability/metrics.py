@@ -27,6 +27,7 @@ BUDGET_PERIODS: Final = frozenset({"day", "month"})
 POLICY_RELOAD_RESULTS: Final = frozenset({"success", "error"})
 STATE_STORE_OPS: Final = frozenset({"admit", "settle", "circuit", "usage", "ping", OTHER})
 HOSTINGS: Final = frozenset({"cloud", "self_hosted", NONE})
+LOCKIN_SHARE_BY: Final = frozenset({"requests", "tokens", "spend"})
 
 # Text format 0.0.4 is what generate_latest writes and what every Prometheus version scrapes.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -68,6 +69,14 @@ _HELP: Final[Mapping[str, str]] = {
     names.BUDGET_REMAINING_USD: "US dollars a tenant may still spend in the current budget period (day or month).",
     names.POLICY_RELOADS_TOTAL: "Policy reloads; a failed reload keeps the previous policy.",
     names.STATE_STORE_ERRORS_TOTAL: "Failed state store operations (limits, budgets, shared circuits, usage records).",
+    names.VENDOR_SHARE: "Each vendor's share (0-1) of the last day's requests, tokens or spend (by), from usage "
+    "records; recomputed periodically.",
+    names.VENDOR_HHI: "Vendor concentration of the last day's spend or tokens (by), as a Herfindahl-Hirschman index "
+    "(0-10000; 10000 = one vendor).",
+    names.ALIAS_STRANDED_SHARE: "Share (0-1) of an alias's recent traffic that no target outside its dominant vendor "
+    f"may serve under the current rules. {_ALIAS}.",
+    names.ALIAS_PORTABLE: "1 when the current rules let every recent request of an alias go to another vendor, "
+    f"else 0; critical = the alias is marked critical in the policy. {_ALIAS}.",
 }
 
 
@@ -102,6 +111,11 @@ class _Children(Generic[_M]):
     def __init__(self, metric: _M) -> None:
         self._metric: _M = metric
         self._children: dict[tuple[str, ...], _M] = {}
+
+    def remove(self, *label_values: str) -> None:
+        """Drop a series (no-op when it does not exist)."""
+        if self._children.pop(label_values, None) is not None:
+            self._metric.remove(*label_values)
 
     def __call__(self, *label_values: str) -> _M:
         child = self._children.get(label_values)
@@ -171,6 +185,11 @@ class Metrics:
         self._rate_limited = counter(names.RATE_LIMITED_TOTAL, "tenant", "reason")
         self._reloads = counter(names.POLICY_RELOADS_TOTAL, "result")
         self._state_errors = counter(names.STATE_STORE_ERRORS_TOTAL, "op")
+        # Computed from the shared usage by any worker: the latest computation wins.
+        self._vendor_share = gauge(names.VENDOR_SHARE, "mostrecent", "by", "vendor")
+        self._vendor_hhi = gauge(names.VENDOR_HHI, "mostrecent", "by")
+        self._stranded = gauge(names.ALIAS_STRANDED_SHARE, "mostrecent", "alias")
+        self._portable = gauge(names.ALIAS_PORTABLE, "mostrecent", "alias", "critical")
         # Series that alerts use with rate() or increase() must exist before their first event.
         for result in sorted(POLICY_RELOAD_RESULTS):
             self._reloads(result)
@@ -297,6 +316,31 @@ class Metrics:
             _clamp(to_deployment, k.deployments),
             _clamp(reason, _ERROR_CLASSES),
         ).inc()
+
+    def lockin(
+        self,
+        *,
+        vendor_shares: Mapping[tuple[str, str], float],
+        hhi: Mapping[str, float],
+        stranded: Mapping[str, float],
+        portable: Mapping[str, bool],
+        critical: frozenset[str] = frozenset(),
+    ) -> None:
+        """Publish the lock-in report's numbers: vendor shares keyed (by, vendor), HHI by `by`, per-alias values
+        (`critical` names the aliases a vendor drill must not strand: the label alerts select on)."""
+        for (by, vendor), share in vendor_shares.items():
+            if by in LOCKIN_SHARE_BY:
+                self._vendor_share(by, _clamp(vendor, self._known.vendors)).set(share)
+        for by, value in hhi.items():
+            if by in LOCKIN_SHARE_BY:
+                self._vendor_hhi(by).set(value)
+        for alias, share in stranded.items():
+            self._stranded(_clamp(alias, self._known.aliases)).set(share)
+        for alias, ok in portable.items():
+            label = _clamp(alias, self._known.aliases)
+            is_critical = alias in critical
+            self._portable.remove(label, _flag(not is_critical))  # the flag changed with a reload
+            self._portable(label, _flag(is_critical)).set(1.0 if ok else 0.0)
 
     def circuit(self, *, deployment: str, is_open: bool) -> None:
         """Record that a deployment's circuit breaker opened or closed."""

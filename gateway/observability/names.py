@@ -18,6 +18,10 @@ RATE_LIMITED_TOTAL: Final = "polyroute_rate_limited_total"
 BUDGET_REMAINING_USD: Final = "polyroute_budget_remaining_usd"
 POLICY_RELOADS_TOTAL: Final = "polyroute_policy_reloads_total"
 STATE_STORE_ERRORS_TOTAL: Final = "polyroute_state_store_errors_total"
+VENDOR_SHARE: Final = "polyroute_vendor_share"
+VENDOR_HHI: Final = "polyroute_vendor_hhi"
+ALIAS_STRANDED_SHARE: Final = "polyroute_alias_stranded_share"
+ALIAS_PORTABLE: Final = "polyroute_alias_portable"
 
 ALL: Final[tuple[str, ...]] = (
     REQUESTS_TOTAL,
@@ -34,6 +38,10 @@ ALL: Final[tuple[str, ...]] = (
     BUDGET_REMAINING_USD,
     POLICY_RELOADS_TOTAL,
     STATE_STORE_ERRORS_TOTAL,
+    VENDOR_SHARE,
+    VENDOR_HHI,
+    ALIAS_STRANDED_SHARE,
+    ALIAS_PORTABLE,
 )
 
 # Histograms are exposed as <name>_bucket, <name>_sum and <name>_count series.

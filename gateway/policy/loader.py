@@ -288,7 +288,13 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
         for name, d in spec.deployments.items()
     }
     aliases = {
-        name: Alias(name=name, targets=tuple(a.targets), strategy=a.strategy, weights=tuple(a.weights or ()))
+        name: Alias(
+            name=name,
+            targets=tuple(a.targets),
+            strategy=a.strategy,
+            weights=tuple(a.weights or ()),
+            critical=a.critical,
+        )
         for name, a in spec.aliases.items()
     }
     rules = tuple(

@@ -167,6 +167,7 @@ class AliasSpec(SpecModel):
     targets: StrList
     strategy: Strategy = Strategy.PRIORITY
     weights: list[PositiveFloat] | None = None
+    critical: bool = False  # `polyroute drill` fails when this alias would lose traffic without a vendor
 
 
 class RangeSpec(SpecModel):

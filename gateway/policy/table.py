@@ -94,6 +94,7 @@ class Alias:
     targets: tuple[str, ...]
     strategy: Strategy
     weights: tuple[float, ...] = ()
+    critical: bool = False  # a vendor drill fails when it would lose traffic
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,63 @@ class CircuitState:
     failures: int = 0
 
 
+class RoutingFact(Protocol):
+    """What routing knew of one request (never its text), kept with its usage so that a drill can replay it.
+
+    The engine's RequestFacts is one: accounting keeps a reference to it, building nothing per request.
+    """
+
+    @property
+    def endpoint(self) -> str: ...
+    @property
+    def stream(self) -> bool: ...
+    @property
+    def data_class(self) -> str | None: ...
+    @property
+    def tags(self) -> frozenset[str]: ...
+    @property
+    def prompt_tokens(self) -> int: ...  # routing's estimate
+    @property
+    def max_output_tokens(self) -> int | None: ...
+    @property
+    def needs(self) -> frozenset[str]: ...
+
+
+@dataclass(frozen=True)
+class RoutingFactRow:
+    """Identical routing facts of one day, alias, tenant and serving deployment, with their count and sums.
+
+    Prompt and output sizes are rounded up to at most 1/8 above the estimate, so that near-identical requests share a
+    row; a replay therefore never finds room in a context window that the real request might not have had.
+    """
+
+    day: str
+    alias: str
+    tenant: str
+    deployment: str
+    endpoint: str
+    stream: bool
+    data_class: str | None
+    tags: tuple[str, ...]
+    prompt_tokens: int
+    max_output_tokens: int | None
+    needs: tuple[str, ...]
+    params: tuple[str, ...]
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s_sum: float = 0.0
+
+
+@dataclass(frozen=True)
+class RoutingFacts:
+    """The routing facts of some days, and how many requests were not kept because a day's cap was reached."""
+
+    rows: tuple[RoutingFactRow, ...] = ()
+    dropped: int = 0
+
+
 @dataclass(slots=True)  # one per request: a frozen dataclass costs twice as much to build
 class UsageRecord:
     """One finished request, as accounting reports it."""
@@ -98,6 +155,8 @@ class UsageRecord:
     latency_s: float = 0.0
     fallback: bool = False
     attempts: int = 1
+    fact: RoutingFact | None = None  # None when the request's routing facts are unknown
+    params: frozenset[str] = frozenset()  # provider-specific body parameters the request carried
 
 
 @dataclass(frozen=True)
@@ -162,6 +221,10 @@ class StateStore(Protocol):
     async def record_usage(self, records: Sequence[UsageRecord]) -> None: ...
 
     async def usage(self, since_day: str, until_day: str) -> list[UsageRow]: ...
+
+    async def routing_facts(self, since_day: str, until_day: str) -> RoutingFacts:
+        """The routing facts recorded with usage (at most a capped number of distinct facts per day)."""
+        ...
 
     async def spent(self, tenant: str, now: float) -> tuple[float, float]:
         """USD spent (day, month) by a tenant."""

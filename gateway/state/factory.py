@@ -120,7 +120,7 @@ def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -
     op is one of admit, settle, circuit, usage, ping, other (the `polyroute_state_store_errors_total` labels).
     """
     if settings.redis_url is None:
-        return MemoryStateStore()
+        return MemoryStateStore(facts_per_day=settings.routing_facts_per_day)
     target = parse_redis_url(settings.redis_url)
     client, companions = connect(target)
     lean = client.connection_pool if isinstance(client, Redis) and target.kind == "standalone" else None
@@ -132,6 +132,7 @@ def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -
         secrets=[target.password] if target.password else [],
         companions=companions,
         scripts=_lean_scripts(lean),
+        facts_per_day=settings.routing_facts_per_day,
     )
 
 

@@ -14,6 +14,7 @@ from gateway.state.base import (
     CircuitState,
     Counted,
     DeploymentQuota,
+    RoutingFacts,
     UsageRecord,
     UsageRow,
     admission_result,
@@ -23,6 +24,7 @@ from gateway.state.base import (
     utc_day,
     utc_month,
 )
+from gateway.state.facts import DEFAULT_FACTS_PER_DAY, FACT_RETENTION_DAYS, FactLedger
 from gateway.state.window import SlidingWindows
 
 USAGE_RETENTION_DAYS = 400
@@ -185,11 +187,12 @@ class _PeriodCounters:
 class MemoryStateStore:
     """Every StateStore operation in this process, with no I/O: exact because no call awaits mid-way."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, facts_per_day: int = DEFAULT_FACTS_PER_DAY) -> None:
         self._counters = _PeriodCounters()
         self._windows = SlidingWindows()
         self._circuits = LocalCircuitBreakers()
         self._usage: dict[str, dict[UsageKey, dict[str, int]]] = {}
+        self._facts = FactLedger(facts_per_day)
 
     async def start(self) -> None:
         return None
@@ -287,6 +290,11 @@ class MemoryStateStore:
                 row = stored.setdefault(key, {})
                 for name, value in counts.items():
                     row[name] = row.get(name, 0) + value
+        self._facts.add(records)
+
+    async def routing_facts(self, since_day: str, until_day: str) -> RoutingFacts:
+        rows, dropped = self._facts.rows(since_day, until_day)
+        return RoutingFacts(tuple(rows), dropped)
 
     async def usage(self, since_day: str, until_day: str) -> list[UsageRow]:
         return sort_rows(
@@ -325,6 +333,7 @@ class MemoryStateStore:
         cutoff = (start - timedelta(days=USAGE_RETENTION_DAYS)).strftime("%Y-%m-%d")
         for old in [d for d in self._usage if d < cutoff]:
             del self._usage[old]
+        self._facts.forget_before((start - timedelta(days=FACT_RETENTION_DAYS)).strftime("%Y-%m-%d"))
 
 
 def _tenant_reason(request: AdmissionRequest, requests: int, used: int, day_after: int, month_after: int) -> str | None:

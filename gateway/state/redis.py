@@ -25,6 +25,8 @@ from gateway.state.base import (
     CircuitState,
     Counted,
     DeploymentQuota,
+    RoutingFactRow,
+    RoutingFacts,
     StateUnavailableError,
     UsageRecord,
     UsageRow,
@@ -33,8 +35,10 @@ from gateway.state.base import (
     to_micro,
     utc_day,
 )
+from gateway.state.facts import DEFAULT_FACTS_PER_DAY, FACT_RETENTION_DAYS
 from gateway.state.memory import USAGE_RETENTION_DAYS, LocalCircuitBreakers, UsageKey, sort_rows, tally_usage, usage_row
 from gateway.state.redis_cluster import ClusterScript
+from gateway.state.redis_facts import FACTS_TTL_S, fact_args, fact_rows, facts_key
 from gateway.state.redis_keys import (
     CIRCUIT_TTL_S,
     DAY_TTL_S,
@@ -100,6 +104,7 @@ class RedisStateStore:
         companions: Sequence[Redis] = (),
         split_admission: bool | None = None,
         scripts: ScriptConnections | PipelinedScripts | None = None,
+        facts_per_day: int = DEFAULT_FACTS_PER_DAY,
     ) -> None:
         """`scripts` (standalone only) runs admission, settlement and usage writes, the commands of every request,
         over connections of their own instead of through the client."""
@@ -111,12 +116,13 @@ class RedisStateStore:
         self._companions = tuple(companions)  # e.g. Sentinel connections, closed with the store
         self._split = isinstance(client, RedisCluster) if split_admission is None else split_admission
         self._scripts = scripts
+        self._facts_per_day = facts_per_day
         self._admit_lua = self._script(client, lua("window.lua", "quota.lua", "admit.lua"), lean=not self._split)
         self._reserve_lua = _plain(client, lua("window.lua", "quota.lua", "reserve.lua"))
         self._adjust_lua = self._script(client, lua("window.lua", "adjust.lua"))
         self._record_lua = _plain(client, lua("circuit_record.lua"))
         self._probe_lua = _plain(client, lua("circuit_probe.lua"))
-        self._usage_lua = self._script(client, lua("usage.lua"))
+        self._usage_lua = self._script(client, lua("usage_facts.lua"))
         self._local = LocalCircuitBreakers()  # routing keeps its breakers while Redis is away
         self._pending: deque[UsageRecord] = deque()
         self._dropped = 0
@@ -287,6 +293,29 @@ class RedisStateStore:
             rows += [usage_row(day, key, counts) for key, counts in counters.items()]
         return sort_rows(rows)
 
+    async def routing_facts(self, since_day: str, until_day: str) -> RoutingFacts:
+        start, end = date.fromisoformat(since_day), date.fromisoformat(until_day)
+        start = max(start, end - timedelta(days=FACT_RETENTION_DAYS))  # older days have expired anyway
+        days = [(start + timedelta(days=n)).isoformat() for n in range((end - start).days + 1)]
+        if not days:
+            return RoutingFacts()
+        pipe = self._client.pipeline(transaction=False)
+        for day in days:
+            pipe.hgetall(facts_key(usage_key(day)))
+        try:
+            hashes = await pipe.execute()
+        except OUTAGE_ERRORS as err:
+            self._failed("usage", err)
+            raise StateUnavailableError("the state store is unreachable: routing facts cannot be read") from err
+        self._recovered()
+        rows: list[RoutingFactRow] = []
+        dropped = 0
+        for day, stored in zip(days, hashes, strict=True):
+            day_rows, day_dropped = fact_rows(day, stored)
+            rows += day_rows
+            dropped += day_dropped
+        return RoutingFacts(tuple(rows), dropped)
+
     async def flush(self) -> bool:
         """Write buffered usage records to Redis; True when none are left."""
         while self._pending:
@@ -349,13 +378,14 @@ class RedisStateStore:
             by_day.setdefault(utc_day(record.ts), []).append(record)
         days = list(by_day)
         for n, day in enumerate(days):
-            args: list[str | int] = [USAGE_TTL_S]
+            pairs: list[str | int] = []
             for key, counts in tally_usage(by_day[day])[day].items():
                 for counter, value in counts.items():
                     if value:
-                        args += [usage_field(key, counter), value]
+                        pairs += [usage_field(key, counter), value]
+            args = [USAGE_TTL_S, FACTS_TTL_S, self._facts_per_day, len(pairs) // 2, *pairs, *fact_args(by_day[day])]
             try:
-                await self._usage_lua([usage_key(day)], args)
+                await self._usage_lua([usage_key(day), facts_key(usage_key(day))], args)
             except OUTAGE_ERRORS as err:
                 self._failed("usage", err)
                 keep([r for d in days[n:] for r in by_day[d]])

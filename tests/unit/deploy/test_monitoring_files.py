@@ -274,6 +274,15 @@ ALERT_SCENARIOS: dict[str, dict[str, Any]] = {
         "eval_time": "8m",
         "exp_samples": [firing("PolyrouteStateStoreErrors", "critical", op="admit")],
     },
+    "critical alias without a portable target": {
+        "input_series": [
+            series(names.ALIAS_PORTABLE, "0x40", alias="coder", critical="true"),
+            series(names.ALIAS_PORTABLE, "0x40", alias="chat", critical="false"),  # not critical: reported, no page
+            series(names.ALIAS_PORTABLE, "1x40", alias="embed", critical="true"),
+        ],
+        "eval_time": "35m",
+        "exp_samples": [firing("PolyrouteCriticalAliasLockedIn", "warning", alias="coder")],
+    },
     "quiet system": {
         "input_series": [
             series(names.REQUESTS_TOTAL, "0+100x30", alias="coder", status_class="2xx"),

@@ -63,6 +63,14 @@ def test_the_design_example_compiles() -> None:
     assert table.aliases["default"].weights == (3.0, 1.0)
 
 
+def test_an_alias_may_be_marked_critical_for_vendor_drills() -> None:
+    table = load(BASE.replace("strategy: priority}", "strategy: priority, critical: true}"))
+    assert table.aliases["coder"].critical is True
+    assert table.aliases["default"].critical is False
+    [problem] = problems(BASE.replace("strategy: priority}", "strategy: priority, critical: [coder]}"))
+    assert problem.startswith("aliases.coder.critical: ")
+
+
 # --- references and consistency ----------------------------------------------------------------------------------
 
 

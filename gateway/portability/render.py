@@ -1,0 +1,81 @@
+"""The lock-in report and the vendor drill as a person reads them in a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _pct(value: float) -> str:
+    return f"{value:.1%}"
+
+
+def render_lockin(report: dict[str, Any]) -> str:
+    totals = report["totals"]
+    lines = [
+        f"lock-in {report.get('since')} .. {report.get('until')} (UTC days): {totals['requests']} requests, "
+        f"{totals['tokens']} tokens, ${totals['cost_usd']:.6f}",
+        f"vendor concentration (HHI, 0-10000): {report['hhi']['spend']:.0f} by spend, "
+        f"{report['hhi']['tokens']:.0f} by tokens",
+    ]
+    for dim, shares in report["share"].items():
+        parts = [
+            f"{name} {_pct(s['request_share'])} of requests, {_pct(s['token_share'])} of tokens, "
+            f"{_pct(s['spend_share'])} of spend"
+            for name, s in shares.items()
+        ]
+        lines.append(f"by {dim}: " + ("; ".join(parts) or "no traffic"))
+    lines.append("aliases:")
+    for name, a in report["aliases"].items():
+        flags = [
+            "critical" if a["critical"] else "",
+            "another vendor allowed" if a["other_vendor_allowed"] else "NO other vendor allowed",
+            "self-hosted allowed" if a["self_hosted_allowed"] else "no self-hosted target allowed",
+        ]
+        lines.append(
+            f"  {name}: {a['requests']} requests, dominant vendor {a['dominant_vendor']}, vendors "
+            f"{', '.join(a['vendors']) or '-'}; stranded {_pct(a['stranded_share'])}; "
+            + ", ".join(f for f in flags if f)
+        )
+        extras = a["provider_params"]
+        if extras["requests"]:
+            params = ", ".join(f"{p} ({v['vendor']}, {_pct(v['share'])})" for p, v in extras["params"].items())
+            lines.append(f"    provider-specific parameters in {_pct(extras['share'])} of requests: {params}")
+    facts = report["facts"]
+    if facts["dropped"]:
+        lines.append(f"note: {facts['dropped']} requests were over the daily cap of routing facts and are not judged")
+    return "\n".join(lines)
+
+
+def render_drill(report: dict[str, Any]) -> str:
+    lines = [
+        f"drill without {report['without']} ({', '.join(report['removed_deployments'])} removed), "
+        f"{report.get('since')} .. {report.get('until')}: {report['refused']} of {report['requests']} recorded "
+        "requests would be refused",
+    ]
+    for name, a in report["aliases"].items():
+        if not a["requests"]:
+            lines.append(f"  {name}: no recorded traffic")
+            continue
+        verdict = " FAILED (critical)" if a["failed"] else (" (critical)" if a["critical"] else "")
+        lines.append(
+            f"  {name}{verdict}: {a['refused']} of {a['requests']} refused ({_pct(a['stranded_share'])})"
+        )
+        for cause, n in a["refused_by"].items():
+            lines.append(f"    refused by {cause}: {n}")
+        moved = ", ".join(f"{d} {n}" for d, n in a["served_by_after"].items())
+        if moved:
+            lines.append(f"    the rest go to: {moved}")
+        cost = a["cost"]
+        if cost["requests"]:
+            lines.append(
+                f"    cost at policy prices: ${cost['before_usd']:.6f} -> ${cost['after_usd']:.6f} "
+                f"({cost['change_usd']:+.6f}) over {cost['requests']} requests"
+            )
+        latency = a["latency"]
+        if latency["requests"]:
+            lines.append(
+                f"    mean latency observed: {latency['mean_before_s']:.3f}s -> {latency['mean_after_s']:.3f}s "
+                f"over {latency['requests']} requests"
+            )
+    lines.append("drill passed" if report["passed"] else f"drill FAILED: {', '.join(report['failed_aliases'])}")
+    return "\n".join(lines)
