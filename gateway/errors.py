@@ -148,6 +148,15 @@ class ErrorClass(StrEnum):
     QUOTA_EXHAUSTED = "quota_exhausted"  # a quota that no retry restores (a spent free tier): opens the circuit at once
 
 
+# Failures another try (here or at the next target) may cure.
+RETRYABLE = frozenset(
+    {ErrorClass.RATE_LIMIT, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR}
+)
+# Failures that say something about the deployment's health, so they count toward its circuit breaker.
+HEALTH_FAILURES = frozenset({ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR})
+# Failures that will repeat on every request until the operator acts: one opens the circuit for its cooldown.
+TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED})
+
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 CONTENT_POLICY_VIOLATION = "content_policy_violation"
 # The OpenAI codes of the refusals a client can act on itself (shorten or compact the prompt, change its content).

@@ -15,8 +15,8 @@ import orjson
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
+from gateway.providers.failures import classify_status, inband_error, parse_retry_after
 from gateway.providers.litellm_params import forwarded_params
-from gateway.routing.classify import classify_status, inband_error, parse_retry_after
 from gateway.settings import prepare_litellm_environment
 
 prepare_litellm_environment()  # before the import below: never download the price map

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.errors import (
+    RETRYABLE,
     AllTargetsFailedError,
     AttemptFailure,
     ErrorClass,
@@ -18,7 +19,6 @@ from gateway.errors import (
 )
 from gateway.policy.plan import RoutePlan
 from gateway.policy.table import Deployment, FallbackPolicy
-from gateway.routing.classify import RETRYABLE
 from gateway.routing.health import HealthTracker
 from gateway.state.base import DeploymentQuota, StateStore, seconds_to_next_window
 
