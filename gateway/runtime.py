@@ -1,4 +1,5 @@
-"""The assembled gateway: active policy and its providers, state store, health, executor, metrics, accounting."""
+"""The assembled gateway: active policy and its providers, state store, health, executor, metrics, accounting,
+and the shutdown drain."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import FrameType
 
-from gateway.api.lifetime import Drain
 from gateway.errors import PolicyError
 from gateway.observability.accounting import Accountant
 from gateway.observability.metrics import Metrics
@@ -28,7 +30,10 @@ from gateway.settings import Settings, environment
 from gateway.state.base import StateStore
 
 log = logging.getLogger("polyroute")
+shutdown_log = logging.getLogger("polyroute.shutdown")
 WATCH_INTERVAL_S = 1.0
+# Streams are cut this long before the server's own deadline, so they can still send their error event.
+_DRAIN_MARGIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,54 @@ class ActivePolicy:
     @cached_property  # read on every attempt: built once per policy, not once per request
     def providers(self) -> dict[str, Provider]:
         return {name: adapter for name, (_, adapter) in self.adapters.items()}
+
+
+class Drain:
+    """From SIGTERM on, in-flight requests may finish until a deadline; what is left then ends with a 503/SSE error.
+
+    uvicorn stops accepting connections and waits `timeout_graceful_shutdown` for the open ones; after that it
+    cancels them, and a stream cut by cancellation could no longer say why. So the gateway keeps its own
+    deadline a little earlier and ends what is still open itself.
+    """
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.deadline: float | None = None  # loop time; None until the drain begins
+        self._passed: asyncio.Future[None] | None = None
+
+    @property
+    def passed(self) -> asyncio.Future[None]:
+        """Done when the drain deadline has passed (never, unless a drain began)."""
+        if self._passed is None:
+            self._passed = asyncio.get_running_loop().create_future()
+        return self._passed
+
+    def begin(self) -> None:
+        """Start the drain (idempotent): streams and requests still open at the deadline are ended."""
+        if self.deadline is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + max(0.0, self.grace_s - min(_DRAIN_MARGIN_S, self.grace_s / 4))
+        shutdown_log.info("draining in-flight requests for up to %.1fs", self.deadline - loop.time())
+        loop.call_at(self.deadline, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        if not self.passed.done():
+            self.passed.set_result(None)
+
+    def on_sigterm(self) -> None:
+        """Chain a SIGTERM handler in front of the server's own (which stops accepting and waits)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self.begin)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, handler)
 
 
 class _MetricsObserver(AttemptObserver):
