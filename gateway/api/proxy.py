@@ -12,14 +12,13 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.admission import Admission, Admitted
 from gateway.api.asgi_io import body_chunk, content_type, read_body, response_start, send_whole
 from gateway.api.auth import authenticate
 from gateway.api.lifetime import Guard
 from gateway.api.parsing import ParsedRequest, parse_request, request_facts
 from gateway.api.protocol_request import ProtocolRequest, parse_protocol_request, protocol_error_response
-from gateway.api.responses import DONE_EVENT, error_event, error_response, route_headers
-from gateway.errors import PolyrouteError, ShuttingDownError, UpstreamError
+from gateway.api.responses import DONE_EVENT, error_response, route_headers
+from gateway.errors import PolyrouteError, ShuttingDownError, UpstreamError, error_event
 from gateway.observability.accounting import (
     FinishedRequest,
     estimated_usage,
@@ -32,6 +31,7 @@ from gateway.policy.plan import RoutePlan
 from gateway.policy.table import Deployment
 from gateway.protocols.adapters import CLIENT_PROTOCOLS
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, UpstreamStream, Usage
+from gateway.routing.admission import Admission, Admitted
 from gateway.routing.executor import Outcome
 from gateway.runtime import ActivePolicy, Runtime
 

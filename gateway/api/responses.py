@@ -1,18 +1,14 @@
-"""OpenAI-shaped error bodies, SSE error events and polyroute's response headers."""
+"""OpenAI-shaped error responses and polyroute's response headers."""
 
 from __future__ import annotations
 
 import orjson
 from starlette.responses import Response
 
-from gateway.errors import PolyrouteError
+from gateway.errors import PolyrouteError, error_body
 from gateway.routing.executor import Outcome
 
 DONE_EVENT = b"data: [DONE]\n\n"
-
-
-def error_body(err: PolyrouteError) -> dict[str, dict[str, str | None]]:
-    return {"error": {"message": err.message, "type": err.error_type, "param": err.param, "code": err.code}}
 
 
 def error_response(err: PolyrouteError, headers: dict[str, str] | None = None) -> Response:
@@ -22,11 +18,6 @@ def error_response(err: PolyrouteError, headers: dict[str, str] | None = None) -
         media_type="application/json",
         headers={**(headers or {}), **err.headers()},
     )
-
-
-def error_event(err: PolyrouteError) -> bytes:
-    """The one SSE event that ends a stream whose upstream failed after the first byte."""
-    return b"data: " + orjson.dumps(error_body(err)) + b"\n\n"
 
 
 def route_headers(request_id: str, route: str, outcome: Outcome) -> dict[str, str]:
