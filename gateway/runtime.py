@@ -22,7 +22,7 @@ from gateway.policy.table import Deployment, PolicyTable
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
 from gateway.providers.http1 import UpstreamLimits
-from gateway.providers.registry import build_providers, close_shared_clients
+from gateway.providers.registry import ProviderFactory, build_providers, close_shared_clients
 from gateway.providers.upstream_proxy import proxies_for
 from gateway.routing.executor import AttemptObserver, Executor
 from gateway.routing.health import HealthTracker
@@ -117,8 +117,18 @@ def load_table(settings: Settings, path: Path) -> PolicyTable:
 class Runtime:
     """Built in the app's lifespan and handed to every route; nothing here is a module global."""
 
-    def __init__(self, settings: Settings, table: PolicyTable, store: StateStore, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        table: PolicyTable,
+        store: StateStore,
+        metrics: Metrics,
+        *,
+        provider_factory: ProviderFactory | None = None,
+    ) -> None:
+        """`provider_factory` builds the provider adapters instead of polyroute's own (openai, litellm)."""
         self.settings = settings
+        self._provider_factory = provider_factory
         self._proxies = proxies_for(
             http_proxy=settings.http_proxy, https_proxy=settings.https_proxy, no_proxy=settings.no_proxy
         )
@@ -141,7 +151,7 @@ class Runtime:
 
     def _activate(self, table: PolicyTable, previous: ActivePolicy | None) -> ActivePolicy:
         reuse = previous.adapters if previous is not None else None
-        adapters = build_providers(table.providers, reuse, self._proxies, self._limits)
+        adapters = build_providers(table.providers, reuse, self._proxies, self._limits, self._provider_factory)
         self.metrics.set_known(
             aliases=table.aliases,
             deployments=table.deployments,
