@@ -1,4 +1,4 @@
-"""OpenAI-shaped error responses and polyroute's response headers."""
+"""OpenAI-shaped error responses (the envelope itself is built by errors.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,6 @@ import orjson
 from starlette.responses import Response
 
 from gateway.errors import PolyrouteError, error_body
-from gateway.routing.executor import Outcome
-
-DONE_EVENT = b"data: [DONE]\n\n"
 
 
 def error_response(err: PolyrouteError, headers: dict[str, str] | None = None) -> Response:
@@ -18,16 +15,3 @@ def error_response(err: PolyrouteError, headers: dict[str, str] | None = None) -
         media_type="application/json",
         headers={**(headers or {}), **err.headers()},
     )
-
-
-def route_headers(request_id: str, route: str, outcome: Outcome) -> dict[str, str]:
-    headers = {
-        "x-request-id": request_id,
-        "x-polyroute-route": route,
-        "x-polyroute-attempts": str(outcome.attempts),
-    }
-    if outcome.deployment is not None:
-        headers["x-polyroute-deployment"] = outcome.deployment.name
-    if outcome.fallback_reason is not None and outcome.attempts > 1:
-        headers["x-polyroute-fallback-reason"] = outcome.fallback_reason
-    return headers
