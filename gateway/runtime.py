@@ -8,10 +8,12 @@ import contextlib
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from gateway.errors import PolicyError
 from gateway.observability.accounting import Accountant
@@ -32,6 +34,7 @@ from gateway.state.base import StateStore
 log = logging.getLogger("polyroute")
 shutdown_log = logging.getLogger("polyroute.shutdown")
 WATCH_INTERVAL_S = 1.0
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 # Streams are cut this long before the server's own deadline, so they can still send their error event.
 _DRAIN_MARGIN_S = 1.0
 
@@ -60,6 +63,7 @@ class Drain:
         self.grace_s = grace_s
         self.deadline: float | None = None  # loop time; None until the drain begins
         self._passed: asyncio.Future[None] | None = None
+        self._sigterm: tuple[_SignalHandler, _SignalHandler] | None = None  # (ours, the one before it)
 
     @property
     def passed(self) -> asyncio.Future[None]:
@@ -94,6 +98,16 @@ class Drain:
                 previous(signum, frame)
 
         signal.signal(signal.SIGTERM, handler)
+        self._sigterm = (handler, previous)
+
+    def off_sigterm(self) -> None:
+        """Put back the SIGTERM handler found by `on_sigterm` (unless another was chained in front since)."""
+        if self._sigterm is None or threading.current_thread() is not threading.main_thread():
+            return
+        handler, previous = self._sigterm
+        self._sigterm = None
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class _MetricsObserver(AttemptObserver):
@@ -180,8 +194,15 @@ class Runtime:
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
 
+    def _stop_signals(self) -> None:
+        """The process's signal handlers as `start` found them (an embedding or a test process lives on)."""
+        self.drain.off_sigterm()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
     async def close(self) -> None:
         """Stop background work, flush usage, close adapters and the store; each step runs even if one fails."""
+        self._stop_signals()
         async with contextlib.AsyncExitStack() as steps:  # callbacks run last-pushed first
             steps.push_async_callback(self.store.close)
             steps.push_async_callback(close_shared_clients)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -114,3 +115,12 @@ async def test_admission_refuses_past_the_tenants_rate_limit() -> None:
     assert "1 requests per minute" in raised.value.message
     assert int(raised.value.response.headers["retry-after"]) >= 1
     assert raised.value.response.headers["x-ratelimit-limit-requests"] == "1"
+
+
+async def test_a_stopped_app_leaves_the_process_signal_handlers_as_it_found_them() -> None:
+    term, hup = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+    async with gateway({}) as client:
+        await client.chat.completions.create(model="chat", messages=MESSAGES)
+        assert signal.getsignal(signal.SIGTERM) is not term  # the drain watches SIGTERM while the app runs
+    assert signal.getsignal(signal.SIGTERM) is term
+    assert signal.getsignal(signal.SIGHUP) is hup
