@@ -26,6 +26,7 @@ from gateway.errors import BadRequestError, NotFoundError, PolicyError, Polyrout
 from gateway.observability.metrics import Metrics
 from gateway.policy.table import PolicyTable
 from gateway.protocols.adapters import MESSAGES
+from gateway.providers.registry import ProviderFactory
 from gateway.runtime import Runtime, load_table
 from gateway.settings import Settings
 from gateway.state.factory import create_state_store
@@ -33,7 +34,9 @@ from gateway.state.factory import create_state_store
 log = logging.getLogger("polyroute")
 
 
-def create_app(settings: Settings, *, table: PolicyTable | None = None) -> Starlette:
+def create_app(
+    settings: Settings, *, table: PolicyTable | None = None, provider_factory: ProviderFactory | None = None
+) -> Starlette:
     """The ASGI app. The policy comes from `table` or is loaded from `settings.policy` at startup.
 
     Plain Starlette, not FastAPI: every route is a Starlette route, and FastAPI's per-request layers (its telemetry
@@ -45,7 +48,7 @@ def create_app(settings: Settings, *, table: PolicyTable | None = None) -> Starl
         table = load_table(settings, settings.policy)
     metrics = Metrics(multiprocess_dir=settings.multiproc_dir)
     store = create_state_store(settings, on_error=lambda op: metrics.state_store_error(op=op))
-    runtime = Runtime(settings, table, store, metrics)
+    runtime = Runtime(settings, table, store, metrics, provider_factory=provider_factory)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

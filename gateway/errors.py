@@ -1,23 +1,32 @@
-"""The one error hierarchy of polyroute; every class knows its HTTP status and OpenAI error type.
+"""The one error hierarchy of polyroute; every class knows its HTTP status and OpenAI error type, and this module
+builds the OpenAI error envelope (and its SSE event) every one of them is sent in.
 
     PolyrouteError                      (500, api_error)
     ├── PolicyError                     policy file could not be loaded; names the YAML path
     ├── ClientError                     the request is at fault, never retried
     │   ├── BadRequestError             400 invalid_request_error
+    │   │   └── UpstreamRejectedError   400 the upstream refused the request itself (bad request, content
+    │   │       │                           policy, context window) and no fallback applies
+    │   │       ├── UpstreamRejectedTooLargeError     413 as the upstream answered
+    │   │       └── UpstreamRejectedUnprocessableError 422 as the upstream answered
     │   ├── AuthenticationError         401 authentication_error
     │   ├── PermissionDeniedError       403 permission_error (model not allowed for tenant)
     │   ├── NotFoundError               404 not_found_error (unknown alias / route)
     │   ├── RequestTimeoutError         408 invalid_request_error (headers or body too slow to arrive)
     │   ├── RequestTooLargeError        413 invalid_request_error
     │   ├── NoEligibleTargetError       400 invalid_request_error (every target excluded by a rule)
-    │   ├── UpstreamRejectedError       400 the upstream refused the request itself (bad request, content
-    │   │                                   policy, context window) and no fallback applies
-    │   └── LimitExceededError          429 rate_limit_error / insufficient_quota (+ Retry-After)
+    │   └── LimitExceededError          429 rate_limit_error (+ Retry-After)
+    │       └── BudgetExceededError     429 insufficient_quota (a daily or monthly budget)
+    ├── AllCircuitsOpenError            503 every target the rules allow has an open circuit (an outage)
+    ├── StateUnavailableError           503 the state store is unreachable and the failure mode is `closed`
     ├── UpstreamError                   one attempt against one deployment failed (classified)
-    ├── AllTargetsFailedError           every attempt failed; lists each cause. Its status follows what the client
-    │                                       can act on: 400 context_length_exceeded / content_policy_violation when
-    │                                       every target refused the request itself, 429 (+ Retry-After) when every
-    │                                       target was rate-limited, else 502 / 503 / 504 (operator-side failures)
+    ├── AllTargetsFailedError           502 every attempt failed; lists each cause. Constructed as the subclass
+    │   │                                   whose status the client can act on:
+    │   ├── AllRefusedError             400 context_length_exceeded / content_policy_violation /
+    │   │                                   upstream_rejected_request: every target refused the request itself
+    │   ├── AllRateLimitedError         429 (+ Retry-After) every target was rate-limited
+    │   ├── AllTimedOutError            504 every target tried timed out
+    │   └── AllUnavailableError         503 (+ Retry-After) unreachable or throttled, or none could be tried
     ├── ShuttingDownError               503 the gateway is draining and the shutdown deadline passed
     ├── TooManyConnectionsError         503 the process holds its maximum of client connections
     └── ClientGoneError                 499 the client disconnected; the upstream request was cancelled
@@ -28,6 +37,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+
+import orjson
 
 
 class PolyrouteError(Exception):
@@ -120,6 +131,14 @@ class UpstreamRejectedError(BadRequestError):
         self.context_window = context_window
 
 
+class UpstreamRejectedTooLargeError(UpstreamRejectedError):
+    status = 413
+
+
+class UpstreamRejectedUnprocessableError(UpstreamRejectedError):
+    status = 422
+
+
 class LimitExceededError(ClientError):
     status = 429
     error_type = "rate_limit_error"
@@ -136,11 +155,30 @@ class LimitExceededError(ClientError):
         super().__init__(message, code=code)
         self.retry_after = retry_after
         self.extra_headers = extra_headers or {}
-        if code == "insufficient_quota":
-            self.error_type = "insufficient_quota"
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": str(max(1, int(self.retry_after + 0.999))), **self.extra_headers}
+
+
+class BudgetExceededError(LimitExceededError):
+    """A tenant's daily or monthly budget would be exceeded: OpenAI's `insufficient_quota`."""
+
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class AllCircuitsOpenError(PolyrouteError):
+    """Every target that the rules allow has an open circuit: a temporary outage, not the caller's fault."""
+
+    status = 503
+    code = "all_targets_unavailable"
+
+
+class StateUnavailableError(PolyrouteError):
+    """The shared store cannot be reached and the failure mode is `closed`."""
+
+    status = 503
+    code = "state_store_unavailable"
 
 
 class ErrorClass(StrEnum):
@@ -158,6 +196,15 @@ class ErrorClass(StrEnum):
     ACCOUNT = "account"  # arrears / AccessDenied: the operator's account, not the request; opens the circuit at once
     QUOTA_EXHAUSTED = "quota_exhausted"  # a quota that no retry restores (a spent free tier): opens the circuit at once
 
+
+# Failures another try (here or at the next target) may cure.
+RETRYABLE = frozenset(
+    {ErrorClass.RATE_LIMIT, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR}
+)
+# Failures that say something about the deployment's health, so they count toward its circuit breaker.
+HEALTH_FAILURES = frozenset({ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR})
+# Failures that will repeat on every request until the operator acts: one opens the circuit for its cooldown.
+TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED})
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 CONTENT_POLICY_VIOLATION = "content_policy_violation"
@@ -211,12 +258,20 @@ _REQUEST_FAULTS = frozenset({ErrorClass.BAD_REQUEST, ErrorClass.CONTEXT_WINDOW, 
 class AllTargetsFailedError(PolyrouteError):
     """Every attempt of a plan failed; the message lists each target and its cause.
 
-    The status is the one the client can act on (the README's table): 400 when every target refused the request
-    itself (`content_policy_violation` before `context_length_exceeded`: a shorter prompt would still be refused),
-    429 with `Retry-After` when every other target was rate-limited (by the upstream or by its own limit; open
-    circuits only add their wait), else what the upstreams' failures say of the operator's side: 504 when all
-    timed out, 503 when they were unreachable or throttled, 502 otherwise.
+    Constructing it gives the subclass whose status the client can act on (the README's table): 400 when every
+    target refused the request itself (`content_policy_violation` before `context_length_exceeded`: a shorter prompt
+    would still be refused), 429 with `Retry-After` when every other target was rate-limited (by the upstream or by
+    its own limit; open circuits only add their wait), else what the upstreams' failures say of the operator's side:
+    504 when all timed out, 503 when they were unreachable or throttled, 502 otherwise.
     """
+
+    status = 502
+    code = "upstream_error"
+
+    def __new__(cls, failures: list[AttemptFailure]) -> AllTargetsFailedError:
+        kind = _failed_kind(failures) if cls is AllTargetsFailedError else cls
+        error: AllTargetsFailedError = super().__new__(kind, failures)
+        return error
 
     def __init__(self, failures: list[AttemptFailure]) -> None:
         self.failures = failures
@@ -226,26 +281,30 @@ class AllTargetsFailedError(PolyrouteError):
             + (f": {f.message}" if f.message else "")
             for f in failures
         )
-        others = [f for f in failures if f.error_class not in _REQUEST_FAULTS]
-        waits = [f.retry_after for f in others if f.retry_after is not None]
+        waits = [f.retry_after for f in failures if f.error_class not in _REQUEST_FAULTS and f.retry_after is not None]
         self.retry_after = min(waits) if waits else None
-        lead = "all targets failed"
-        if failures and not others:
-            lead = self._refused(failures)
-        elif any(f.error_class is ErrorClass.RATE_LIMIT for f in others) and all(
-            f.error_class is ErrorClass.RATE_LIMIT or (f.skipped and f.retry_after is not None) for f in others
-        ):
-            self.status, self.error_type, self.code = 429, "rate_limit_error", "rate_limit_exceeded"
-            self.retry_after = self.retry_after if self.retry_after is not None else 1.0
-            lead = f"every target is rate-limited; try again in {_seconds(self.retry_after)}s"
-        else:
-            self._operator_side([f for f in others if not f.skipped])
+        lead = self._lead(failures)
         super().__init__(f"{lead}: {parts}" if parts else "no target was tried", code=self.code)
 
-    def _refused(self, failures: list[AttemptFailure]) -> str:
-        """Every target refused the request itself: a 400 with the code of the refusal; returns the message's lead."""
+    def _lead(self, failures: list[AttemptFailure]) -> str:
+        """The message's opening words (a subclass also settles what its kind of failure adds)."""
+        return "all targets failed"
+
+    def headers(self) -> dict[str, str]:
+        """A 429 or 503 passes on the shortest wait a target asked for, so clients back off as long as needed."""
+        if self.status not in (429, 503) or self.retry_after is None:
+            return {}
+        return {"retry-after": str(_seconds(self.retry_after))}
+
+
+class AllRefusedError(AllTargetsFailedError):
+    """Every target refused the request itself: the code names the refusal."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+    def _lead(self, failures: list[AttemptFailure]) -> str:
         classes = {f.error_class for f in failures}
-        self.status, self.error_type = 400, "invalid_request_error"
         if ErrorClass.CONTENT_POLICY in classes:
             self.code = CONTENT_POLICY_VIOLATION
             return "every target refused the request under its content policy"
@@ -257,23 +316,44 @@ class AllTargetsFailedError(PolyrouteError):
         self.code = UpstreamRejectedError.code
         return "every target rejected the request"
 
-    def _operator_side(self, tried: list[AttemptFailure]) -> None:
-        """The status speaks of what the upstreams answered; targets that were only skipped do not change it."""
-        classes = {f.error_class for f in tried}
-        if not classes:
-            self.status, self.code = 503, "upstream_unavailable"
-        elif classes <= {ErrorClass.TIMEOUT}:
-            self.status, self.code = 504, "upstream_timeout"
-        elif classes <= {ErrorClass.RATE_LIMIT, ErrorClass.CONNECTION_ERROR}:
-            self.status, self.code = 503, "upstream_unavailable"
-        else:
-            self.status, self.code = 502, "upstream_error"
 
-    def headers(self) -> dict[str, str]:
-        """A 429 or 503 passes on the shortest wait a target asked for, so clients back off as long as needed."""
-        if self.status not in (429, 503) or self.retry_after is None:
-            return {}
-        return {"retry-after": str(_seconds(self.retry_after))}
+class AllRateLimitedError(AllTargetsFailedError):
+    status = 429
+    error_type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+    def _lead(self, failures: list[AttemptFailure]) -> str:
+        self.retry_after = self.retry_after if self.retry_after is not None else 1.0
+        return f"every target is rate-limited; try again in {_seconds(self.retry_after)}s"
+
+
+class AllTimedOutError(AllTargetsFailedError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class AllUnavailableError(AllTargetsFailedError):
+    status = 503
+    code = "upstream_unavailable"
+
+
+def _failed_kind(failures: list[AttemptFailure]) -> type[AllTargetsFailedError]:
+    """Which failure the client is told of; targets that were only skipped do not change the operator-side kind."""
+    others = [f for f in failures if f.error_class not in _REQUEST_FAULTS]
+    if failures and not others:
+        return AllRefusedError
+    if any(f.error_class is ErrorClass.RATE_LIMIT for f in others) and all(
+        f.error_class is ErrorClass.RATE_LIMIT or (f.skipped and f.retry_after is not None) for f in others
+    ):
+        return AllRateLimitedError
+    classes = {f.error_class for f in others if not f.skipped}
+    if not classes:
+        return AllUnavailableError
+    if classes <= {ErrorClass.TIMEOUT}:
+        return AllTimedOutError
+    if classes <= {ErrorClass.RATE_LIMIT, ErrorClass.CONNECTION_ERROR}:
+        return AllUnavailableError
+    return AllTargetsFailedError
 
 
 def _seconds(wait: float) -> int:
@@ -312,3 +392,13 @@ class ClientGoneError(PolyrouteError):
 
     def __init__(self) -> None:
         super().__init__("The client closed the connection before the answer was ready.")
+
+
+def error_body(err: PolyrouteError) -> dict[str, dict[str, str | None]]:
+    """OpenAI's error envelope."""
+    return {"error": {"message": err.message, "type": err.error_type, "param": err.param, "code": err.code}}
+
+
+def error_event(err: PolyrouteError) -> bytes:
+    """The one SSE event that ends a stream whose upstream failed after the first byte."""
+    return b"data: " + orjson.dumps(error_body(err)) + b"\n\n"

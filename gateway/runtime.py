@@ -1,4 +1,5 @@
-"""The assembled gateway: active policy and its providers, state store, health, executor, metrics, accounting."""
+"""The assembled gateway: active policy and its providers, state store, health, executor, metrics, accounting,
+and the shutdown drain."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from gateway.api.lifetime import Drain
 from gateway.errors import PolicyError
 from gateway.observability.accounting import Accountant
 from gateway.observability.metrics import Metrics
@@ -20,7 +24,7 @@ from gateway.policy.table import Deployment, PolicyTable
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
 from gateway.providers.http1 import UpstreamLimits
-from gateway.providers.registry import build_providers, close_shared_clients
+from gateway.providers.registry import ProviderFactory, build_providers, close_shared_clients
 from gateway.providers.upstream_proxy import proxies_for
 from gateway.routing.executor import AttemptObserver, Executor
 from gateway.routing.health import HealthTracker
@@ -28,7 +32,11 @@ from gateway.settings import Settings, environment
 from gateway.state.base import StateStore
 
 log = logging.getLogger("polyroute")
+shutdown_log = logging.getLogger("polyroute.shutdown")
 WATCH_INTERVAL_S = 1.0
+_SignalHandler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
+# Streams are cut this long before the server's own deadline, so they can still send their error event.
+_DRAIN_MARGIN_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,65 @@ class ActivePolicy:
     @cached_property  # read on every attempt: built once per policy, not once per request
     def providers(self) -> dict[str, Provider]:
         return {name: adapter for name, (_, adapter) in self.adapters.items()}
+
+
+class Drain:
+    """From SIGTERM on, in-flight requests may finish until a deadline; what is left then ends with a 503/SSE error.
+
+    uvicorn stops accepting connections and waits `timeout_graceful_shutdown` for the open ones; after that it
+    cancels them, and a stream cut by cancellation could no longer say why. So the gateway keeps its own
+    deadline a little earlier and ends what is still open itself.
+    """
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self.deadline: float | None = None  # loop time; None until the drain begins
+        self._passed: asyncio.Future[None] | None = None
+        self._sigterm: tuple[_SignalHandler, _SignalHandler] | None = None  # (ours, the one before it)
+
+    @property
+    def passed(self) -> asyncio.Future[None]:
+        """Done when the drain deadline has passed (never, unless a drain began)."""
+        if self._passed is None:
+            self._passed = asyncio.get_running_loop().create_future()
+        return self._passed
+
+    def begin(self) -> None:
+        """Start the drain (idempotent): streams and requests still open at the deadline are ended."""
+        if self.deadline is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + max(0.0, self.grace_s - min(_DRAIN_MARGIN_S, self.grace_s / 4))
+        shutdown_log.info("draining in-flight requests for up to %.1fs", self.deadline - loop.time())
+        loop.call_at(self.deadline, self._deadline_passed)
+
+    def _deadline_passed(self) -> None:
+        if not self.passed.done():
+            self.passed.set_result(None)
+
+    def on_sigterm(self) -> None:
+        """Chain a SIGTERM handler in front of the server's own (which stops accepting and waits)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self.begin)
+            if callable(previous):
+                previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, handler)
+        self._sigterm = (handler, previous)
+
+    def off_sigterm(self) -> None:
+        """Put back the SIGTERM handler found by `on_sigterm` (unless another was chained in front since)."""
+        if self._sigterm is None or threading.current_thread() is not threading.main_thread():
+            return
+        handler, previous = self._sigterm
+        self._sigterm = None
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class _MetricsObserver(AttemptObserver):
@@ -64,8 +131,18 @@ def load_table(settings: Settings, path: Path) -> PolicyTable:
 class Runtime:
     """Built in the app's lifespan and handed to every route; nothing here is a module global."""
 
-    def __init__(self, settings: Settings, table: PolicyTable, store: StateStore, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        table: PolicyTable,
+        store: StateStore,
+        metrics: Metrics,
+        *,
+        provider_factory: ProviderFactory | None = None,
+    ) -> None:
+        """`provider_factory` builds the provider adapters instead of polyroute's own (openai, litellm)."""
         self.settings = settings
+        self._provider_factory = provider_factory
         self._proxies = proxies_for(
             http_proxy=settings.http_proxy, https_proxy=settings.https_proxy, no_proxy=settings.no_proxy
         )
@@ -88,7 +165,7 @@ class Runtime:
 
     def _activate(self, table: PolicyTable, previous: ActivePolicy | None) -> ActivePolicy:
         reuse = previous.adapters if previous is not None else None
-        adapters = build_providers(table.providers, reuse, self._proxies, self._limits)
+        adapters = build_providers(table.providers, reuse, self._proxies, self._limits, self._provider_factory)
         self.metrics.set_known(
             aliases=table.aliases,
             deployments=table.deployments,
@@ -117,8 +194,15 @@ class Runtime:
         self._retired.add(task)
         task.add_done_callback(self._retired.discard)
 
+    def _stop_signals(self) -> None:
+        """The process's signal handlers as `start` found them (an embedding or a test process lives on)."""
+        self.drain.off_sigterm()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+
     async def close(self) -> None:
         """Stop background work, flush usage, close adapters and the store; each step runs even if one fails."""
+        self._stop_signals()
         async with contextlib.AsyncExitStack() as steps:  # callbacks run last-pushed first
             steps.push_async_callback(self.store.close)
             steps.push_async_callback(close_shared_clients)

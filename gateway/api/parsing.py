@@ -61,7 +61,11 @@ def json_object(raw: bytes) -> dict[str, Any]:
 
 def parse_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedRequest:
     """Validate just what routing needs; every other field is passed through untouched."""
-    body = json_object(raw)
+    return read_request(json_object(raw), endpoint, headers)
+
+
+def read_request(body: dict[str, Any], endpoint: Endpoint, headers: Headers) -> ParsedRequest:
+    """What routing needs of a body already decoded (a Messages or Responses body's Chat translation)."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("You must provide a model parameter (a non-empty string).", param="model")

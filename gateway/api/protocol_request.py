@@ -6,17 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
-from gateway.api.parsing import ParsedRequest, json_object, parse_request
+from gateway.api.parsing import ParsedRequest, json_object, read_request
 from gateway.errors import BadRequestError, PolyrouteError
 from gateway.policy.table import Deployment, Protocol, Timeouts
 from gateway.protocols.adapters import ClientProtocol, TranslatedStream, translate_reply
 from gateway.protocols.messages_request import fit_thinking
-from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, UpstreamStream
-from gateway.providers.native_sse import NativeSSERelay
+from gateway.providers.base import CountedStream, Endpoint, UpstreamCall, UpstreamReply, UpstreamStream
 
 # Client headers that a native target needs to read the body as the client meant it.
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
@@ -89,7 +87,7 @@ class ProtocolRequest:
         """The protocol's own error event, ending a stream whose upstream failed after the first byte."""
         if isinstance(stream, TranslatedStream):
             return stream.fail(err)
-        sent = stream.sent if isinstance(stream, NativeSSERelay) else 0
+        sent = stream.sent if isinstance(stream, CountedStream) else 0
         return self.adapter.native_error_event(err, sent)
 
 
@@ -129,7 +127,7 @@ def parse_protocol_request(
     routing["model"] = model
     if stream:
         routing["stream"] = True
-    parsed = parse_request(orjson.dumps(routing), Endpoint.CHAT, headers)
+    parsed = read_request(routing, Endpoint.CHAT, headers)  # the translation as it is: no second decoding
     forwarded = {name: headers[name] for name in FORWARDED_HEADERS if name in headers}
     return parsed, ProtocolRequest(adapter, body, chat, problem, bool(stream), forwarded, parsed.prompt_tokens)
 

@@ -1,18 +1,11 @@
-"""OpenAI-shaped error bodies, SSE error events and polyroute's response headers."""
+"""OpenAI-shaped error responses (the envelope itself is built by errors.py)."""
 
 from __future__ import annotations
 
 import orjson
 from starlette.responses import Response
 
-from gateway.errors import PolyrouteError
-from gateway.routing.executor import Outcome
-
-DONE_EVENT = b"data: [DONE]\n\n"
-
-
-def error_body(err: PolyrouteError) -> dict[str, dict[str, str | None]]:
-    return {"error": {"message": err.message, "type": err.error_type, "param": err.param, "code": err.code}}
+from gateway.errors import PolyrouteError, error_body
 
 
 def error_response(err: PolyrouteError, headers: dict[str, str] | None = None) -> Response:
@@ -22,21 +15,3 @@ def error_response(err: PolyrouteError, headers: dict[str, str] | None = None) -
         media_type="application/json",
         headers={**(headers or {}), **err.headers()},
     )
-
-
-def error_event(err: PolyrouteError) -> bytes:
-    """The one SSE event that ends a stream whose upstream failed after the first byte."""
-    return b"data: " + orjson.dumps(error_body(err)) + b"\n\n"
-
-
-def route_headers(request_id: str, route: str, outcome: Outcome) -> dict[str, str]:
-    headers = {
-        "x-request-id": request_id,
-        "x-polyroute-route": route,
-        "x-polyroute-attempts": str(outcome.attempts),
-    }
-    if outcome.deployment is not None:
-        headers["x-polyroute-deployment"] = outcome.deployment.name
-    if outcome.fallback_reason is not None and outcome.attempts > 1:
-        headers["x-polyroute-fallback-reason"] = outcome.fallback_reason
-    return headers

@@ -31,8 +31,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gateway.api.responses import error_body
-from gateway.errors import PolyrouteError, RequestTimeoutError, TooManyConnectionsError
+from gateway.errors import PolyrouteError, RequestTimeoutError, TooManyConnectionsError, error_body
 from gateway.protocols import messages_reply
 from gateway.settings import Settings
 

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 from functools import partial
 
-from gateway.errors import CONTEXT_LENGTH_EXCEEDED, NoEligibleTargetError, NotFoundError, PermissionDeniedError
+from gateway.errors import (
+    CONTEXT_LENGTH_EXCEEDED,
+    AllCircuitsOpenError,
+    NoEligibleTargetError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from gateway.policy.plan import Exclusion, HealthSnapshot, RequestFacts, RoutePlan
 from gateway.policy.strategies import estimated_cost, order
 from gateway.policy.table import Alias, Condition, Deployment, PolicyTable, Requirement, Rule
 
 _RULE_REASON = "rule "
 _WINDOW_REASON = "context window "
-
-
-class AllCircuitsOpenError(NoEligibleTargetError):
-    """Every target that the rules allow has an open circuit: a temporary outage, not the caller's fault."""
-
-    status = 503
-    error_type = "api_error"
-    code = "all_targets_unavailable"
 
 
 def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> RoutePlan:

@@ -16,7 +16,7 @@ from gateway.protocols import messages_reply, responses_reply
 from gateway.protocols.messages_request import messages_to_chat
 from gateway.protocols.responses_request import responses_to_chat
 from gateway.providers.base import Endpoint, UpstreamReply, UpstreamStream, Usage
-from gateway.routing.classify import stream_event
+from gateway.providers.failures import stream_event
 
 
 class StreamTranslator(Protocol):

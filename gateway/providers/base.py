@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from gateway.policy.table import Deployment, Timeouts
 
@@ -115,6 +115,13 @@ class UpstreamStream(Protocol):
     def usage(self) -> Usage | None: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class CountedStream(Protocol):
+    """A stream that counts the events it has read (a native relay: a Responses error event carries the count)."""
+
+    sent: int
 
 
 class Provider(Protocol):

@@ -15,8 +15,8 @@ import orjson
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
+from gateway.providers.failures import classify_status, inband_error, parse_retry_after
 from gateway.providers.litellm_params import forwarded_params
-from gateway.routing.classify import classify_status, inband_error, parse_retry_after
 from gateway.settings import prepare_litellm_environment
 
 prepare_litellm_environment()  # before the import below: never download the price map
@@ -126,6 +126,18 @@ def classify(exc: openai.OpenAIError) -> UpstreamError:
     return UpstreamError(message, error_class=error_class, upstream_status=status, retry_after=retry_after)
 
 
+# What a litellm call raises: its exceptions (the openai SDK's classes), and the deadlines kept around it.
+FAILURES = (TimeoutError, openai.OpenAIError)
+
+
+def litellm_failure(exc: TimeoutError | openai.OpenAIError, *, timed_out: str) -> UpstreamError:
+    """The one mapping of a litellm call's failures to classified UpstreamErrors (as httpx's `map_exceptions`):
+    `timed_out` says which of polyroute's deadlines passed."""
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(timed_out, error_class=ErrorClass.TIMEOUT)
+    return classify(exc)
+
+
 async def close_shared_clients() -> None:
     """litellm pools its HTTP clients process-wide, not per provider: closed once, when the gateway stops."""
     await close_litellm_async_clients()
@@ -170,11 +182,9 @@ class LiteLLMProvider:
                     result = await litellm.atext_completion(prompt=call.body.get("prompt"), **kwargs)
                 else:
                     result = await litellm.acompletion(messages=call.body.get("messages"), **kwargs)
-        except TimeoutError as exc:
-            raise UpstreamError(f"no complete answer within the total timeout of {call.timeouts.total_s:g}s",
-                                error_class=ErrorClass.TIMEOUT) from exc
-        except openai.OpenAIError as exc:
-            raise classify(exc) from exc
+        except FAILURES as exc:
+            timed_out = f"no complete answer within the total timeout of {call.timeouts.total_s:g}s"
+            raise litellm_failure(exc, timed_out=timed_out) from exc
         data = result.model_dump(exclude_none=True)
         data.pop("_hidden_params", None)
         return UpstreamReply(body=orjson.dumps(data), usage=Usage.from_openai(data.get("usage")))
@@ -194,11 +204,9 @@ class LiteLLMProvider:
                     wrapper = await litellm.acompletion(messages=call.body.get("messages"), **kwargs)
                 stream = LiteLLMStream(wrapper, hide_usage_chunk=not call.client_wants_usage, deadline=deadline)
                 await stream.read_first()
-        except TimeoutError as exc:
-            raise UpstreamError(f"no first token within the first_token timeout of {first_token_s:g}s",
-                                error_class=ErrorClass.TIMEOUT) from exc
-        except openai.OpenAIError as exc:
-            raise classify(exc) from exc
+        except FAILURES as exc:
+            timed_out = f"no first token within the first_token timeout of {first_token_s:g}s"
+            raise litellm_failure(exc, timed_out=timed_out) from exc
         return stream
 
 
@@ -257,10 +265,8 @@ class LiteLLMStream:
                 if event is None:
                     break
                 yield event
-        except TimeoutError as exc:
-            raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
-        except openai.OpenAIError as exc:
-            raise classify(exc) from exc
+        except FAILURES as exc:
+            raise litellm_failure(exc, timed_out="stream exceeded the total timeout") from exc
         yield b"data: [DONE]\n\n"
 
     async def aclose(self) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.providers.base import Endpoint, Usage
-from gateway.providers.http1 import AnswerRefused, Response
-from gateway.routing.classify import classify_status, stream_event
+from gateway.providers.failures import TRANSPORT_ERRORS, classify_status, stream_event, transport_failure
+from gateway.providers.http1 import Response
 
 # Events polyroute reads (for usage, the end of the stream or an error); every other event is relayed unparsed.
 _WATCHED = {
@@ -64,11 +64,6 @@ def native_error(payload: Any) -> UpstreamError | None:
     )
 
 
-def refused(exc: AnswerRefused) -> UpstreamError:
-    """An answer past a size limit, or a switch of protocols: the upstream misbehaved, another one may not."""
-    return UpstreamError(f"unacceptable upstream answer: {exc}", error_class=ErrorClass.SERVER_ERROR)
-
-
 class NativeSSERelay:
     """Reads a native SSE stream event by event and relays each (its `event:` line too) unchanged.
 
@@ -100,12 +95,8 @@ class NativeSSERelay:
         try:
             while (event := await self._next_event()) is not None:
                 yield event
-        except TimeoutError as exc:
-            raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
-        except AnswerRefused as exc:
-            raise refused(exc) from exc
-        except ConnectionError as exc:
-            raise UpstreamError(f"stream broke: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
+        except TRANSPORT_ERRORS as exc:  # the request's `total` covers reading the whole stream
+            raise transport_failure(exc, timed_out="stream exceeded the total timeout", broke="stream broke") from exc
 
     async def _next_event(self) -> bytes | None:
         if self._ended:

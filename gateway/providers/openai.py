@@ -10,18 +10,10 @@ import orjson
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Protocol, Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
-from gateway.providers.http1 import (
-    AnswerRefused,
-    ConnectTimeout,
-    HeaderBlock,
-    HTTPClient,
-    InvalidHeader,
-    Response,
-    UpstreamLimits,
-)
-from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage, refused
+from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, stream_event, transport_failure, upstream_error
+from gateway.providers.http1 import HeaderBlock, HTTPClient, Response, UpstreamLimits
+from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
 from gateway.providers.upstream_proxy import UpstreamProxy
-from gateway.routing.classify import inband_error, stream_event, upstream_error
 
 PATHS = {
     Endpoint.CHAT: "/chat/completions",
@@ -102,17 +94,9 @@ class OpenAICompatibleProvider:
                 body = await resp.read()
             finally:
                 resp.release()
-        except ConnectTimeout as exc:
-            raise _connect_timeout(call) from exc
-        except TimeoutError as exc:
-            raise UpstreamError(f"no complete answer within the total timeout of {call.timeouts.total_s:g}s",
-                                error_class=ErrorClass.TIMEOUT) from exc
-        except AnswerRefused as exc:
-            raise refused(exc) from exc
-        except ConnectionError as exc:
-            raise UpstreamError(f"connection failed: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
-        except InvalidHeader as exc:
-            raise UpstreamError(str(exc), error_class=ErrorClass.BAD_REQUEST) from exc
+        except TRANSPORT_ERRORS as exc:
+            timed_out = f"no complete answer within the total timeout of {call.timeouts.total_s:g}s"
+            raise transport_failure(exc, timed_out=timed_out, connect_s=call.timeouts.connect_s) from exc
         if resp.status >= 400:
             raise upstream_error(resp.status, body, resp.headers.get("retry-after"), deployment)
         content_type = resp.headers.get("content-type", "application/json")
@@ -155,23 +139,10 @@ class OpenAICompatibleProvider:
                 except BaseException:
                     resp.release()
                     raise
-        except ConnectTimeout as exc:
-            raise _connect_timeout(call) from exc
-        except TimeoutError as exc:
-            raise UpstreamError(f"no first token within the first_token timeout of {first_token_s:g}s",
-                                error_class=ErrorClass.TIMEOUT) from exc
-        except AnswerRefused as exc:
-            raise refused(exc) from exc
-        except ConnectionError as exc:
-            raise UpstreamError(f"connection failed: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
-        except InvalidHeader as exc:
-            raise UpstreamError(str(exc), error_class=ErrorClass.BAD_REQUEST) from exc
+        except TRANSPORT_ERRORS as exc:
+            timed_out = f"no first token within the first_token timeout of {first_token_s:g}s"
+            raise transport_failure(exc, timed_out=timed_out, connect_s=call.timeouts.connect_s) from exc
         return relay
-
-
-def _connect_timeout(call: UpstreamCall) -> UpstreamError:
-    return UpstreamError(f"could not connect within the connect timeout of {call.timeouts.connect_s:g}s",
-                         error_class=ErrorClass.TIMEOUT)
 
 
 def _ends_event(joint: bytes) -> bool:
@@ -254,12 +225,8 @@ class SSERelay:
                     raise
                 if batch:
                     yield b"".join(batch)
-        except TimeoutError as exc:  # the request's `total` covers reading the whole stream
-            raise UpstreamError("stream exceeded the total timeout", error_class=ErrorClass.TIMEOUT) from exc
-        except AnswerRefused as exc:
-            raise refused(exc) from exc
-        except ConnectionError as exc:
-            raise UpstreamError(f"stream broke: {exc}", error_class=ErrorClass.CONNECTION_ERROR) from exc
+        except TRANSPORT_ERRORS as exc:  # the request's `total` covers reading the whole stream
+            raise transport_failure(exc, timed_out="stream exceeded the total timeout", broke="stream broke") from exc
 
     async def _next_event(self) -> bytes | None:
         """The next event to relay; b"" for one to drop; None at the end of the stream."""

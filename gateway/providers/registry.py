@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
 from gateway.providers.http1 import UpstreamLimits
 from gateway.providers.openai import OpenAICompatibleProvider
 from gateway.providers.upstream_proxy import UpstreamProxy
+
+# Builds one provider's adapter from its configuration: the explicit seam for an embedder's or a test's own adapters.
+ProviderFactory = Callable[[ProviderConfig], Provider]
 
 
 def build_provider(
@@ -31,15 +34,17 @@ def build_providers(
     reuse: dict[str, tuple[ProviderConfig, Provider]] | None = None,
     proxies: Mapping[str, UpstreamProxy] | None = None,
     limits: UpstreamLimits | None = None,
+    factory: ProviderFactory | None = None,
 ) -> dict[str, tuple[ProviderConfig, Provider]]:
-    """Adapters by provider name; an adapter whose configuration did not change is kept (its pool stays warm)."""
+    """Adapters by provider name; an adapter whose configuration did not change is kept (its pool stays warm).
+    `factory`, when given, builds every adapter instead of polyroute's own."""
     built: dict[str, tuple[ProviderConfig, Provider]] = {}
     for name, config in configs.items():
         previous = (reuse or {}).get(name)
         if previous is not None and previous[0] == config:
             built[name] = previous
         else:
-            built[name] = (config, build_provider(config, proxies, limits))
+            built[name] = (config, factory(config) if factory else build_provider(config, proxies, limits))
     return built
 
 

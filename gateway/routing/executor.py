@@ -10,21 +10,28 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from gateway.errors import (
+    RETRYABLE,
     AllTargetsFailedError,
     AttemptFailure,
     ErrorClass,
     UpstreamError,
     UpstreamRejectedError,
+    UpstreamRejectedTooLargeError,
+    UpstreamRejectedUnprocessableError,
 )
 from gateway.policy.plan import RoutePlan
 from gateway.policy.table import Deployment, FallbackPolicy
-from gateway.routing.classify import RETRYABLE
 from gateway.routing.health import HealthTracker
 from gateway.state.base import DeploymentQuota, StateStore, seconds_to_next_window
 
 T = TypeVar("T")
 # Failures that are the request's own fault: returned to the client unless the policy says to fall back on them.
 _REQUEST_FAULTS = frozenset({ErrorClass.BAD_REQUEST, ErrorClass.CONTEXT_WINDOW, ErrorClass.CONTENT_POLICY})
+# A refusal keeps the upstream's status when it names one a client understands (too large, unprocessable).
+_REJECTED_AS: dict[int | None, type[UpstreamRejectedError]] = {
+    413: UpstreamRejectedTooLargeError,
+    422: UpstreamRejectedUnprocessableError,
+}
 
 
 @dataclass
@@ -160,14 +167,12 @@ class Executor:
     @staticmethod
     def _final_error(err: UpstreamError, outcome: Outcome, context_window: int | None) -> Exception:
         if err.error_class in _REQUEST_FAULTS:
-            rejected = UpstreamRejectedError(
+            rejected = _REJECTED_AS.get(err.upstream_status, UpstreamRejectedError)
+            return rejected(
                 f"the upstream rejected the request: {err.message}",
                 error_class=err.error_class,
                 context_window=context_window,
             )
-            if err.upstream_status in (413, 422):
-                rejected.status = err.upstream_status
-            return rejected
         return AllTargetsFailedError(outcome.failures)
 
 

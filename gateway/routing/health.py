@@ -7,10 +7,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.errors import ErrorClass
+from gateway.errors import HEALTH_FAILURES, TRIPPING_FAILURES, ErrorClass
 from gateway.policy.plan import HealthSnapshot
 from gateway.policy.table import CircuitBreakerPolicy
-from gateway.routing.classify import HEALTH_FAILURES, TRIPPING_FAILURES
 from gateway.state.base import CircuitPhase, CircuitState, StateStore
 
 log = logging.getLogger("polyroute.health")

@@ -9,15 +9,9 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-from gateway.errors import PolyrouteError
+from gateway.errors import StateUnavailableError
 
-
-class StateUnavailableError(PolyrouteError):
-    """The shared store cannot be reached and the failure mode is `closed`."""
-
-    status = 503
-    error_type = "api_error"
-    code = "state_store_unavailable"
+__all__ = ["StateUnavailableError"]  # defined in the one error tree, raised by the stores
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+import redis
+
 from gateway.demo.sim_flavors import FLAVORS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -228,22 +230,35 @@ def start_simulated(
 
 
 class RedisServer(_Stoppable):
-    """A throwaway `redis-server` on loopback: no persistence, restartable on the same port."""
+    """The tests' one `redis-server` launcher: loopback, no persistence, optionally a password and TLS only
+    (`tls`: a certificate and its key; no client certificate is asked for). It can be killed, paused (SIGSTOP: it
+    keeps its connections and answers nothing, like a Redis stuck or cut off) and started again on the same port."""
 
     def __init__(
-        self, binary: str, port: int, directory: Path, timeout: float, extra_args: Sequence[str] = ()
+        self, binary: str, port: int, directory: Path, timeout: float, *, password: str | None = None,
+        tls: tuple[Path, Path] | None = None, extra_args: Sequence[str] = (),
     ) -> None:
         self.binary = binary
         self.port = port
-        self.url = f"redis://{HOST}:{port}/0"
-        self.directory = directory
+        self.password = password
+        self.tls = tls
+        auth = f":{password}@" if password else ""
+        self.url = f"{'rediss' if tls else 'redis'}://{auth}{HOST}:{port}/0"
+        self._directory = directory
         self._timeout = timeout
         self._extra_args = list(extra_args)
         self.process = self._spawn()
 
     def _spawn(self) -> ManagedProcess:
         args = [self.binary, "--port", str(self.port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-        args += ["--dir", str(self.directory), "--daemonize", "no", *self._extra_args]
+        args += ["--dir", str(self._directory), "--daemonize", "no", *self._extra_args]
+        if self.password:
+            args += ["--requirepass", self.password]
+        if self.tls:
+            cert, key = self.tls
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)]
+            args += ["--tls-auth-clients", "no"]
         process = ManagedProcess(args, label="redis")
         deadline = time.monotonic() + self._timeout
         while not self.ping():
@@ -254,26 +269,50 @@ class RedisServer(_Stoppable):
             time.sleep(_POLL_S)
         return process
 
+    def client_tls(self) -> dict[str, str]:
+        """What a client needs to trust this server's certificate."""
+        return {"ssl_ca_certs": str(self.tls[0])} if self.tls else {}
+
     def ping(self) -> bool:
         """True when the server answers PING now."""
         try:
-            with socket.create_connection((HOST, self.port), timeout=1.0) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
+            with redis.Redis.from_url(self.url, socket_timeout=1.0, **self.client_tls()) as client:
+                return bool(client.ping())
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
             return False
+
+    def start(self) -> None:
+        """Start again on the same port after `kill` (the data is gone: nothing is persisted)."""
+        if not self.process.running:
+            self.process = self._spawn()
+
+    def kill(self) -> None:
+        self.process.kill()
 
     def restart(self) -> None:
         """Stop and start again on the same port (the data is gone: nothing is persisted)."""
         self.process.stop()
         self.process = self._spawn()
 
+    def pause(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def flush(self) -> None:
+        with redis.Redis.from_url(self.url, socket_timeout=2, **self.client_tls()) as client:
+            client.flushall()
+
 
 def have_redis() -> bool:
     return shutil.which("redis-server") is not None
 
 
-def start_redis(*, timeout: float = START_TIMEOUT_S, extra_args: Sequence[str] = ()) -> RedisServer:
+def start_redis(
+    *, password: str | None = None, tls: tuple[Path, Path] | None = None, timeout: float = START_TIMEOUT_S,
+    extra_args: Sequence[str] = (),
+) -> RedisServer:
     """Run `redis-server` on a free loopback port with `--save '' --appendonly no` (and `extra_args`), wait for PING."""
     binary = shutil.which("redis-server")
     if binary is None:
@@ -281,7 +320,9 @@ def start_redis(*, timeout: float = START_TIMEOUT_S, extra_args: Sequence[str] =
     directory = Path(tempfile.mkdtemp(prefix="redis-", dir=_LIVE.log_dir()))
     for attempt in range(3):
         try:
-            return RedisServer(binary, free_port(), directory, timeout, extra_args)
+            return RedisServer(
+                binary, free_port(), directory, timeout, password=password, tls=tls, extra_args=extra_args
+            )
         except RuntimeError as exc:
             # Another process may have taken the port between free_port() and the bind: try another one.
             if "address already in use" not in str(exc).lower() or attempt == 2:

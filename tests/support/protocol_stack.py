@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.policies import CLOUD_PRICE, GPU_PRICE, MODELSTUDIO, VIA_LITELLM, VLLM
 from tests.support.processes import GatewayProcess, Upstream, start_gateway, start_simulated
 
 AGENT_KEY = "sk-agent-team"  # tenant `agents`: every alias
@@ -18,34 +19,15 @@ CLOUD_KEY = "sk-sim-cloud-secret"
 POLICY = """
 version: 1
 providers:
-  modelstudio:
-    type: openai
-    base_url: {cloud}
-    api_key: {cloud_key}
-    hosting: cloud
-    jurisdiction: sg
-    vendor: alibaba
+""" + MODELSTUDIO + """\
     protocols: [chat, responses, messages]
     base_urls: {{messages: {cloud_root}/apps/anthropic}}
-  vllm:
-    type: openai
-    base_url: {vllm}
-    hosting: self_hosted
-    jurisdiction: onprem
-    vendor: self
-  via-litellm:
-    type: litellm
-    litellm_prefix: openai
-    base_url: {vllm}
-    api_key: unused
-    hosting: self_hosted
-    jurisdiction: onprem
-    vendor: self
+""" + VLLM + VIA_LITELLM + """\
 deployments:
   qwen-cloud:   {{provider: modelstudio, model: qwen3.6-plus, context_window: 1000000,
-                 price: {{input_per_mtok: 0.8, output_per_mtok: 4.8, currency: CNY}}}}
+                 """ + CLOUD_PRICE + """}}
   qwen-coder:   {{provider: vllm, model: Qwen/Qwen3-Coder-30B-A3B-Instruct, context_window: 262144,
-                 price: {{gpu_hour: 2.5, tokens_per_second: 1200, currency: USD}}}}
+                 """ + GPU_PRICE + """}}
   qwen-litellm: {{provider: via-litellm, model: Qwen/Qwen3-Coder-30B-A3B-Instruct, context_window: 262144}}
 aliases:
   native:       {{targets: [qwen-cloud]}}
@@ -89,14 +71,13 @@ def protocol_stack(directory: Path) -> Iterator[ProtocolStack]:
             POLICY.format(
                 cloud=cloud.base_url,
                 cloud_root=cloud.root_url,
-                cloud_key=CLOUD_KEY,
                 vllm=vllm.base_url,
                 agent_key=AGENT_KEY,
                 limited_key=LIMITED_KEY,
                 tight_key=TIGHT_KEY,
             )
         )
-        gateway = start_gateway(policy, env={"POLYROUTE_ADMIN_KEY": "adm"})
+        gateway = start_gateway(policy, env={"SIM_CLOUD_KEY": CLOUD_KEY, "POLYROUTE_ADMIN_KEY": "adm"})
         try:
             yield ProtocolStack(gateway, cloud, vllm)
         finally:

@@ -6,43 +6,25 @@ from dataclasses import dataclass
 
 import openai
 
+from tests.support.policies import CLOUD_PRICE, GPU_PRICE, MODELSTUDIO, VIA_LITELLM, VLLM
 from tests.support.processes import GatewayProcess, Upstream
 
 POLICY = """
 version: 1
 providers:
-  modelstudio:
-    type: openai
-    base_url: {cloud}
-    api_key: ${{SIM_CLOUD_KEY}}
-    hosting: cloud
-    jurisdiction: sg
-    vendor: alibaba
-  vllm:
-    type: openai
-    base_url: {vllm}
-    hosting: self_hosted
-    jurisdiction: onprem
-    vendor: self
+""" + MODELSTUDIO + VLLM + """\
   ollama:
     type: openai
     base_url: {ollama}
     hosting: self_hosted
     jurisdiction: onprem
     vendor: self
-  via-litellm:
-    type: litellm
-    litellm_prefix: openai
-    base_url: {vllm}
-    api_key: unused
-    hosting: self_hosted
-    jurisdiction: onprem
-    vendor: self
+""" + VIA_LITELLM + """\
 deployments:
   qwen-plus:  {{provider: modelstudio, model: qwen3.6-plus, context_window: 1000000,
-               price: {{input_per_mtok: 0.8, output_per_mtok: 4.8, currency: CNY}}}}
+               """ + CLOUD_PRICE + """}}
   qwen-local: {{provider: vllm, model: Qwen/Qwen3-32B, context_window: 32768,
-               price: {{gpu_hour: 2.5, tokens_per_second: 1200, currency: USD}}}}
+               """ + GPU_PRICE + """}}
   qwen-ollama: {{provider: ollama, model: "qwen3:8b", context_window: 8192}}
   qwen-litellm: {{provider: via-litellm, model: Qwen/Qwen3-32B, context_window: 32768}}
   embed-local: {{provider: vllm, model: bge-m3}}

@@ -5,15 +5,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.api.responses import error_body, error_event
 from gateway.errors import (
     AllTargetsFailedError,
     AttemptFailure,
     AuthenticationError,
     BadRequestError,
+    BudgetExceededError,
     ClientGoneError,
     ErrorClass,
-    LimitExceededError,
     NoEligibleTargetError,
     NotFoundError,
     PermissionDeniedError,
@@ -22,6 +21,8 @@ from gateway.errors import (
     RequestTooLargeError,
     ShuttingDownError,
     UpstreamRejectedError,
+    error_body,
+    error_event,
 )
 from tests.support.openai_schema import schema_errors
 
@@ -34,7 +35,7 @@ ERRORS: list[PolyrouteError] = [
     NoEligibleTargetError("No deployment may serve this request.", param="model"),
     UpstreamRejectedError("the upstream rejected the request", error_class=ErrorClass.CONTEXT_WINDOW,
                           context_window=8000),
-    LimitExceededError("Daily budget exceeded.", retry_after=60, code="insufficient_quota"),
+    BudgetExceededError("Daily budget exceeded.", retry_after=60),
     AllTargetsFailedError([AttemptFailure("a", ErrorClass.RATE_LIMIT, "Throttling", 429, retry_after=3)]),
     AllTargetsFailedError([AttemptFailure("a", ErrorClass.CONTEXT_WINDOW, "too long", 400, context_window=8000)]),
     AllTargetsFailedError([AttemptFailure("a", ErrorClass.TIMEOUT, "no first token in 15s")]),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import NoEligibleTargetError, NotFoundError, PermissionDeniedError
-from gateway.policy.engine import AllCircuitsOpenError, decide
+from gateway.errors import AllCircuitsOpenError, NoEligibleTargetError, NotFoundError, PermissionDeniedError
+from gateway.policy.engine import decide
 from gateway.policy.loader import load_policy_text
 from gateway.policy.plan import HealthSnapshot, RequestFacts
 from gateway.policy.pricing import CurrencyRates

@@ -11,15 +11,14 @@ from gateway.state.base import StateStore
 from gateway.state.factory import connect, create_state_store, parse_redis_url
 from gateway.state.memory import MemoryStateStore
 from gateway.state.redis import RedisStateStore
+from tests.support.processes import RedisServer, have_redis, start_redis
 from tests.support.redis_cluster import RedisClusterNodes, have_redis_cli, start_cluster
-from tests.unit.state.redis_process import RedisServer
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """Shared by the behavioural suite, emptied before each test."""
-    server = RedisServer()
-    server.start()
+    server = _started()
     yield server
     server.kill()
 
@@ -37,10 +36,15 @@ def redis_cluster() -> Iterator[RedisClusterNodes]:
 @pytest.fixture
 def own_redis_server() -> Iterator[RedisServer]:
     """A server of the test's own, protected by a password, that the test may kill and restart."""
-    server = RedisServer(password="s3cret-pw")
-    server.start()
+    server = _started(password="s3cret-pw")
     yield server
     server.kill()
+
+
+def _started(password: str | None = None) -> RedisServer:
+    if not have_redis():
+        pytest.skip("redis-server is not installed")
+    return start_redis(password=password)
 
 
 @pytest.fixture

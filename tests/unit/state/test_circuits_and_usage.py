@@ -11,7 +11,7 @@ from gateway.routing.health import HealthTracker
 from gateway.settings import Settings
 from gateway.state.base import CircuitPhase, CircuitState, StateStore, UsageRecord, UsageRow
 from gateway.state.factory import create_state_store
-from tests.unit.state.redis_process import RedisServer
+from tests.support.processes import RedisServer
 
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC).timestamp()
 BREAKER = {"failures": 3, "window_s": 10.0, "cooldown_s": 30.0}

@@ -13,7 +13,7 @@ import pytest
 from gateway.settings import StateFailureMode
 from gateway.state.base import AdmissionRequest, CircuitPhase, DeploymentQuota, StateUnavailableError, UsageRecord
 from gateway.state.redis import RedisStateStore
-from tests.unit.state.redis_process import RedisServer
+from tests.support.processes import RedisServer
 
 MakeStore = Callable[[StateFailureMode], Awaitable[RedisStateStore]]
 T0 = datetime(2025, 6, 1, 12, 0, tzinfo=UTC).timestamp()

@@ -11,8 +11,8 @@ from redis import exceptions as rx
 from redis.asyncio import ConnectionPool
 
 from gateway.state.redis_script import ScriptConnections
+from tests.support.processes import RedisServer
 from tests.unit.state.lua_samples import ECHO, SAFETY_S, SLOW
-from tests.unit.state.redis_process import RedisServer
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from gateway.settings import Settings
 from gateway.state.base import StateStore, UsageRecord, utc_day
 from gateway.state.factory import create_state_store
 from gateway.state.facts import size_bucket
-from tests.unit.state.redis_process import RedisServer
+from tests.support.processes import RedisServer
 
 T0 = 1_780_000_000.0  # a fixed instant, far from midnight UTC
 DAY = utc_day(T0)

@@ -1,4 +1,5 @@
-"""Classify an upstream failure (status, error body) into an ErrorClass that decides retry and fallback."""
+"""A provider's failures in polyroute's terms: an upstream's status and error body classified into an ErrorClass
+(which decides retry and fallback), and the transport's exceptions mapped to UpstreamError in one place."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import REQUEST_FAULT_CODES, ErrorClass, UpstreamError
+from gateway.providers.http1_wire import AnswerRefused, ConnectTimeout, InvalidHeader
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -56,13 +58,6 @@ _STATUS_PREFIX = re.compile(r"<([1-5]\d\d)>")
 # In-band frames carry no HTTP status; their wording says what happened.
 _RATE_MARKERS = ("throttling", "rate limit", "too many requests", "insufficient_quota", "server busy")
 _TIMEOUT_MARKERS = ("timeout", "timed out")
-RETRYABLE = frozenset(
-    {ErrorClass.RATE_LIMIT, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR}
-)
-# Failures that say something about the deployment's health, so they count toward its circuit breaker.
-HEALTH_FAILURES = frozenset({ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR})
-# Failures that will repeat on every request until the operator acts: one opens the circuit for its cooldown.
-TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED})
 
 
 def error_fields(body: bytes) -> tuple[str, str]:
@@ -189,3 +184,25 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if seconds >= 0 else None
+
+
+# What the fast path's own HTTP/1.1 client (providers/http1.py) raises; `transport_failure` maps each.
+TRANSPORT_ERRORS = (TimeoutError, ConnectionError, InvalidHeader)
+
+
+def transport_failure(
+    exc: TimeoutError | ConnectionError | InvalidHeader, *, timed_out: str, broke: str = "connection failed",
+    connect_s: float = 0.0,
+) -> UpstreamError:
+    """The one mapping of the fast path's transport exceptions to classified UpstreamErrors (as httpx's
+    `map_exceptions`): `timed_out` says which deadline passed, `broke` what was under way when the connection broke."""
+    if isinstance(exc, ConnectTimeout):
+        return UpstreamError(f"could not connect within the connect timeout of {connect_s:g}s",
+                             error_class=ErrorClass.TIMEOUT)
+    if isinstance(exc, TimeoutError):
+        return UpstreamError(timed_out, error_class=ErrorClass.TIMEOUT)
+    if isinstance(exc, AnswerRefused):  # past a size limit, or a switch of protocols: another upstream may not
+        return UpstreamError(f"unacceptable upstream answer: {exc}", error_class=ErrorClass.SERVER_ERROR)
+    if isinstance(exc, ConnectionError):
+        return UpstreamError(f"{broke}: {exc}", error_class=ErrorClass.CONNECTION_ERROR)
+    return UpstreamError(str(exc), error_class=ErrorClass.BAD_REQUEST)

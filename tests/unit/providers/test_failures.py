@@ -7,7 +7,7 @@ import pytest
 
 from gateway.demo.sim_flavors import FLAVORS
 from gateway.errors import ErrorClass
-from gateway.routing.classify import inband_error, parse_retry_after, status_prefix, upstream_error
+from gateway.providers.failures import inband_error, parse_retry_after, status_prefix, upstream_error
 
 NAMED = {
     "throttling": ErrorClass.RATE_LIMIT,

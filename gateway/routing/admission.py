@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from gateway.errors import LimitExceededError
+from gateway.errors import BudgetExceededError, LimitExceededError
 from gateway.observability.metrics import Metrics
 from gateway.policy.plan import RequestFacts, RoutePlan
 from gateway.policy.strategies import expected_output_tokens
@@ -59,12 +59,9 @@ class Admission:
         headers = ratelimit_headers(result)
         if not result.allowed:
             self._metrics.rate_limited(tenant=tenant.name, reason=result.reason or "other")
-            raise LimitExceededError(
-                limit_message(result, tenant, request, plan),
-                retry_after=result.retry_after_s,
-                code="insufficient_quota" if (result.reason or "").startswith("budget") else None,
-                extra_headers=headers,
-            )
+            refusal = BudgetExceededError if (result.reason or "").startswith("budget") else LimitExceededError
+            raise refusal(limit_message(result, tenant, request, plan), retry_after=result.retry_after_s,
+                          extra_headers=headers)
         self._report_budget(tenant, result)
         # Settling corrects the tokens and cost reserved above; only a TPM limit or a budget ever reads them.
         settle = limits.tpm is not None or budget.usd_per_day is not None or budget.usd_per_month is not None
