@@ -10,7 +10,6 @@ import orjson
 from starlette.datastructures import Headers
 
 from gateway.errors import BadRequestError
-from gateway.observability.request_scope import note_request
 from gateway.policy.plan import RequestFacts
 from gateway.policy.table import Tenant
 from gateway.providers.base import Endpoint
@@ -204,8 +203,8 @@ def _checked_metadata(metadata: Any) -> dict[str, Any]:
 
 
 def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
-    """What the routing engine sees of a parsed request and its tenant (noted for the request's usage record)."""
-    facts = RequestFacts(
+    """What the routing engine sees of a parsed request and its tenant."""
+    return RequestFacts(
         alias=parsed.model,
         tenant=tenant.name,
         endpoint=parsed.endpoint.value,
@@ -217,5 +216,3 @@ def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
         needs=parsed.needs,
         allowed_aliases=tenant.models,
     )
-    note_request(facts, parsed.body)
-    return facts

@@ -20,6 +20,7 @@ from gateway.api.parsing import parse_request, request_facts
 from gateway.api.protocol_request import ProtocolRequest, parse_protocol_request, protocol_error_response
 from gateway.api.responses import error_response
 from gateway.errors import PolyrouteError, ShuttingDownError, UpstreamError
+from gateway.policy.plan import RequestFacts
 from gateway.protocols.adapters import CLIENT_PROTOCOLS
 from gateway.providers.base import Endpoint, UpstreamReply, UpstreamStream
 from gateway.routing.admission import Admission
@@ -55,6 +56,7 @@ class ProxyService:
         request_id = given_id if given_id and _REQUEST_ID.match(given_id) else os.urandom(16).hex()
         active = self._rt.active
         tenant_name, alias = "none", "none"
+        facts: RequestFacts | None = None
         adapter = CLIENT_PROTOCOLS.get(endpoint)  # Messages and Responses: translated to Chat for routing
         proto: ProtocolRequest | None = None
         try:
@@ -72,7 +74,7 @@ class ProxyService:
                 proto=proto,
             )
         except PolyrouteError as err:
-            self._flow.refused(tenant_name, alias, err.status, started)
+            self._flow.refused(tenant_name, alias, err.status, started, facts, parsed.body if facts else None)
             if adapter is not None:
                 response = protocol_error_response(adapter, err, {"x-request-id": request_id})
             else:

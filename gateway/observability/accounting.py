@@ -6,12 +6,13 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.errors import PolyrouteError
 from gateway.observability.metrics import Metrics
-from gateway.observability.request_scope import noted_request
+from gateway.policy.plan import RequestFacts
 from gateway.policy.pricing import estimate_cost_usd
 from gateway.policy.table import Deployment
 from gateway.providers.base import Usage
@@ -70,6 +71,8 @@ class FinishedRequest:
     reserved_cost_usd: float = 0.0
     settle: bool = False  # admission reserved tokens/cost that must be corrected
     cost_usd: float | None = None  # already worked out for the response header (else computed here)
+    facts: RequestFacts | None = None  # what routing saw (recorded as the request's routing fact)
+    body: Mapping[str, Any] | None = None  # the request body as parsed (its top-level keys name the extras it sent)
 
 
 def request_cost(deployment: Deployment, usage: Usage) -> float:
@@ -185,15 +188,12 @@ class Accountant:
         return cost
 
     def _routing_fact(self, done: FinishedRequest) -> tuple[RoutingFact | None, frozenset[str]]:
-        """The facts routing saw for this request (noted by the API layer), and the watched parameters it sent."""
-        noted = noted_request()
-        if noted is None:
+        """The facts routing saw for this request, and the watched parameters it sent."""
+        facts, body = done.facts, done.body
+        if facts is None:
             return None, frozenset()
-        facts, body = noted
-        if facts.alias != done.alias or facts.tenant != done.tenant:
-            return None, frozenset()  # noted for another request of this task (never expected): none, not a wrong one
         # Iterates over the body's few top-level keys, not over the watched list.
-        return facts, self._watched_params.intersection(body) if self._watched_params else frozenset()
+        return facts, self._watched_params.intersection(body) if self._watched_params and body else frozenset()
 
     async def _drain_forever(self) -> None:
         while True:

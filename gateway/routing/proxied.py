@@ -98,17 +98,22 @@ class RequestFlow:
             proto.refuse_unless_reachable(plan.attempts)
         admitted = await self.admission.admit(tenant, plan, facts)
         request = ProxiedRequest(self, table, providers, parsed, plan, tenant.name, admitted, request_id, started,
-                                 proto=proto)
+                                 proto=proto, facts=facts)
         self.metrics.inflight(alias=plan.alias, delta=1)
         return request
 
-    def refused(self, tenant: str, alias: str, status: int, started: float) -> None:
-        """Record a request that ended before it was admitted (bad key, bad body, no target, a limit)."""
+    def refused(
+        self, tenant: str, alias: str, status: int, started: float, facts: RequestFacts | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a request that ended before it was admitted (bad key, bad body, no target, a limit); `facts` and
+        `body` once its body was read, so that refused traffic counts in the routing facts too."""
         elapsed = time.perf_counter() - started
         self.accountant.finish(
             FinishedRequest(
                 tenant=tenant, alias=alias, deployment=None, status=status, stream=False, duration_s=elapsed,
-                overhead_s=elapsed, first_token_s=None, usage=None, attempts=0, fallback=False,
+                overhead_s=elapsed, first_token_s=None, usage=None, attempts=0, fallback=False, facts=facts,
+                body=body,
             )
         )
 
@@ -129,10 +134,11 @@ class ProxiedRequest:
         started: float,
         *,
         proto: Translation | None = None,
+        facts: RequestFacts | None = None,
     ) -> None:
         self.flow, self.table, self.providers, self.parsed, self.plan = flow, table, providers, parsed, plan
         self.tenant, self.admitted, self.request_id, self.started = tenant, admitted, request_id, started
-        self.proto = proto
+        self.proto, self.facts = proto, facts
         self.outcome = Outcome()
         self.upstream_s = 0.0
 
@@ -254,5 +260,7 @@ class ProxiedRequest:
                 reserved_cost_usd=self.admitted.cost_usd,
                 settle=self.admitted.counted,
                 cost_usd=cost_usd,
+                facts=self.facts,
+                body=self.parsed.body,
             )
         )

@@ -7,7 +7,6 @@ import time
 
 from gateway.observability.accounting import Accountant, FinishedRequest
 from gateway.observability.metrics import Metrics
-from gateway.observability.request_scope import note_request
 from gateway.policy.loader import load_policy_text
 from gateway.policy.plan import RequestFacts
 from gateway.policy.pricing import CurrencyRates
@@ -27,7 +26,9 @@ aliases:
 TABLE = load_policy_text(POLICY, {}, fx=CurrencyRates())
 
 
-def finished(alias: str = "coder") -> FinishedRequest:
+def finished(
+    alias: str = "coder", facts: RequestFacts | None = None, body: dict[str, object] | None = None
+) -> FinishedRequest:
     return FinishedRequest(
         tenant="team-a",
         alias=alias,
@@ -40,10 +41,12 @@ def finished(alias: str = "coder") -> FinishedRequest:
         usage=Usage(input_tokens=100, output_tokens=10),
         attempts=1,
         fallback=False,
+        facts=facts,
+        body=body,
     )
 
 
-async def test_a_usage_record_carries_the_noted_facts_and_the_watched_parameters_sent() -> None:
+async def test_a_usage_record_carries_the_request_facts_and_the_watched_parameters_sent() -> None:
     store = MemoryStateStore()
     accountant = Accountant(store, Metrics())
     accountant.watch_params(["enable_thinking", "thinking_budget"])
@@ -51,8 +54,8 @@ async def test_a_usage_record_carries_the_noted_facts_and_the_watched_parameters
     facts = RequestFacts(
         alias="coder", tenant="team-a", data_class="pii", prompt_tokens=100, needs=frozenset({"tools"})
     )
-    note_request(facts, {"model": "coder", "messages": [], "enable_thinking": False, "temperature": 0})
-    accountant.finish(finished())
+    body: dict[str, object] = {"model": "coder", "messages": [], "enable_thinking": False, "temperature": 0}
+    accountant.finish(finished(facts=facts, body=body))
     await accountant.close()
 
     today = utc_day(time.time())
@@ -62,13 +65,12 @@ async def test_a_usage_record_carries_the_noted_facts_and_the_watched_parameters
     assert (row.requests, row.input_tokens, row.output_tokens) == (1, 100, 10)
 
 
-async def test_without_noted_facts_usage_is_recorded_without_them() -> None:
+async def test_without_facts_usage_is_recorded_without_them() -> None:
     store = MemoryStateStore()
     accountant = Accountant(store, Metrics())  # no periodic job, no watched parameters: usage as before
     await accountant.start()
     accountant.finish(finished())
-    note_request(RequestFacts(alias="chat", tenant="team-a"), {})
-    accountant.finish(finished())  # facts noted for another alias are never attached to this request
+    accountant.finish(finished())
     await accountant.close()
 
     today = utc_day(time.time())
