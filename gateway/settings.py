@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     no_proxy: str | None = Field(default=None, validation_alias=AliasChoices("NO_PROXY", "no_proxy"))
     # Browser origins allowed to call /v1 (comma list of scheme://host[:port], or *); unset = no CORS headers.
     cors_origins: str | None = None
+    # GET /openapi.json and its interactive page /docs; false turns both off.
+    docs: bool = True
 
     @field_validator("cors_origins")
     @classmethod
@@ -89,7 +91,7 @@ def prepare_litellm_environment() -> None:
 def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
     """Worker processes read their settings from the environment: write the resolved ones there."""
     for name in ("policy", "redis_url", "admin_key", "max_body_bytes", "state_failure_mode", "metrics_port",
-                 "max_upstream_body_bytes", "max_sse_event_bytes"):
+                 "max_upstream_body_bytes", "max_sse_event_bytes", "docs"):
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))
