@@ -64,6 +64,12 @@ SECURITY_SCHEMES = {
     "ClientApiKey": {"type": "apiKey", "in": "header", "name": "x-api-key", "description": "The same key, as "
                      "Anthropic's clients send it."},
 }
+SSE_EVENT = {  # the schema of each event, as OpenAPI 3.2's itemSchema says it (and schemathesis reads it)
+    "type": "object",
+    "description": "One server-sent event, as the protocol sends it (`data: [DONE]` ends OpenAI's streams); an "
+    "upstream failure after the first byte is one error event, in the protocol's error shape.",
+    "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}},
+}
 CLIENT_SECURITY: list[dict[str, list[str]]] = [{"ClientKey": []}, {"ClientApiKey": []}, {}]
 
 
@@ -113,8 +119,7 @@ def error_responses(error: type[BaseModel], statuses: tuple[str, ...] = tuple(ER
 def proxied_operation(p: Proxied) -> dict[str, Any]:
     content: dict[str, Any] = {JSON: {"schema": ref(p.reply)}}
     if p.streams:
-        content[SSE] = {"schema": {"type": "string", "description": "Server-sent events, as the protocol sends "
-                                   "them; an upstream failure after the first byte is one error event."}}
+        content[SSE] = {"schema": SSE_EVENT}
     headers = {name: {"schema": {"type": "string"}, **spec} for name, spec in ROUTE_HEADERS.items()}
     return {
         "tags": [p.tag],
