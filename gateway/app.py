@@ -21,7 +21,6 @@ from gateway.api.admin import admin_routes
 from gateway.api.cors import BrowserCORS
 from gateway.api.health import health_routes
 from gateway.api.openai_routes import model_routes
-from gateway.api.openapi import merge_proxied
 from gateway.api.protocol_request import protocol_error_response
 from gateway.api.responses import error_response
 from gateway.errors import BadRequestError, NotFoundError, PolicyError, PolyrouteError
@@ -161,6 +160,9 @@ class Gateway(FastAPI):
         self._documented: dict[str, Any] | None = None
 
     def openapi(self) -> dict[str, Any]:
+        # The proxied routes' models load only when the document is first asked for: no startup time for them.
+        from gateway.api.openapi_document import merge_proxied
+
         document = super().openapi()
         if document is not self._documented:  # FastAPI made it anew: add the proxied routes, once
             self._documented = merge_proxied(document)

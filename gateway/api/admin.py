@@ -14,8 +14,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 
 from gateway.api.asgi_io import read_body
-from gateway.api.openapi import error_responses
-from gateway.api.openapi_models import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ErrorEnvelope
+from gateway.api.openapi import OPENAI_ERROR, error_responses, ref
 from gateway.api.openapi_security import admin_only
 from gateway.api.parsing import parse_request, request_facts
 from gateway.errors import BadRequestError, NotFoundError, PolicyError
@@ -74,13 +73,12 @@ EXPLAIN_BODY = {
     "requestBody": {
         "required": True,
         "description": "The body the client would send, for the endpoint named by `endpoint`.",
-        "content": {"application/json": {"schema": {"anyOf": [
-            {"$ref": f"#/components/schemas/{model.__name__}"}
-            for model in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest)
+        "content": {"application/json": {"schema": {"anyOf": [  # api/openapi_models.py
+            ref(name) for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest")
         ]}}},
     }
 }
-ERRORS = error_responses(ErrorEnvelope, ("400", "401", "503"))
+ERRORS = error_responses(OPENAI_ERROR, ("400", "401", "503"))
 
 
 def admin_routes(runtime: Runtime) -> list[BaseRoute]:
@@ -102,10 +100,9 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
         return UsageReport(**summarize(rows, dims), since=since, until=today.isoformat())
 
     @router.post("/reload", response_model=Reloaded, responses={
-        **error_responses(ErrorEnvelope, ("401",)),
+        **error_responses(OPENAI_ERROR, ("401",)),
         "422": {"description": "The policy file is invalid: the running policy stays; the message names each "
-                "problem's YAML path.", "content": {"application/json": {"schema": {"$ref":
-                "#/components/schemas/ErrorEnvelope"}}}},
+                "problem's YAML path.", "content": {"application/json": {"schema": ref(OPENAI_ERROR)}}},
     })
     async def reload() -> Reloaded:
         """Load the policy file again; an invalid one keeps the running policy."""
@@ -140,7 +137,7 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
             evaluated_at=time.time(),
         )
 
-    explained = {**error_responses(ErrorEnvelope, ("400", "401", "404", "413"))}
+    explained = {**error_responses(OPENAI_ERROR, ("400", "401", "404", "413"))}
     router.add_api_route("/routes/explain", explain, methods=["POST"], response_model=RouteExplanation,
                          responses=explained, openapi_extra=EXPLAIN_BODY, operation_id="explain_route")
     router.add_api_route("/routes/explain", explain, methods=["GET"], response_model=RouteExplanation,

@@ -5,12 +5,12 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.routing import BaseRoute, Route
 
 from gateway.api.asgi_io import read_body
-from gateway.api.openapi import error_responses
-from gateway.api.openapi_models import AnthropicErrorEnvelope, CountTokensRequest, TokenCount
+from gateway.api.openapi import ANTHROPIC_ERROR, error_responses, ref
 from gateway.api.openapi_security import tenant_of
 from gateway.api.parsing import estimate_prompt, json_object
 from gateway.api.proxy import ProxyService
@@ -20,12 +20,15 @@ from gateway.protocols.messages_request import messages_to_chat
 from gateway.providers.base import Endpoint
 from gateway.runtime import Runtime
 
-COUNT_TOKENS_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{CountTokensRequest.__name__}"}}},
-    }
-}
+COUNT_TOKENS_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": ref(
+    "CountTokensRequest"  # api/openapi_models.py
+)}}}}
+
+
+class TokenCount(BaseModel):
+    """polyroute's own estimate of the prompt, as routing uses it; no upstream is asked."""
+
+    input_tokens: int
 
 
 def agent_routes(runtime: Runtime, proxy: ProxyService) -> list[BaseRoute]:
@@ -34,7 +37,7 @@ def agent_routes(runtime: Runtime, proxy: ProxyService) -> list[BaseRoute]:
 
     # The body is read as the proxied routes read it (errors in Anthropic's shape); the document shows its model.
     @router.post("/v1/messages/count_tokens", response_model=TokenCount, openapi_extra=COUNT_TOKENS_BODY,
-                 responses=error_responses(AnthropicErrorEnvelope, ("400", "401", "403", "404", "413")))
+                 responses=error_responses(ANTHROPIC_ERROR, ("400", "401", "403", "404", "413")))
     async def count_tokens(request: Request, tenant: Annotated[Tenant, Depends(caller)]) -> TokenCount:
         """polyroute's own estimate (as routing uses it); no upstream is asked and no limit is charged."""
         table = runtime.active.table

@@ -10,8 +10,7 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
 from gateway.api.agent_routes import agent_routes
-from gateway.api.openapi import error_responses
-from gateway.api.openapi_models import ErrorEnvelope
+from gateway.api.openapi import OPENAI_ERROR, error_responses
 from gateway.api.openapi_security import tenant_of
 from gateway.api.proxy import ProxyService
 from gateway.errors import NotFoundError
@@ -39,7 +38,7 @@ def model_routes(runtime: Runtime) -> list[BaseRoute]:
     router = APIRouter(tags=["OpenAI"])
     caller = tenant_of(runtime)
 
-    @router.get("/v1/models", response_model=ModelList, responses=error_responses(ErrorEnvelope, ("401",)))
+    @router.get("/v1/models", response_model=ModelList, responses=error_responses(OPENAI_ERROR, ("401",)))
     async def models(tenant: Annotated[Tenant, Depends(caller)]) -> ModelList:
         """The aliases the caller may use."""
         created = int(time.time())
@@ -47,7 +46,7 @@ def model_routes(runtime: Runtime) -> list[BaseRoute]:
         return ModelList(data=[Model(id=name, created=created) for name in names if _allowed(tenant, name)])
 
     @router.get("/v1/models/{model:path}", response_model=Model,
-                responses=error_responses(ErrorEnvelope, ("401", "404")))
+                responses=error_responses(OPENAI_ERROR, ("401", "404")))
     async def model(model: str, tenant: Annotated[Tenant, Depends(caller)]) -> Model:
         """One alias the caller may use; any other name is the same 404, so that it shows no more than the list."""
         if model not in runtime.active.table.aliases or not _allowed(tenant, model):

@@ -190,9 +190,3 @@ class MessageObject(Open):
     content: list[Any]
     stop_reason: str | None = None
     usage: Open | None = None
-
-
-class TokenCount(BaseModel):
-    """polyroute's own estimate of the prompt, as routing uses it; no upstream is asked."""
-
-    input_tokens: int
