@@ -151,7 +151,8 @@ class Gateway(FastAPI):
     Each request through the stack pays for FastAPI's middlewares (each wrapping `send`, some building a `Request`)
     and the router's walk over every route; the proxied routes need none of it. Every other request (another
     method, another path, a root path) goes through FastAPI as usual, and an unexpected error on a proxied route
-    gets the same 500 envelope as anywhere else. The OpenAPI document describes the proxied routes too (api/openapi).
+    gets the same 500 envelope as anywhere else. The OpenAPI document describes the proxied routes too
+    (api/openapi_document.py).
     """
 
     def __init__(self, hot: dict[str, ASGIApp], **kwargs: Any) -> None:

@@ -129,26 +129,26 @@ def estimate_prompt(body: dict[str, Any], endpoint: Endpoint) -> tuple[int, froz
 
 
 def _text_size(value: Any, param: str) -> int:
-    """The size of a prompt or an input in the shapes OpenAI accepts: a string, or an array of strings, of token
-    ids or of token id arrays (each id counted as four characters). Any other shape is the client's 400 here, not
-    a failure of whichever target would have refused it."""
+    """The size of a prompt or an input in the shapes OpenAI accepts: a string, or a non-empty array of strings, of
+    token ids or of non-empty token id arrays (each id counted as four characters). Any other shape is the client's
+    400 here, not a failure of whichever target would have refused it."""
     if isinstance(value, str):
         return len(value)
-    if isinstance(value, list):
+    if isinstance(value, list) and value:
         total = 0
         for item in value:
             if isinstance(item, str):
                 total += len(item)
             elif _is_token(item):
                 total += 4
-            elif isinstance(item, list) and all(_is_token(token) for token in item):
+            elif isinstance(item, list) and item and all(_is_token(token) for token in item):
                 total += 4 * len(item)
             else:
                 break
         else:
             return total
     raise BadRequestError(
-        f"'{param}' must be a string, an array of strings, an array of token ids or an array of token id arrays.",
+        f"'{param}' must be a string, or a non-empty array of strings, of token ids or of token id arrays.",
         param=param,
     )
 

@@ -86,13 +86,16 @@ def test_every_answer_keeps_the_contract(stack: Stack, session: requests.Session
 
 
 # --- what the fuzzing found, kept as plain tests ---
+@pytest.mark.parametrize("value", [[[None, True], {"text": "hi"}], [], [[]]], ids=["mixed", "empty", "empty-ids"])
 @pytest.mark.parametrize(("alias", "field"), [("conf-litellm", "prompt"), ("conf-openai", "prompt"),
                                               ("embed-litellm", "input"), ("embed-openai", "input")])
-def test_a_prompt_or_input_of_no_openai_shape_is_the_clients_400(stack: Stack, alias: str, field: str) -> None:
+def test_a_prompt_or_input_of_no_openai_shape_is_the_clients_400(
+    stack: Stack, alias: str, field: str, value: list[object]
+) -> None:
     """Before, a litellm target refused it client-side and the client read a 503 'all targets failed'."""
     client = stack.client()
     create = client.completions.create if field == "prompt" else client.embeddings.create
     with pytest.raises(openai.BadRequestError) as caught:
-        create(model=alias, **{field: [[None, True], {"text": "hi"}]})  # type: ignore[call-overload]
+        create(model=alias, **{field: value})  # type: ignore[call-overload]
     assert caught.value.status_code == 400
     assert caught.value.body["param"] == field  # type: ignore[index]
