@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -36,11 +38,12 @@ log = logging.getLogger("polyroute")
 
 def create_app(
     settings: Settings, *, table: PolicyTable | None = None, provider_factory: ProviderFactory | None = None
-) -> Starlette:
+) -> FastAPI:
     """The ASGI app. The policy comes from `table` or is loaded from `settings.policy` at startup.
 
-    Plain Starlette, not FastAPI: every route is a Starlette route, and FastAPI's per-request layers (its telemetry
-    and body-limit middlewares, the exit stack) would only add latency to every proxied request.
+    A FastAPI application, with the proxied routes dispatched in front of its middleware and router (`Gateway`):
+    FastAPI's per-request layers (its telemetry and body-limit middlewares, the exit stack) would only add latency
+    to every proxied request. Every other route is a FastAPI route, and GET /openapi.json documents them all.
     """
     if table is None:
         if settings.policy is None:
@@ -51,7 +54,7 @@ def create_app(
     runtime = Runtime(settings, table, store, metrics, provider_factory=provider_factory)
 
     @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
         log.info("polyroute %s serving policy %s", __version__, runtime.active.table.source)
         try:
@@ -66,24 +69,36 @@ def create_app(
         *portability_routes(runtime),
     ]
     hot = {r.path: r.app for r in routes if isinstance(r, Route) and r.methods == {"POST"} and r.path in HOT_PATHS}
+    options: dict[str, Any] = {
+        "routes": routes,
+        "lifespan": lifespan,
+        "title": "polyroute",
+        "version": __version__,
+        "description": DESCRIPTION,
+        "docs_url": "/docs" if settings.docs else None,
+        "openapi_url": "/openapi.json" if settings.docs else None,
+        "redoc_url": None,
+        "swagger_ui_oauth2_redirect_url": None,
+        # polyroute exports its own metrics (observability/); FastAPI's OpenTelemetry would only cost time.
+        "telemetry": {"tracing": False, "metrics": False, "logs": False},
+        "exception_handlers": {
+            HTTPException: http_error,
+            RequestValidationError: invalid_request,
+            PolyrouteError: polyroute_error,
+            Exception: unexpected,
+        },
+    }
     origins = settings.cors_origin_list
-    if origins:
-        app: Gateway = BrowserGateway(hot, origins, routes=routes, lifespan=lifespan)
-    else:
-        app = Gateway(hot, routes=routes, lifespan=lifespan)
+    app: Gateway = BrowserGateway(hot, origins, **options) if origins else Gateway(hot, **options)
     app.state.runtime = runtime
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 404:
-            return shaped(request.url.path, NotFoundError("Unknown path.", code="unknown_url"))
-        err = BadRequestError(str(exc.detail))
-        err.status = exc.status_code
-        return shaped(request.url.path, err)
-
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected)
     return app
+
+
+DESCRIPTION = (
+    "An OpenAI-compatible gateway that routes each request by a declarative policy between cloud and self-hosted "
+    "models. The proxied endpoints speak OpenAI's wire format (Anthropic's on /v1/messages); errors come in the "
+    "envelope of the client's protocol."
+)
 
 
 def shaped(path: str, err: PolyrouteError) -> Response:
@@ -103,24 +118,61 @@ async def unexpected(request: Request, exc: Exception) -> Response:
     return internal_error(request.url.path, exc)
 
 
-# The proxied routes: served before Starlette's middleware stack and router, see `Gateway`.
+async def polyroute_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PolyrouteError)
+    return shaped(request.url.path, exc)
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's and FastAPI's own answers (unknown path, wrong method) in polyroute's envelope."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return shaped(request.url.path, NotFoundError("Unknown path.", code="unknown_url"))
+    err = BadRequestError(str(exc.detail))
+    err.status = exc.status_code
+    return shaped(request.url.path, err)
+
+
+async def invalid_request(request: Request, exc: Exception) -> Response:
+    """FastAPI's validation failure (422 by its default) as the 400 every other bad request gets, naming the field."""
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    location = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    param = ".".join(location) or None
+    reason = str(first.get("msg", "is invalid"))
+    message = f"Invalid '{param}': {reason}." if param else f"Invalid request: {reason}."
+    return shaped(request.url.path, BadRequestError(message, param=param))
+
+
+# The proxied routes: served before FastAPI's middleware stack and router, see `Gateway`.
 HOT_PATHS = frozenset(
     ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages", "/v1/responses")
 )
 
 
-class Gateway(Starlette):
-    """Starlette, with the proxied routes dispatched by one dict lookup before its middleware stack.
+class Gateway(FastAPI):
+    """FastAPI, with the proxied routes dispatched by one dict lookup before its middleware stack.
 
-    Each request through the stack pays for two middlewares (each wrapping `send`, one building a `Request`) and
-    the router's walk over every route; the proxied routes need none of it. Every other request (another method,
-    another path, a root path) goes through Starlette as usual, and an unexpected error on a proxied route gets the
-    same 500 envelope as anywhere else.
+    Each request through the stack pays for FastAPI's middlewares (each wrapping `send`, some building a `Request`)
+    and the router's walk over every route; the proxied routes need none of it. Every other request (another
+    method, another path, a root path) goes through FastAPI as usual, and an unexpected error on a proxied route
+    gets the same 500 envelope as anywhere else. The OpenAPI document describes the proxied routes too
+    (api/openapi_document.py).
     """
 
     def __init__(self, hot: dict[str, ASGIApp], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._hot = hot
+        self._documented: dict[str, Any] | None = None
+
+    def openapi(self) -> dict[str, Any]:
+        # The proxied routes' models load only when the document is first asked for: no startup time for them.
+        from gateway.api.openapi_document import merge_proxied
+
+        document = super().openapi()
+        if document is not self._documented:  # FastAPI made it anew: add the proxied routes, once
+            self._documented = merge_proxied(document)
+        return document
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self._hot.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -156,7 +208,7 @@ class BrowserGateway(Gateway):
         await self._cors(scope, receive, send)
 
 
-def app_from_environment() -> Starlette:
+def app_from_environment() -> FastAPI:
     """The factory each worker process calls (settings come from the POLYROUTE_* environment)."""
     return create_app(Settings())
 

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # often the lock-in gauges are recomputed.
     routing_facts_per_day: int = Field(default=5_000, gt=0)
     lockin_refresh_seconds: float = Field(default=60.0, gt=0)
+    # GET /openapi.json and its interactive page /docs; false turns both off.
+    docs: bool = True
 
     @field_validator("cors_origins")
     @classmethod
@@ -100,7 +102,7 @@ def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
     """Worker processes read their settings from the environment: write the resolved ones there."""
     for name in ("policy", "redis_url", "admin_key", "max_body_bytes", "state_failure_mode", "metrics_port",
                  "max_upstream_body_bytes", "max_sse_event_bytes", "cors_origins", "header_timeout_seconds",
-                 "body_timeout_seconds", "max_connections", "routing_facts_per_day", "lockin_refresh_seconds"):
+                 "body_timeout_seconds", "max_connections", "routing_facts_per_day", "lockin_refresh_seconds", "docs"):
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))

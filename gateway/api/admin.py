@@ -5,100 +5,141 @@ from __future__ import annotations
 import dataclasses
 import time
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
 
-import orjson
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute
 
 from gateway.api.asgi_io import read_body
-from gateway.api.auth import is_admin
+from gateway.api.openapi import OPENAI_ERROR, error_responses, ref
+from gateway.api.openapi_security import admin_only
 from gateway.api.parsing import parse_request, request_facts
-from gateway.api.responses import error_response
-from gateway.errors import AuthenticationError, BadRequestError, NotFoundError, PolicyError, PolyrouteError
+from gateway.errors import BadRequestError, NotFoundError, PolicyError
 from gateway.observability.usage_report import MAX_DAYS, dimensions, summarize
 from gateway.policy.engine import decide
 from gateway.providers.base import Endpoint
 from gateway.runtime import Runtime
 
 
-def admin_routes(runtime: Runtime) -> list[Route]:
-    def check(request: Request) -> None:
-        if not is_admin(request.headers, runtime.settings.admin_key):
-            raise AuthenticationError(
-                "Admin endpoints need 'Authorization: Bearer <POLYROUTE_ADMIN_KEY>'"
-                + ("" if runtime.settings.admin_key else " (no admin key is configured on this gateway)")
-            )
+class UsageReport(BaseModel):
+    """Usage by the requested dimensions over the last `days` days (UTC)."""
 
-    async def usage(request: Request) -> Response:
-        try:
-            check(request)
-            days = int(request.query_params.get("days", "1"))
-            if not 1 <= days <= MAX_DAYS:
-                raise BadRequestError(f"'days' must be between 1 and {MAX_DAYS}.", param="days")
-            group = request.query_params.get("group_by", "tenant,alias,deployment,vendor")
-        except ValueError:
-            return error_response(BadRequestError("'days' must be an integer.", param="days"))
-        except PolyrouteError as err:
-            return error_response(err)
+    model_config = ConfigDict(extra="allow")
+    since: str
+    until: str
+    group_by: list[str]
+    total: dict[str, Any]
+    groups: list[dict[str, Any]]
+    share_by_vendor: dict[str, dict[str, float]]
+    share_by_hosting: dict[str, dict[str, float]]
+
+
+class Reloaded(BaseModel):
+    status: Literal["reloaded"]
+    source: str
+    aliases: list[str]
+
+
+class Exclusion(BaseModel):
+    deployment: str
+    reason: str
+
+
+class RouteExplanation(BaseModel):
+    """The decision the gateway would take for the body, without calling any upstream."""
+
+    route: str
+    strategy: str
+    attempts: list[str]
+    excluded: list[Exclusion]
+    applied_rules: list[str]
+    estimated_cost_usd: dict[str, float]
+    trace: list[str]
+    evaluated_at: float
+
+
+class ExplainedEndpoint(StrEnum):
+    """The endpoints a body can be explained for (their bodies are read the same way as the proxied ones)."""
+
+    CHAT = "chat"
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
+
+
+EXPLAIN_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The body the client would send, for the endpoint named by `endpoint`.",
+        "content": {"application/json": {"schema": {"anyOf": [  # api/openapi_models.py
+            ref(name) for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest")
+        ]}}},
+    }
+}
+ERRORS = error_responses(OPENAI_ERROR, ("400", "401", "503"))
+
+
+def admin_routes(runtime: Runtime) -> list[BaseRoute]:
+    router = APIRouter(prefix="/admin", tags=["Admin"], dependencies=[Depends(admin_only(runtime))])
+
+    @router.get("/usage", response_model=UsageReport, responses=ERRORS)
+    async def usage(
+        days: Annotated[int, Query(ge=1, le=MAX_DAYS)] = 1,
+        group_by: Annotated[str, Query(description="Comma list of dimensions.")] = "tenant,alias,deployment,vendor",
+    ) -> UsageReport:
+        """Usage by tenant, alias, deployment and day, from the state store."""
         today = datetime.now(UTC).date()
         since = (today - timedelta(days=days - 1)).isoformat()
         try:
-            dims = dimensions(group.split(","))
+            dims = dimensions(group_by.split(","))
         except ValueError as exc:
-            return error_response(BadRequestError(str(exc), param="group_by"))
-        try:
-            rows = await runtime.store.usage(since, today.isoformat())
-        except PolyrouteError as err:  # the shared store is unreachable: 503, not an internal error
-            return error_response(err)
-        report = summarize(rows, dims)
-        report["since"], report["until"] = since, today.isoformat()
-        return Response(orjson.dumps(report), media_type="application/json")
+            raise BadRequestError(str(exc), param="group_by") from exc
+        rows = await runtime.store.usage(since, today.isoformat())  # unreachable store: its 503 envelope
+        return UsageReport(**summarize(rows, dims), since=since, until=today.isoformat())
 
-    async def reload(request: Request) -> Response:
+    @router.post("/reload", response_model=Reloaded, responses={
+        **error_responses(OPENAI_ERROR, ("401",)),
+        "422": {"description": "The policy file is invalid: the running policy stays; the message names each "
+                "problem's YAML path.", "content": {"application/json": {"schema": ref(OPENAI_ERROR)}}},
+    })
+    async def reload() -> Reloaded:
+        """Load the policy file again; an invalid one keeps the running policy."""
         try:
-            check(request)
             table = await runtime.reload()
         except PolicyError as err:  # the file is invalid: the running policy stays, the caller learns why
             err.status = 422
-            return error_response(err)
-        except PolyrouteError as err:
-            return error_response(err)
-        body = {"status": "reloaded", "source": table.source, "aliases": sorted(table.aliases)}
-        return Response(orjson.dumps(body), media_type="application/json")
+            raise
+        return Reloaded(status="reloaded", source=table.source, aliases=sorted(table.aliases))
 
-    async def explain(request: Request) -> Response:
+    async def explain(
+        request: Request,
+        endpoint: ExplainedEndpoint = ExplainedEndpoint.CHAT,
+        tenant: Annotated[str | None, Query(description="Explain as this tenant (default: anonymous).")] = None,
+    ) -> RouteExplanation:
         """Dry-run a request body (and optional tenant/hints) through the same decision code, no upstream call."""
-        try:
-            check(request)
-            raw = await read_body(request.receive, request.headers, runtime.settings.max_body_bytes)
-            endpoint = Endpoint(request.query_params.get("endpoint", "chat"))
-            parsed = parse_request(raw, endpoint, request.headers)
-            table = runtime.active.table
-            tenant_name = request.query_params.get("tenant")
-            tenant = table.tenants.get(tenant_name) if tenant_name else table.anonymous_tenant()
-            if tenant is None:
-                raise NotFoundError(f"unknown tenant '{tenant_name}'", param="tenant", code="tenant_not_found")
-            facts = request_facts(parsed, tenant)
-            plan = decide(facts, table, runtime.health.snapshot())
-        except ValueError:
-            return error_response(BadRequestError("'endpoint' must be chat, completion or embedding."))
-        except PolyrouteError as err:
-            return error_response(err)
-        body = {
-            "route": plan.route,
-            "strategy": plan.strategy,
-            "attempts": [d.name for d in plan.attempts],
-            "excluded": [dataclasses.asdict(e) for e in plan.excluded],
-            "applied_rules": list(plan.applied_rules),
-            "estimated_cost_usd": plan.estimated_cost_usd,
-            "trace": list(plan.trace),
-            "evaluated_at": time.time(),
-        }
-        return Response(orjson.dumps(body), media_type="application/json")
+        raw = await read_body(request.receive, request.headers, runtime.settings.max_body_bytes)
+        parsed = parse_request(raw, Endpoint(endpoint.value), request.headers)
+        table = runtime.active.table
+        caller = table.tenants.get(tenant) if tenant else table.anonymous_tenant()
+        if caller is None:
+            raise NotFoundError(f"unknown tenant '{tenant}'", param="tenant", code="tenant_not_found")
+        plan = decide(request_facts(parsed, caller), table, runtime.health.snapshot())
+        return RouteExplanation(
+            route=plan.route,
+            strategy=plan.strategy,
+            attempts=[d.name for d in plan.attempts],
+            excluded=[Exclusion(**dataclasses.asdict(e)) for e in plan.excluded],
+            applied_rules=list(plan.applied_rules),
+            estimated_cost_usd=plan.estimated_cost_usd,
+            trace=list(plan.trace),
+            evaluated_at=time.time(),
+        )
 
-    return [
-        Route("/admin/usage", usage, methods=["GET"]),
-        Route("/admin/reload", reload, methods=["POST"]),
-        Route("/admin/routes/explain", explain, methods=["GET", "POST"]),
-    ]
+    explained = {**error_responses(OPENAI_ERROR, ("400", "401", "404", "413"))}
+    router.add_api_route("/routes/explain", explain, methods=["POST"], response_model=RouteExplanation,
+                         responses=explained, openapi_extra=EXPLAIN_BODY, operation_id="explain_route")
+    router.add_api_route("/routes/explain", explain, methods=["GET"], response_model=RouteExplanation,
+                         responses=explained, operation_id="explain_route_get", include_in_schema=False)
+    return list(router.routes)

@@ -1,64 +1,67 @@
 """OpenAI-compatible model routes: chat, completions, embeddings, one model or all (thin, over the proxy)."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the dependency of a route from its annotation, which
+# names a closure.
 import time
+from typing import Annotated, Literal
 
-import orjson
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+from starlette.routing import BaseRoute, Route
 
 from gateway.api.agent_routes import agent_routes
-from gateway.api.auth import authenticate
+from gateway.api.openapi import OPENAI_ERROR, error_responses
+from gateway.api.openapi_security import tenant_of
 from gateway.api.proxy import ProxyService
-from gateway.api.responses import error_response
-from gateway.errors import NotFoundError, PolyrouteError
+from gateway.errors import NotFoundError
 from gateway.policy.table import Tenant
 from gateway.providers.base import Endpoint
 from gateway.runtime import Runtime
 
 
-def model_routes(runtime: Runtime) -> list[Route]:
+class Model(BaseModel):
+    """OpenAI's Model object, for an alias."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "polyroute"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+def model_routes(runtime: Runtime) -> list[BaseRoute]:
     proxy = ProxyService(runtime)
+    router = APIRouter(tags=["OpenAI"])
+    caller = tenant_of(runtime)
 
-    async def models(request: Request) -> Response:
-        table = runtime.active.table
-        try:
-            tenant = authenticate(request.headers, table)
-        except PolyrouteError as err:
-            return error_response(err)
+    @router.get("/v1/models", response_model=ModelList, responses=error_responses(OPENAI_ERROR, ("401",)))
+    async def models(tenant: Annotated[Tenant, Depends(caller)]) -> ModelList:
+        """The aliases the caller may use."""
         created = int(time.time())
-        data = [_model(name, created) for name in table.aliases if _allowed(tenant, name)]
-        return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+        names = runtime.active.table.aliases
+        return ModelList(data=[Model(id=name, created=created) for name in names if _allowed(tenant, name)])
 
-    async def model(request: Request) -> Response:
+    @router.get("/v1/models/{model:path}", response_model=Model,
+                responses=error_responses(OPENAI_ERROR, ("401", "404")))
+    async def model(model: str, tenant: Annotated[Tenant, Depends(caller)]) -> Model:
         """One alias the caller may use; any other name is the same 404, so that it shows no more than the list."""
-        table = runtime.active.table
-        name: str = request.path_params["model"]
-        try:
-            tenant = authenticate(request.headers, table)
-            if name not in table.aliases or not _allowed(tenant, name):
-                raise NotFoundError(
-                    f"The model '{name[:200]}' does not exist or you do not have access to it.", param="model"
-                )
-        except PolyrouteError as err:
-            return error_response(err)
-        return Response(orjson.dumps(_model(name, int(time.time()))), media_type="application/json")
+        if model not in runtime.active.table.aliases or not _allowed(tenant, model):
+            raise NotFoundError(
+                f"The model '{model[:200]}' does not exist or you do not have access to it.", param="model"
+            )
+        return Model(id=model, created=int(time.time()))
 
     return [
         Route("/v1/chat/completions", proxy.route(Endpoint.CHAT), methods=["POST"]),
         Route("/v1/completions", proxy.route(Endpoint.COMPLETION), methods=["POST"]),
         Route("/v1/embeddings", proxy.route(Endpoint.EMBEDDING), methods=["POST"]),
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/models/{model:path}", model, methods=["GET"]),
+        *router.routes,
         *agent_routes(runtime, proxy),
     ]
-
-
-def _model(alias: str, created: int) -> dict[str, object]:
-    """OpenAI's Model object for an alias."""
-    return {"id": alias, "object": "model", "created": created, "owned_by": "polyroute"}
 
 
 def _allowed(tenant: Tenant, alias: str) -> bool:

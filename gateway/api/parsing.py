@@ -127,20 +127,38 @@ def estimate_prompt(body: dict[str, Any], endpoint: Endpoint) -> tuple[int, froz
             needs.add("tools")
             chars += len(orjson.dumps(body.get("tools") or body.get("functions")))
     else:
-        value = body["prompt"] if endpoint is Endpoint.COMPLETION else body["input"]
-        chars = _text_size(value)
+        param = "prompt" if endpoint is Endpoint.COMPLETION else "input"
+        chars = _text_size(body[param], param)
     return max(1, chars // 4) + images * IMAGE_TOKEN_ESTIMATE, frozenset(needs)
 
 
-def _text_size(value: Any) -> int:
+def _text_size(value: Any, param: str) -> int:
+    """The size of a prompt or an input in the shapes OpenAI accepts: a string, or a non-empty array of strings, of
+    token ids or of non-empty token id arrays (each id counted as four characters). Any other shape is the client's
+    400 here, not a failure of whichever target would have refused it."""
     if isinstance(value, str):
         return len(value)
-    if isinstance(value, list):
+    if isinstance(value, list) and value:
         total = 0
         for item in value:
-            total += _text_size(item) if isinstance(item, str | list) else 4
-        return total
-    raise BadRequestError("'input'/'prompt' must be a string or an array.", param="input")
+            if isinstance(item, str):
+                total += len(item)
+            elif _is_token(item):
+                total += 4
+            elif isinstance(item, list) and item and all(_is_token(token) for token in item):
+                total += 4 * len(item)
+            else:
+                break
+        else:
+            return total
+    raise BadRequestError(
+        f"'{param}' must be a string, or a non-empty array of strings, of token ids or of token id arrays.",
+        param=param,
+    )
+
+
+def _is_token(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_hints(headers: Headers, metadata: Any) -> tuple[str | None, frozenset[str]]:
