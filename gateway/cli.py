@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -249,10 +250,17 @@ def _has(module: str) -> bool:
 
 def _policy_check(path: Path) -> int:
     from gateway.policy.loader import describe_policy
+    from gateway.policy.retirement import retirement_notes
     from gateway.runtime import load_table
 
     table = load_table(Settings(), path)
     print(describe_policy(table))
+    notes = retirement_notes(table, datetime.now(UTC).date())
+    for note in notes:
+        print(f"{'error' if note.failed else 'warning'}: {note.message}", file=sys.stderr)
+    if any(note.failed for note in notes):
+        print(f"\nFAILED: {path} routes to a retired model.")
+        return 1
     print(f"\nOK: {path} is a valid policy.")
     return 0
 

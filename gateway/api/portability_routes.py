@@ -11,7 +11,7 @@ from gateway.api.auth import is_admin
 from gateway.api.responses import error_response
 from gateway.errors import AuthenticationError, BadRequestError, PolyrouteError
 from gateway.portability.commands import check_days, check_share, drill_from_store, lockin_from_store
-from gateway.portability.gauges import LockinGauges
+from gateway.portability.gauges import RETIREMENT_REFRESH_S, LockinGauges, RetirementGauge
 from gateway.portability.vendor_params import vendor_params
 from gateway.runtime import Runtime
 
@@ -21,6 +21,7 @@ def portability_routes(runtime: Runtime) -> list[Route]:
     runtime.accountant.watch_params(vendor_params())
     gauges = LockinGauges(runtime.store, lambda: runtime.active.table, runtime.metrics)
     runtime.accountant.every(runtime.settings.lockin_refresh_seconds, gauges)
+    runtime.accountant.every(RETIREMENT_REFRESH_S, RetirementGauge(lambda: runtime.active.table, runtime.metrics))
 
     def check(request: Request) -> int:
         """The admin key (as every admin route), then `days`."""

@@ -1,17 +1,18 @@
-"""Deployment prices in USD per million tokens: from the policy, from a GPU-hour cost, or from litellm's price map."""
+"""Deployment price books: from the policy (tiers, dated entries), a GPU-hour cost, or litellm's price map."""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import orjson
 
-from gateway.policy.schema import Currency, DeploymentSpec
-from gateway.policy.table import Price, Provider
+from gateway.policy.schema import Currency, DeploymentSpec, PriceSpec
+from gateway.policy.table import Price, PriceTier, Provider
 from gateway.settings import Settings
 
 _PER_MTOK = 1_000_000
@@ -35,29 +36,83 @@ class CurrencyRates:
 
 
 def resolve_price(deployment: DeploymentSpec, provider: Provider, fx: CurrencyRates) -> Price:
-    """The deployment's USD price and where it came from (`policy`, `gpu_hour`, `litellm` or `unknown`).
+    """The deployment's price book and where it came from (`policy`, `gpu_hour`, `litellm` or `unknown`).
 
+    A list of prices is a book of dated entries: each applies from its `effective_from` (UTC midnight), so an
+    announced change takes effect on its day without a reload; the earliest entry also applies before its date.
     litellm's price map is consulted only for litellm-type providers: an OpenAI-compatible deployment without a
     price must not pull litellm (and its memory) into the process.
     """
-    price = deployment.price
-    if price is not None and price.input_per_mtok is not None and price.output_per_mtok is not None:
-        cached = price.cached_input_per_mtok
-        return Price(
-            input_per_mtok_usd=fx.to_usd(price.input_per_mtok, price.currency),
-            output_per_mtok_usd=fx.to_usd(price.output_per_mtok, price.currency),
-            cached_input_per_mtok_usd=None if cached is None else fx.to_usd(cached, price.currency),
-            source="policy",
-        )
-    if price is not None and price.gpu_hour is not None and price.tokens_per_second:
-        # A GPU costs the same per hour whatever it generates; spread that over the tokens it can serve in one.
-        per_mtok = fx.to_usd(price.gpu_hour, price.currency) / (price.tokens_per_second * 3600) * _PER_MTOK
-        return Price(input_per_mtok_usd=per_mtok, output_per_mtok_usd=per_mtok, source="gpu_hour")
+    spec = deployment.price
+    if isinstance(spec, list):
+        dated = sorted(enumerate(spec), key=lambda item: _day_start(item[1].effective_from))
+        book = [_entry_price(entry, f"policy[{index}]", fx) for index, entry in dated]
+        if book:
+            return replace(book[0], later=tuple(book[1:]))
+    elif spec is not None:
+        return _entry_price(spec, "policy", fx)
     if provider.type == "litellm" and provider.litellm_prefix:
         known = litellm_price(provider.litellm_prefix, deployment.model)
         if known is not None:
             return known
-    return Price(input_per_mtok_usd=0.0, output_per_mtok_usd=0.0, source="unknown")
+    return Price(input_per_mtok_usd=0.0, output_per_mtok_usd=0.0, source="unknown", entry="unknown")
+
+
+def _entry_price(spec: PriceSpec, label: str, fx: CurrencyRates) -> Price:
+    """One price book entry, as validated by policy checks (a token price, tiers, or a GPU cost)."""
+    rate = fx.to_usd(1.0, spec.currency)
+    since = _day_start(spec.effective_from)
+    entry = f"{label} from {spec.effective_from.isoformat()}" if spec.effective_from else label
+    if spec.gpu_hour is not None and spec.tokens_per_second:
+        # A GPU costs the same per hour whatever it generates; spread that over the tokens it can serve in one.
+        per_mtok = spec.gpu_hour * rate / (spec.tokens_per_second * 3600) * _PER_MTOK
+        return Price(
+            input_per_mtok_usd=per_mtok,
+            output_per_mtok_usd=per_mtok,
+            source="gpu_hour",
+            effective_from=since,
+            entry=entry,
+        )
+    tiers = tuple(
+        PriceTier(
+            max_input_tokens=t.max_input_tokens,
+            input_per_mtok=t.input_per_mtok,
+            output_per_mtok=t.output_per_mtok,
+            cached_input_per_mtok=t.cached_input_per_mtok,
+            cache_write_per_mtok=t.cache_write_per_mtok,
+            thinking_output_per_mtok=t.thinking_output_per_mtok,
+        )
+        for t in spec.tiers or ()
+    ) or (
+        PriceTier(
+            max_input_tokens=None,
+            input_per_mtok=spec.input_per_mtok or 0.0,
+            output_per_mtok=spec.output_per_mtok or 0.0,
+            cached_input_per_mtok=spec.cached_input_per_mtok,
+            cache_write_per_mtok=spec.cache_write_per_mtok,
+            thinking_output_per_mtok=spec.thinking_output_per_mtok,
+        ),
+    )
+    first = tiers[0]
+    cached = first.cached_input_per_mtok
+    return Price(
+        input_per_mtok_usd=first.input_per_mtok * rate,
+        output_per_mtok_usd=first.output_per_mtok * rate,
+        cached_input_per_mtok_usd=None if cached is None else cached * rate,
+        source="policy",
+        tiers=tiers,
+        currency=spec.currency,
+        usd_per_unit=rate,
+        effective_from=since,
+        entry=entry,
+    )
+
+
+def _day_start(day: date | None) -> float:
+    """POSIX time of UTC midnight starting `day` (0 for an entry without a date: in force from the start)."""
+    if day is None:
+        return 0.0
+    return datetime.combine(day, time.min, tzinfo=UTC).timestamp()
 
 
 def litellm_price(prefix: str, model: str) -> Price | None:
@@ -79,11 +134,21 @@ def litellm_price(prefix: str, model: str) -> Price | None:
         input_cost = _per_mtok(entry.get("input_cost_per_token"))
         output_cost = _per_mtok(entry.get("output_cost_per_token"))
         if input_cost is not None and output_cost is not None:
+            cached = _per_mtok(entry.get("cache_read_input_token_cost"))
+            tier = PriceTier(
+                max_input_tokens=None,
+                input_per_mtok=input_cost,
+                output_per_mtok=output_cost,
+                cached_input_per_mtok=cached,
+                cache_write_per_mtok=_per_mtok(entry.get("cache_creation_input_token_cost")),
+            )
             return Price(
                 input_per_mtok_usd=input_cost,
                 output_per_mtok_usd=output_cost,
-                cached_input_per_mtok_usd=_per_mtok(entry.get("cache_read_input_token_cost")),
+                cached_input_per_mtok_usd=cached,
                 source="litellm",
+                tiers=(tier,),
+                entry=f"litellm:{key}",
             )
     return None
 

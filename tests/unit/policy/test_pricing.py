@@ -35,7 +35,8 @@ def price_of(price: str, provider: str = "cloud", model: str = "m") -> Price:
 
 def test_a_usd_token_price_is_taken_as_written() -> None:
     price = price_of("{input_per_mtok: 2.5, output_per_mtok: 10, cached_input_per_mtok: 1.25}")
-    assert price == Price(2.5, 10.0, 1.25, source="policy")
+    assert (price.input_per_mtok_usd, price.output_per_mtok_usd, price.cached_input_per_mtok_usd) == (2.5, 10.0, 1.25)
+    assert (price.source, price.currency, price.entry) == ("policy", "USD", "policy")
 
 
 def test_cny_and_eur_prices_are_converted_to_usd() -> None:
@@ -73,7 +74,8 @@ def test_a_litellm_provider_without_a_price_uses_litellms_price_map() -> None:
 
 
 def test_a_model_litellm_does_not_know_has_an_unknown_price() -> None:
-    assert price_of("", provider="claude", model="no-such-model-anywhere") == Price(0.0, 0.0, source="unknown")
+    price = price_of("", provider="claude", model="no-such-model-anywhere")
+    assert price == Price(0.0, 0.0, source="unknown", entry="unknown")
 
 
 def test_an_openai_provider_without_a_price_is_unknown_and_never_loads_litellm() -> None:
