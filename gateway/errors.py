@@ -157,6 +157,7 @@ class ErrorClass(StrEnum):
     NOT_FOUND = "not_found"
     ACCOUNT = "account"  # arrears / AccessDenied: the operator's account, not the request; opens the circuit at once
     QUOTA_EXHAUSTED = "quota_exhausted"  # a quota that no retry restores (a spent free tier): opens the circuit at once
+    RETIRED = "retired"  # 404/410: the model no longer exists (retired, deprecated): opens the circuit at once
 
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"

@@ -215,6 +215,7 @@ class FallbackPolicy:
             "auth",
             "account",
             "quota_exhausted",
+            "retired",
         }
     )
     retries: Retries = Retries()

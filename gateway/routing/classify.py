@@ -62,7 +62,10 @@ RETRYABLE = frozenset(
 # Failures that say something about the deployment's health, so they count toward its circuit breaker.
 HEALTH_FAILURES = frozenset({ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR})
 # Failures that will repeat on every request until the operator acts: one opens the circuit for its cooldown.
-TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED})
+TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED, ErrorClass.RETIRED})
+# A 404/410 whose words name the model as gone: Model Studio's `model_not_found` ("The model `x` does not exist"),
+# OpenAI's `model_not_found`, deprecation notices. A 404 without them (a wrong path) stays not_found.
+_RETIRED_MARKERS = ("model_not_found", "does not exist", "deprecat", "decommission", "retired", "no longer")
 
 
 def error_fields(body: bytes) -> tuple[str, str]:
@@ -106,6 +109,8 @@ def classify_status(status: int | None, message: str, code: str) -> ErrorClass:
         return ErrorClass.RATE_LIMIT  # Model Studio's per-minute `insufficient_quota` is a 429 too: retryable
     if status in (401, 403):
         return ErrorClass.AUTH
+    if status in (404, 410) and any(marker in text for marker in _RETIRED_MARKERS):
+        return ErrorClass.RETIRED
     if any(marker in text for marker in _CONTEXT_MARKERS):
         return ErrorClass.CONTEXT_WINDOW
     if any(marker in text for marker in _CONTENT_MARKERS):
