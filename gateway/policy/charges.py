@@ -39,16 +39,18 @@ def charge(
     cached_tokens: int = 0,
     cache_write_tokens: int = 0,
     reasoning_tokens: int = 0,
+    requests: int = 1,
 ) -> Charge:
-    """The cost of one request whose usage counts cache reads and writes inside `input_tokens` (as OpenAI and Model
-    Studio report them) and reasoning inside `output_tokens`.
+    """The cost of `requests` requests whose usage counts cache reads and writes inside `input_tokens` (as OpenAI
+    and Model Studio report them) and reasoning inside `output_tokens`.
 
-    Cache reads and writes are billed at their own prices where the tier has them, else as input; when the request
-    reasoned and the tier has a thinking-mode output price, all its output is billed at it (Model Studio prices a
-    thinking request's output, not only its reasoning tokens, at the thinking rate).
+    The tier is chosen by the input of one request (the mean, when `requests` sums several). Cache reads and writes
+    are billed at their own prices where the tier has them, else as input; when the request reasoned and the tier
+    has a thinking-mode output price, all its output is billed at it (Model Studio prices a thinking request's
+    output, not only its reasoning tokens, at the thinking rate).
     """
     total_in = max(input_tokens, 0)
-    tier = tier_for(price, total_in)
+    tier = tier_for(price, total_in if requests <= 1 else -(-total_in // requests))
     cached = min(max(cached_tokens, 0), total_in)
     written = min(max(cache_write_tokens, 0), total_in - cached)
     fresh = total_in - cached - written
