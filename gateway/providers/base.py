@@ -68,8 +68,7 @@ class Usage:
             input_tokens=_int(usage.get(input_key)),
             output_tokens=_int(usage.get(output_key)),
             cached_tokens=_int(input_details.get("cached_tokens")),
-            # Model Studio's explicit cache reports what it wrote here (its context-cache page)
-            cache_write_tokens=_int(input_details.get("cache_creation_input_tokens")),
+            cache_write_tokens=_cache_writes(usage, input_details),
             reasoning_tokens=_int(
                 output_details.get("reasoning_tokens") if isinstance(output_details, dict) else 0
             ),
@@ -78,6 +77,19 @@ class Usage:
 
 _CHAT_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
 _RESPONSES_USAGE_KEYS = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
+
+
+def _cache_writes(usage: dict[str, Any], input_details: dict[str, Any]) -> int:
+    """Cache writes in an OpenAI-shaped usage: Model Studio's explicit cache reports them in the details (its
+    context-cache page); litellm's translation of Anthropic in the details under another name, and at the top."""
+    for count in (
+        input_details.get("cache_creation_input_tokens"),
+        input_details.get("cache_creation_tokens"),
+        usage.get("cache_creation_input_tokens"),
+    ):
+        if isinstance(count, int) and count > 0:
+            return count
+    return 0
 
 
 def _int(value: Any) -> int:

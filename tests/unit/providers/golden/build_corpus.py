@@ -191,6 +191,18 @@ def build() -> list[dict[str, Any]]:
                    f"written={written} out={output}"
             answer = messages_answer(inp, cached, written, output, stream, index % 2 == 1)
             cases.append(case(name, yaml, "messages", stream, answer, usd))
+    for inp, cached, written, output in [(300, 10_000, 2_000, 800), (12, 0, 4_000, 40)]:
+        # Anthropic translated by litellm: OpenAI's shape, cache reads and writes counted inside prompt_tokens
+        usd = cost(tiers, currency, inp + cached + written, cached, written, output, 0)
+        usage = {"prompt_tokens": inp + cached + written, "completion_tokens": output,
+                 "total_tokens": inp + cached + written + output,
+                 "prompt_tokens_details": {"cached_tokens": cached, "cache_creation_tokens": written,
+                                           "text_tokens": inp},
+                 "cache_creation_input_tokens": written, "cache_read_input_tokens": cached}
+        for stream in (False, True):
+            name = f"anthropic via litellm chat {'stream' if stream else 'reply'} input={inp} read={cached} " \
+                   f"written={written} out={output}"
+            cases.append(case(name, yaml, "chat", stream, chat_answer("claude", usage, stream, False), usd))
     yaml, tiers, currency = PRICES["embedding-eur"]
     for prompt in (1, 8, 512, 8_192, 100_000, 2_000_000):
         usd = cost(tiers, currency, prompt, 0, 0, 0, 0)
