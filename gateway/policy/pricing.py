@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import re
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -131,26 +132,63 @@ def litellm_price(prefix: str, model: str) -> Price | None:
         entry = cost_map.get(key)
         if not isinstance(entry, dict):
             continue
-        input_cost = _per_mtok(entry.get("input_cost_per_token"))
-        output_cost = _per_mtok(entry.get("output_cost_per_token"))
-        if input_cost is not None and output_cost is not None:
-            cached = _per_mtok(entry.get("cache_read_input_token_cost"))
-            tier = PriceTier(
-                max_input_tokens=None,
-                input_per_mtok=input_cost,
-                output_per_mtok=output_cost,
-                cached_input_per_mtok=cached,
-                cache_write_per_mtok=_per_mtok(entry.get("cache_creation_input_token_cost")),
-            )
+        tiers = _litellm_tiers(entry)
+        if tiers:
+            first = tiers[0]
             return Price(
-                input_per_mtok_usd=input_cost,
-                output_per_mtok_usd=output_cost,
-                cached_input_per_mtok_usd=cached,
+                input_per_mtok_usd=first.input_per_mtok,
+                output_per_mtok_usd=first.output_per_mtok,
+                cached_input_per_mtok_usd=first.cached_input_per_mtok,
                 source="litellm",
-                tiers=(tier,),
+                tiers=tiers,
                 entry=f"litellm:{key}",
             )
     return None
+
+
+_ABOVE = re.compile(r"^input_cost_per_token_above_(\d+)k_tokens$")
+
+
+def _litellm_tiers(entry: dict[str, object]) -> tuple[PriceTier, ...]:
+    """The bands of one price map entry: its `tiered_pricing` list (input ranges, as for dashscope/qwen3-max), or
+    a base price and the `*_above_<N>k_tokens` prices that replace it above N thousand input tokens (Gemini)."""
+    ranges = entry.get("tiered_pricing")
+    if isinstance(ranges, list) and ranges:
+        tiers = [_litellm_tier(band, "", _range_end(band)) for band in ranges if isinstance(band, dict)]
+        if tiers and all(t is not None for t in tiers):
+            return tuple(t for t in tiers if t is not None)
+    above = sorted(int(m[1]) for key in entry if (m := _ABOVE.match(key)))
+    if not above:
+        base = _litellm_tier(entry, "", None)
+        return () if base is None else (base,)
+    base = _litellm_tier(entry, "", above[0] * 1000)
+    higher = [
+        _litellm_tier(entry, f"_above_{k}k_tokens", above[i + 1] * 1000 if i + 1 < len(above) else None)
+        for i, k in enumerate(above)
+    ]
+    bands = [base, *higher]
+    return tuple(t for t in bands if t is not None) if all(t is not None for t in bands) else ()
+
+
+def _range_end(band: dict[str, object]) -> int | None:
+    span = band.get("range")
+    if isinstance(span, list) and len(span) == 2 and isinstance(span[1], int | float) and math.isfinite(span[1]):
+        return int(span[1])
+    return None
+
+
+def _litellm_tier(entry: dict[str, object], suffix: str, max_input_tokens: int | None) -> PriceTier | None:
+    input_cost = _per_mtok(entry.get(f"input_cost_per_token{suffix}"))
+    output_cost = _per_mtok(entry.get(f"output_cost_per_token{suffix}"))
+    if input_cost is None or output_cost is None:
+        return None
+    return PriceTier(
+        max_input_tokens=max_input_tokens,
+        input_per_mtok=input_cost,
+        output_per_mtok=output_cost,
+        cached_input_per_mtok=_per_mtok(entry.get(f"cache_read_input_token_cost{suffix}")),
+        cache_write_per_mtok=_per_mtok(entry.get(f"cache_creation_input_token_cost{suffix}")),
+    )
 
 
 def _per_mtok(per_token: object) -> float | None:

@@ -147,3 +147,33 @@ def test_replaced_by_must_name_another_deployment() -> None:
     assert "deployments.dep.replaced_by: unknown deployment 'nope'" in problems_of(
         "price: {input_per_mtok: 1, output_per_mtok: 1}, retires_on: 2027-03-01, replaced_by: nope"
     )
+
+
+LITELLM_POLICY = """
+version: 1
+providers:
+  ds: {type: litellm, litellm_prefix: dashscope, hosting: cloud, jurisdiction: sg, vendor: alibaba}
+  gm: {type: litellm, litellm_prefix: gemini, hosting: cloud, jurisdiction: us, vendor: google}
+deployments:
+  max: {provider: ds, model: qwen3-max}
+  pro: {provider: gm, model: gemini-2.5-pro}
+aliases:
+  a: {targets: [max, pro]}
+"""
+
+
+def test_litellms_tiered_prices_are_the_fallback_for_litellm_providers() -> None:
+    table = load_policy_text(LITELLM_POLICY, {}, fx=FX)
+    # read from litellm's bundled price map: dashscope/qwen3-max lists input ranges, gemini-2.5-pro a 200k bound
+    qwen_max, gemini = table.deployments["max"].price, table.deployments["pro"].price
+    assert (qwen_max.source, qwen_max.entry) == ("litellm", "litellm:dashscope/qwen3-max")
+    assert [t.max_input_tokens for t in qwen_max.tiers] == [32000, 128000, 252000]
+    above = charge(qwen_max, input_tokens=40_000, output_tokens=1_000)
+    assert above.usd == pytest.approx((40_000 * qwen_max.tiers[1].input_per_mtok
+                                       + 1_000 * qwen_max.tiers[1].output_per_mtok) / 1e6, abs=1e-12)
+    assert [t.max_input_tokens for t in gemini.tiers] == [200_000, None]
+    low, high = gemini.tiers
+    assert high.input_per_mtok > low.input_per_mtok and high.cached_input_per_mtok is not None
+    bill = charge(gemini, input_tokens=200_001, output_tokens=10, cached_tokens=100_000)
+    expected = (100_001 * high.input_per_mtok + 100_000 * high.cached_input_per_mtok + 10 * high.output_per_mtok) / 1e6
+    assert bill.usd == pytest.approx(expected, abs=1e-12)
