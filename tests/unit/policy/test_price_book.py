@@ -177,3 +177,19 @@ def test_litellms_tiered_prices_are_the_fallback_for_litellm_providers() -> None
     bill = charge(gemini, input_tokens=200_001, output_tokens=10, cached_tokens=100_000)
     expected = (100_001 * high.input_per_mtok + 100_000 * high.cached_input_per_mtok + 10 * high.output_per_mtok) / 1e6
     assert bill.usd == pytest.approx(expected, abs=1e-12)
+
+
+def test_lowest_cost_orders_by_the_tier_a_prompt_selects() -> None:
+    from gateway.policy.engine import decide
+    from gateway.policy.plan import HealthSnapshot, RequestFacts
+
+    text = POLICY.replace("PRICE", QWEN36).replace("[dep, other]", "[dep, other], strategy: lowest_cost")
+    table = load_policy_text(text, {}, fx=FX)
+
+    def first(prompt_tokens: int) -> str:
+        facts = RequestFacts(alias="a", tenant="anonymous", endpoint="chat", stream=False, data_class=None,
+                             tags=frozenset(), prompt_tokens=prompt_tokens, max_output_tokens=100, needs=frozenset())
+        return decide(facts, table, HealthSnapshot()).attempts[0].name
+
+    assert first(1_000) == "dep"  # 0.5 in / 3.0 out in the first tier against 1 / 2
+    assert first(300_000) == "other"  # the whole request at 2.0 in / 6.0 out in the second tier
