@@ -197,23 +197,6 @@ def _per_mtok(per_token: object) -> float | None:
     return round(per_token * _PER_MTOK, 9)  # 2.9e-06 * 1e6 is 2.9000000000000004 in binary floats
 
 
-def estimate_cost_usd(price: Price, prompt_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
-    """USD cost of one request.
-
-    `prompt_tokens` are the input tokens billed at the input price; `cached_tokens` are counted separately (not
-    included in `prompt_tokens`) and billed at the cached-input price when the deployment has one, else at the
-    input price. OpenAI's usage counts cached tokens inside prompt_tokens: subtract them before calling.
-    """
-    cached_price = price.cached_input_per_mtok_usd
-    if cached_price is None:
-        cached_price = price.input_per_mtok_usd
-    return (
-        max(prompt_tokens, 0) * price.input_per_mtok_usd
-        + max(cached_tokens, 0) * cached_price
-        + max(output_tokens, 0) * price.output_per_mtok_usd
-    ) / _PER_MTOK
-
-
 @functools.cache
 def _litellm_price_map() -> dict[str, object]:
     spec = importlib.util.find_spec("litellm")  # finds the package without importing it
