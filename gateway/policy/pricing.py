@@ -66,13 +66,16 @@ def _entry_price(spec: PriceSpec, label: str, fx: CurrencyRates) -> Price:
     entry = f"{label} from {spec.effective_from.isoformat()}" if spec.effective_from else label
     if spec.gpu_hour is not None and spec.tokens_per_second:
         # A GPU costs the same per hour whatever it generates; spread that over the tokens it can serve in one.
-        per_mtok = spec.gpu_hour * rate / (spec.tokens_per_second * 3600) * _PER_MTOK
+        per_mtok = spec.gpu_hour / (spec.tokens_per_second * 3600) * _PER_MTOK
         return Price(
-            input_per_mtok_usd=per_mtok,
-            output_per_mtok_usd=per_mtok,
+            input_per_mtok_usd=per_mtok * rate,
+            output_per_mtok_usd=per_mtok * rate,
             source="gpu_hour",
+            tiers=(PriceTier(max_input_tokens=None, input_per_mtok=per_mtok, output_per_mtok=per_mtok),),
+            currency=spec.currency,
+            usd_per_unit=rate,
             effective_from=since,
-            entry=entry,
+            entry=entry if entry != "policy" else "gpu_hour",
         )
     tiers = tuple(
         PriceTier(

@@ -193,3 +193,12 @@ def test_lowest_cost_orders_by_the_tier_a_prompt_selects() -> None:
 
     assert first(1_000) == "dep"  # 0.5 in / 3.0 out in the first tier against 1 / 2
     assert first(300_000) == "other"  # the whole request at 2.0 in / 6.0 out in the second tier
+
+
+def test_a_gpu_hour_cost_in_cny_is_counted_in_cny() -> None:
+    price = price_of("price: {gpu_hour: 20, tokens_per_second: 1000, currency: CNY}")
+    bill = charge(price, input_tokens=3_000_000, output_tokens=600_000)
+    per_mtok_cny = 20 / (1000 * 3600) * 1e6
+    assert (bill.currency, bill.entry) == ("CNY", "gpu_hour")
+    assert bill.amount == pytest.approx(3.6 * per_mtok_cny, abs=1e-12)
+    assert bill.usd == pytest.approx(3.6 * per_mtok_cny * 0.14, abs=1e-12)
