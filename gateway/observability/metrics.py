@@ -184,6 +184,7 @@ class Metrics:
         self._cost = counter(names.COST_USD_TOTAL, *identity)
         self._cost_native = counter(names.COST_TOTAL, *identity, "currency")
         self._retirement = gauge(names.DEPLOYMENT_DAYS_TO_RETIREMENT, "mostrecent", "deployment")
+        self._retiring: frozenset[str] = frozenset()
         self._fallbacks = counter(names.FALLBACKS_TOTAL, "from", "to", "reason")
         # How worker files merge: a dead worker's circuits and in-flight requests stop counting (live*); the budget
         # left belongs to the tenant, not the worker, so the latest write of any worker wins.
@@ -335,9 +336,14 @@ class Metrics:
         self._cost_native(*identity, _clamp(currency, _CURRENCIES)).inc(amount)
 
     def days_to_retirement(self, days: Mapping[str, int]) -> None:
-        """Set each retiring deployment's days left (the policy's `retires_on`)."""
-        for deployment, left in days.items():
-            self._retirement(_clamp(deployment, self._known.deployments)).set(left)
+        """Set each retiring deployment's days left (the policy's `retires_on`); a deployment no longer retiring (a
+        reload removed its date or the deployment) loses its series."""
+        labels = {_clamp(deployment, self._known.deployments): left for deployment, left in days.items()}
+        for gone in self._retiring - labels.keys():
+            self._retirement.remove(gone)
+        for label, left in labels.items():
+            self._retirement(label).set(left)
+        self._retiring = frozenset(labels)
 
     def fallback(self, *, from_deployment: str, to_deployment: str, reason: str) -> None:
         """Record a move to the next deployment after an attempt failed with error class `reason`."""

@@ -70,3 +70,16 @@ async def test_a_cny_price_is_exported_in_cny_and_in_usd_and_usage_names_the_ent
     (group,) = report["groups"]
     assert group["cost_usd_by_price"] == {"policy[1] from 2000-01-01": pytest.approx(cny * 0.14, abs=1e-6)}
     assert group["cache_write_tokens"] == 1_000
+
+
+def test_days_to_retirement_follow_the_policy_and_a_removed_date_drops_its_series() -> None:
+    metrics = Metrics()
+    metrics.set_known(aliases=["coder"], deployments=["qwen-old", "qwen-plus"], providers=["bj"], tenants=[],
+                      vendors=["alibaba"])
+    metrics.days_to_retirement({"qwen-old": 12, "qwen-plus": -1})
+    body, _ = metrics.render()
+    assert 'polyroute_deployment_days_to_retirement{deployment="qwen-old"} 12.0' in body.decode()
+    metrics.days_to_retirement({"qwen-plus": -2})  # a reload took qwen-old's date away
+    text = metrics.render()[0].decode()
+    assert 'polyroute_deployment_days_to_retirement{deployment="qwen-old"}' not in text
+    assert 'polyroute_deployment_days_to_retirement{deployment="qwen-plus"} -2.0' in text
