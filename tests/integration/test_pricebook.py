@@ -24,7 +24,15 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.observability import names
-from tests.support.processes import GatewayProcess, Upstream, start_gateway, start_simulated
+from tests.support.processes import (
+    GatewayProcess,
+    RedisServer,
+    Upstream,
+    have_redis,
+    start_gateway,
+    start_redis,
+    start_simulated,
+)
 from tests.support.prometheus import scrape, total
 
 TODAY = datetime.now(UTC).date()
@@ -86,6 +94,7 @@ class Served:
     cloud: Upstream
     vllm: Upstream
     policy: Path
+    redis: RedisServer | None = None
 
     def admin(self, path: str) -> Any:
         request = urllib.request.Request(self.process.url(path), headers={"authorization": "Bearer adm"})
@@ -98,15 +107,21 @@ def policy_text(cloud: str, vllm: str, retires: str) -> str:
     return POLICY.format(cloud=cloud, vllm=vllm, retires=retires, future=future)
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    if request.param == "redis" and not have_redis():
+        pytest.skip("redis-server is not installed")
     cloud = start_simulated("modelstudio", name="sim-cloud")
     vllm = start_simulated("vllm", name="sim-vllm")
+    redis = start_redis() if request.param == "redis" else None
     policy = tmp_path_factory.mktemp("pricebook") / "policy.yaml"
     policy.write_text(policy_text(cloud.base_url, vllm.base_url, (TODAY + timedelta(days=20)).isoformat()))
-    process = start_gateway(policy, env={"POLYROUTE_ADMIN_KEY": "adm", "POLYROUTE_USD_PER_CNY": "0.14"})
+    env = {"POLYROUTE_ADMIN_KEY": "adm", "POLYROUTE_USD_PER_CNY": "0.14"}
+    if redis is not None:
+        env["POLYROUTE_REDIS_URL"] = redis.url
+    process = start_gateway(policy, env=env)
     try:
-        gateway = Served(process, cloud, vllm, policy)
+        gateway = Served(process, cloud, vllm, policy, redis)
         with openai.OpenAI(base_url=process.url("/v1"), api_key="any", max_retries=0) as client:
             for _ in range(CLOUD_REQUESTS):
                 reply = client.chat.completions.with_raw_response.create(
@@ -124,13 +139,15 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield gateway
     finally:
         process.stop()
-        cloud.stop()
-        vllm.stop()
+        for other in (cloud, vllm, *([redis] if redis is not None else [])):
+            other.stop()
 
 
-def polyroute(*args: str) -> subprocess.CompletedProcess[str]:
+def polyroute(*args: str, redis_url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("POLYROUTE_")}
     env["POLYROUTE_ADMIN_KEY"] = "adm"
+    if redis_url is not None:
+        env["POLYROUTE_REDIS_URL"] = redis_url
     return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
 
@@ -159,7 +176,10 @@ def test_what_if_prices_recorded_usage_under_another_policy_and_replays_its_rout
     moved_home = tmp_path / "home.yaml"
     moved_home.write_text(WHAT_IF.replace("TARGETS", "[qwen-local, qwen-plus]"))
 
-    done = polyroute("what-if", "--policy", str(moved_home), "--days", "1", "--json", "--url", served.process.url(""))
+    # from the gateway's /admin/recorded, or with Redis straight from the shared store
+    source = ["--url", served.process.url("")] if served.redis is None else []
+    redis_url = None if served.redis is None else served.redis.url
+    done = polyroute("what-if", "--policy", str(moved_home), "--days", "1", "--json", *source, redis_url=redis_url)
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
 
