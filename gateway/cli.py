@@ -1,4 +1,4 @@
-"""The `polyroute` command: serve, demo, policy check, route explain, usage, lockin, drill."""
+"""The `polyroute` command: serve, demo, policy check, route explain, usage, lockin, drill, what-if."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -93,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         "--max-stranded", type=float, default=0.0, help="share of a critical alias's traffic it may lose (default: 0)"
     )
 
+    whatif = sub.add_parser(
+        "what-if",
+        help="recorded usage priced (and, with routing facts, routed) under another policy: spend then vs now",
+        description="Recomputes the recorded usage of the last --days under the prices of --policy (the price "
+        "entry in force today, tiers and cache prices included) and, when routing facts were recorded, replays them "
+        "through its routing too; prints spend per alias and vendor, as recorded (then) and under the policy (now). "
+        "Usage comes from --url, else from POLYROUTE_REDIS_URL, else from the gateway on POLYROUTE_HOST/PORT.",
+    )
+    whatif.add_argument("--policy", required=True, type=Path, help="the policy file whose prices and routing to use")
+    whatif.add_argument("--days", type=int, default=7, help="the last N UTC days, today included (default: 7)")
+    whatif.add_argument("--url", help="read the recorded usage from this gateway's /admin/recorded")
+    whatif.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -106,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             return _policy_check(args.file)
         if args.command == "route":
             return _route_explain(args)
-        if args.command in ("lockin", "drill"):
+        if args.command in ("lockin", "drill", "what-if"):
             return _portability(args)
         from gateway.observability.usage_cli import run_usage
 
@@ -122,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _portability(args: argparse.Namespace) -> int:
-    from gateway.portability.commands import run_drill, run_lockin
+    from gateway.portability.commands import run_drill, run_lockin, run_whatif
 
+    if args.command == "what-if":
+        return asyncio.run(run_whatif(Settings(), args.policy, args.days, args.url, args.json))
     if args.command == "lockin":
         return asyncio.run(run_lockin(Settings(), args.days, args.url, args.json))
     return asyncio.run(run_drill(Settings(), args.without, args.days, args.url, args.json, args.max_stranded))
@@ -249,10 +265,17 @@ def _has(module: str) -> bool:
 
 def _policy_check(path: Path) -> int:
     from gateway.policy.loader import describe_policy
+    from gateway.policy.retirement import retirement_notes
     from gateway.runtime import load_table
 
     table = load_table(Settings(), path)
     print(describe_policy(table))
+    notes = retirement_notes(table, datetime.now(UTC).date())
+    for note in notes:
+        print(f"{'error' if note.failed else 'warning'}: {note.message}", file=sys.stderr)
+    if any(note.failed for note in notes):
+        print(f"\nFAILED: {path} routes to a retired model.")
+        return 1
     print(f"\nOK: {path} is a valid policy.")
     return 0
 

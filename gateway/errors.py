@@ -195,6 +195,7 @@ class ErrorClass(StrEnum):
     NOT_FOUND = "not_found"
     ACCOUNT = "account"  # arrears / AccessDenied: the operator's account, not the request; opens the circuit at once
     QUOTA_EXHAUSTED = "quota_exhausted"  # a quota that no retry restores (a spent free tier): opens the circuit at once
+    RETIRED = "retired"  # 404/410: the model no longer exists (retired, deprecated): opens the circuit at once
 
 
 # Failures another try (here or at the next target) may cure.
@@ -204,7 +205,7 @@ RETRYABLE = frozenset(
 # Failures that say something about the deployment's health, so they count toward its circuit breaker.
 HEALTH_FAILURES = frozenset({ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR})
 # Failures that will repeat on every request until the operator acts: one opens the circuit for its cooldown.
-TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED})
+TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED, ErrorClass.RETIRED})
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 CONTENT_POLICY_VIOLATION = "content_policy_violation"

@@ -1,4 +1,4 @@
-"""Portability admin endpoints (admin key only): GET /admin/lockin and GET /admin/drill, from gateway.portability."""
+"""Portability admin endpoints (admin key only): GET /admin/lockin, /admin/drill and /admin/recorded."""
 
 from __future__ import annotations
 
@@ -10,8 +10,14 @@ from starlette.routing import Route
 from gateway.api.auth import is_admin
 from gateway.api.responses import error_response
 from gateway.errors import AuthenticationError, BadRequestError, PolyrouteError
-from gateway.portability.commands import check_days, check_share, drill_from_store, lockin_from_store
-from gateway.portability.gauges import LockinGauges
+from gateway.portability.commands import (
+    check_days,
+    check_share,
+    drill_from_store,
+    lockin_from_store,
+    recorded_from_store,
+)
+from gateway.portability.gauges import RETIREMENT_REFRESH_S, LockinGauges, RetirementGauge
 from gateway.portability.vendor_params import vendor_params
 from gateway.runtime import Runtime
 
@@ -21,6 +27,7 @@ def portability_routes(runtime: Runtime) -> list[Route]:
     runtime.accountant.watch_params(vendor_params())
     gauges = LockinGauges(runtime.store, lambda: runtime.active.table, runtime.metrics)
     runtime.accountant.every(runtime.settings.lockin_refresh_seconds, gauges)
+    runtime.accountant.every(RETIREMENT_REFRESH_S, RetirementGauge(lambda: runtime.active.table, runtime.metrics))
 
     def check(request: Request) -> int:
         """The admin key (as every admin route), then `days`."""
@@ -70,4 +77,16 @@ def portability_routes(runtime: Runtime) -> list[Route]:
             return error_response(err)
         return Response(orjson.dumps(report), media_type="application/json")
 
-    return [Route("/admin/lockin", lockin, methods=["GET"]), Route("/admin/drill", drill, methods=["GET"])]
+    async def recorded(request: Request) -> Response:
+        """The recorded usage rows and routing facts that `polyroute what-if --url` prices under another policy."""
+        try:
+            report = await recorded_from_store(runtime.store, check(request))
+        except PolyrouteError as err:
+            return error_response(err)
+        return Response(orjson.dumps(report), media_type="application/json")
+
+    return [
+        Route("/admin/lockin", lockin, methods=["GET"]),
+        Route("/admin/drill", drill, methods=["GET"]),
+        Route("/admin/recorded", recorded, methods=["GET"]),
+    ]

@@ -12,8 +12,8 @@ from typing import Any
 
 from gateway.errors import PolyrouteError
 from gateway.observability.metrics import Metrics
+from gateway.policy.charges import Charge, charge
 from gateway.policy.plan import RequestFacts
-from gateway.policy.pricing import estimate_cost_usd
 from gateway.policy.table import Deployment
 from gateway.providers.base import Usage
 from gateway.state.base import RoutingFact, StateStore, UsageRecord
@@ -75,10 +75,25 @@ class FinishedRequest:
     body: Mapping[str, Any] | None = None  # the request body as parsed (its top-level keys name the extras it sent)
 
 
+def request_charge(deployment: Deployment, usage: Usage, now: float | None = None) -> Charge:
+    """The cost of the tokens used under the price entry in force `now` (default: the current time): the tier the
+    request's input selects, cache reads and writes and thinking output at their own prices where the entry has them."""
+    price = deployment.price
+    if price.later:  # a dated book: only then does the time matter
+        price = price.at(time.time() if now is None else now)
+    return charge(
+        price,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+    )
+
+
 def request_cost(deployment: Deployment, usage: Usage) -> float:
-    """USD for the tokens used: cached input at the cached price where the deployment has one."""
-    uncached = max(0, usage.input_tokens - usage.cached_tokens)
-    return estimate_cost_usd(deployment.price, uncached, usage.output_tokens, usage.cached_tokens)
+    """USD for the tokens used (see `request_charge`)."""
+    return request_charge(deployment, usage).usd
 
 
 class Accountant:
@@ -142,8 +157,11 @@ class Accountant:
         )
         cost = 0.0
         usage = done.usage
+        price_entry = ""
         if dep is not None and usage is not None:
-            cost = done.cost_usd if done.cost_usd is not None else request_cost(dep, usage)
+            bill = request_charge(dep, usage)
+            price_entry = bill.entry
+            cost = done.cost_usd if done.cost_usd is not None else bill.usd
             self._metrics.tokens(
                 input=usage.input_tokens,
                 output=usage.output_tokens,
@@ -154,6 +172,7 @@ class Accountant:
             )
             if cost:
                 self._metrics.cost(usd=cost, **labels)
+                self._metrics.cost_in_currency(amount=bill.amount, currency=bill.currency, **labels)
         record = None
         if dep is not None and provider is not None:
             u = usage or Usage()
@@ -174,6 +193,8 @@ class Accountant:
                 reasoning_tokens=u.reasoning_tokens,
                 tokens_estimated=u.estimated,
                 cost_usd=cost,
+                cache_write_tokens=u.cache_write_tokens,
+                price_entry=price_entry,
                 latency_s=done.duration_s,
                 fallback=done.fallback,
                 attempts=done.attempts,

@@ -28,6 +28,7 @@ POLICY_RELOAD_RESULTS: Final = frozenset({"success", "error"})
 STATE_STORE_OPS: Final = frozenset({"admit", "settle", "circuit", "usage", "ping", OTHER})
 HOSTINGS: Final = frozenset({"cloud", "self_hosted", NONE})
 LOCKIN_SHARE_BY: Final = frozenset({"requests", "tokens", "spend"})
+CURRENCIES: Final = frozenset({"USD", "CNY", "EUR"})
 
 # Text format 0.0.4 is what generate_latest writes and what every Prometheus version scrapes.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -60,6 +61,10 @@ _HELP: Final[Mapping[str, str]] = {
     names.COST_USD_TOTAL: "Cost in US dollars: the deployment's policy price (CNY and EUR converted at "
     "POLYROUTE_USD_PER_CNY / POLYROUTE_USD_PER_EUR), its GPU-hour cost, or litellm's price map; from estimated "
     f"tokens when the upstream reported no usage. {_DEPLOYMENT}; {_PROVIDER}.",
+    names.COST_TOTAL: "Cost in the currency of the deployment's price (currency = USD, CNY or EUR), unconverted, "
+    f"so that an invoice in that currency reconciles without an exchange rate. {_DEPLOYMENT}; {_PROVIDER}.",
+    names.DEPLOYMENT_DAYS_TO_RETIREMENT: "Days until the vendor retires a deployment's model (retires_on in the "
+    f"policy; negative once past it). {_DEPLOYMENT}.",
     names.FALLBACKS_TOTAL: "Moves from one deployment (from) to the next (to) after an attempt failed with error "
     "class reason.",
     names.CIRCUIT_OPEN: f"1 while a deployment's circuit breaker is open (deployment skipped), else 0. {_DEPLOYMENT}.",
@@ -97,6 +102,7 @@ _RATE_LIMIT_REASONS: Final = _bounded(RATE_LIMIT_REASONS)
 _BUDGET_PERIODS: Final = _bounded(BUDGET_PERIODS)
 _RELOAD_RESULTS: Final = _bounded(POLICY_RELOAD_RESULTS)
 _STATE_STORE_OPS: Final = _bounded(STATE_STORE_OPS)
+_CURRENCIES: Final = _bounded(CURRENCIES)
 
 
 _M = TypeVar("_M", Counter, Gauge, Histogram)
@@ -176,6 +182,9 @@ class Metrics:
         self._upstream = counter(names.UPSTREAM_REQUESTS_TOTAL, "deployment", "provider", "outcome")
         self._tokens = counter(names.TOKENS_TOTAL, *identity, "type", "estimated")
         self._cost = counter(names.COST_USD_TOTAL, *identity)
+        self._cost_native = counter(names.COST_TOTAL, *identity, "currency")
+        self._retirement = gauge(names.DEPLOYMENT_DAYS_TO_RETIREMENT, "mostrecent", "deployment")
+        self._retiring: frozenset[str] = frozenset()
         self._fallbacks = counter(names.FALLBACKS_TOTAL, "from", "to", "reason")
         # How worker files merge: a dead worker's circuits and in-flight requests stop counting (live*); the budget
         # left belongs to the tenant, not the worker, so the latest write of any worker wins.
@@ -307,6 +316,34 @@ class Metrics:
         if not usd > 0:
             return
         self._cost(*self._identity(alias, deployment, provider, vendor, hosting, tenant)).inc(usd)
+
+    def cost_in_currency(
+        self,
+        *,
+        alias: str,
+        deployment: str,
+        provider: str,
+        vendor: str,
+        hosting: str,
+        tenant: str,
+        amount: float,
+        currency: str,
+    ) -> None:
+        """Add one request's cost in its price's own currency; zero, negative or NaN amounts are ignored."""
+        if not amount > 0:
+            return
+        identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
+        self._cost_native(*identity, _clamp(currency, _CURRENCIES)).inc(amount)
+
+    def days_to_retirement(self, days: Mapping[str, int]) -> None:
+        """Set each retiring deployment's days left (the policy's `retires_on`); a deployment no longer retiring (a
+        reload removed its date or the deployment) loses its series."""
+        labels = {_clamp(deployment, self._known.deployments): left for deployment, left in days.items()}
+        for gone in self._retiring - labels.keys():
+            self._retirement.remove(gone)
+        for label, left in labels.items():
+            self._retirement(label).set(left)
+        self._retiring = frozenset(labels)
 
     def fallback(self, *, from_deployment: str, to_deployment: str, reason: str) -> None:
         """Record a move to the next deployment after an attempt failed with error class `reason`."""

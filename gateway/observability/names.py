@@ -11,6 +11,8 @@ OVERHEAD_SECONDS: Final = "polyroute_overhead_seconds"
 UPSTREAM_REQUESTS_TOTAL: Final = "polyroute_upstream_requests_total"
 TOKENS_TOTAL: Final = "polyroute_tokens_total"
 COST_USD_TOTAL: Final = "polyroute_cost_usd_total"
+COST_TOTAL: Final = "polyroute_cost_total"
+DEPLOYMENT_DAYS_TO_RETIREMENT: Final = "polyroute_deployment_days_to_retirement"
 FALLBACKS_TOTAL: Final = "polyroute_fallbacks_total"
 CIRCUIT_OPEN: Final = "polyroute_circuit_open"
 INFLIGHT_REQUESTS: Final = "polyroute_inflight_requests"
@@ -31,6 +33,8 @@ ALL: Final[tuple[str, ...]] = (
     UPSTREAM_REQUESTS_TOTAL,
     TOKENS_TOTAL,
     COST_USD_TOTAL,
+    COST_TOTAL,
+    DEPLOYMENT_DAYS_TO_RETIREMENT,
     FALLBACKS_TOTAL,
     CIRCUIT_OPEN,
     INFLIGHT_REQUESTS,

@@ -9,7 +9,16 @@ from gateway.state.base import UsageRow
 
 MAX_DAYS = 400  # how far back a usage report may reach, by GET /admin/usage or `polyroute usage`
 DIMENSIONS = ("day", "tenant", "alias", "deployment", "provider", "vendor", "hosting", "jurisdiction")
-_SUMS = ("requests", "errors", "fallbacks", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+_SUMS = (
+    "requests",
+    "errors",
+    "fallbacks",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+)
 
 
 def dimensions(group_by: Sequence[str]) -> list[str]:
@@ -42,7 +51,7 @@ def summarize(rows: Iterable[UsageRow], group_by: Sequence[str]) -> dict[str, An
 
 
 def _empty(keys: dict[str, str]) -> dict[str, Any]:
-    return {**keys, **{k: 0 for k in _SUMS}, "cost_usd": 0.0, "latency_s_sum": 0.0}
+    return {**keys, **{k: 0 for k in _SUMS}, "cost_usd": 0.0, "latency_s_sum": 0.0, "cost_usd_by_price": {}}
 
 
 def _add(acc: dict[str, Any], row: UsageRow) -> None:
@@ -50,12 +59,16 @@ def _add(acc: dict[str, Any], row: UsageRow) -> None:
         acc[k] += getattr(row, k)
     acc["cost_usd"] += row.cost_usd
     acc["latency_s_sum"] += row.latency_s_sum
+    by_price = acc["cost_usd_by_price"]
+    for entry, usd in row.cost_usd_by_price.items():
+        by_price[entry] = by_price.get(entry, 0.0) + usd
 
 
 def _finish(acc: dict[str, Any]) -> dict[str, Any]:
     requests = acc["requests"]
     acc["mean_latency_s"] = round(acc.pop("latency_s_sum") / requests, 6) if requests else 0.0
     acc["cost_usd"] = round(acc["cost_usd"], 8)
+    acc["cost_usd_by_price"] = {k: round(v, 8) for k, v in sorted(acc["cost_usd_by_price"].items())}
     return acc
 
 

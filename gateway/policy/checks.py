@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import date
 
 from gateway.policy.schema import (
     SECTIONS,
@@ -28,7 +29,7 @@ def check_policy(parsed: ParsedPolicy) -> list[Problem]:
     names = {section: frozenset(written) for section, written in parsed.names.items()}
     found = _check_names(parsed.names)
     found += _check_providers(spec.providers)
-    found += _check_deployments(spec.deployments, names["providers"])
+    found += _check_deployments(spec.deployments, names["providers"], names["deployments"])
     found += _check_aliases(spec.aliases, names["deployments"])
     found += _check_rules(dict(zip(parsed.rule_index, spec.rules, strict=True)), names)
     found += _check_fallback(spec.fallback)
@@ -96,24 +97,65 @@ def _check_protocols(p: ProviderSpec, loc: Loc) -> list[Problem]:
 def _check_price(price: PriceSpec, loc: Loc) -> list[Problem]:
     token = {"input_per_mtok": price.input_per_mtok, "output_per_mtok": price.output_per_mtok}
     gpu = {"gpu_hour": price.gpu_hour, "tokens_per_second": price.tokens_per_second}
-    has_token = any(v is not None for v in token.values()) or price.cached_input_per_mtok is not None
+    extras = (price.cached_input_per_mtok, price.cache_write_per_mtok, price.thinking_output_per_mtok)
+    has_token = any(v is not None for v in (*token.values(), *extras))
+    if price.tiers is not None:
+        if has_token or any(v is not None for v in gpu.values()):
+            return [Problem((*loc, "tiers"), "give the prices inside tiers, not beside them")]
+        return _check_tiers(price, (*loc, "tiers"))
     if has_token and any(v is not None for v in gpu.values()):
         return [Problem(loc, "give either input_per_mtok/output_per_mtok or gpu_hour/tokens_per_second, not both")]
     group = token if has_token else gpu
     if all(v is None for v in group.values()):
-        return [Problem(loc, "give input_per_mtok and output_per_mtok, or gpu_hour and tokens_per_second")]
-    given = " and ".join(k for k, v in group.items() if v is not None) or "cached_input_per_mtok"
+        return [Problem(loc, "give input_per_mtok and output_per_mtok, tiers, or gpu_hour and tokens_per_second")]
+    given = " and ".join(k for k, v in group.items() if v is not None) or "a cache or thinking price"
     return [Problem((*loc, k), f"required with {given}") for k, v in group.items() if v is None]
 
 
-def _check_deployments(deployments: Mapping[str, DeploymentSpec], providers: frozenset[str]) -> list[Problem]:
+def _check_tiers(price: PriceSpec, loc: Loc) -> list[Problem]:
+    tiers = price.tiers or []
+    if not tiers:
+        return [Problem(loc, "give at least one tier")]
+    problems: list[Problem] = []
+    last_bound = 0
+    for index, tier in enumerate(tiers):
+        bound = tier.max_input_tokens
+        if bound is None and index != len(tiers) - 1:
+            problems.append(Problem((*loc, index, "max_input_tokens"), "only the last tier may leave it out"))
+        elif bound is not None and bound <= last_bound:
+            problems.append(Problem((*loc, index, "max_input_tokens"), f"must be above the previous {last_bound}"))
+        last_bound = bound or last_bound
+    return problems
+
+
+def _check_price_book(price: PriceSpec | list[PriceSpec], loc: Loc) -> list[Problem]:
+    if not isinstance(price, list):
+        return _check_price(price, loc)
+    if not price:
+        return [Problem(loc, "give at least one price entry")]
+    problems: list[Problem] = []
+    seen: set[date | None] = set()
+    for index, entry in enumerate(price):
+        problems += _check_price(entry, (*loc, index))
+        if entry.effective_from in seen:
+            what = entry.effective_from.isoformat() if entry.effective_from else "no effective_from"
+            problems.append(Problem((*loc, index, "effective_from"), f"two entries with {what}"))
+        seen.add(entry.effective_from)
+    return problems
+
+
+def _check_deployments(
+    deployments: Mapping[str, DeploymentSpec], providers: frozenset[str], names: frozenset[str]
+) -> list[Problem]:
     problems: list[Problem] = []
     for name, d in deployments.items():
         loc: Loc = ("deployments", name)
         if d.provider not in providers:
             problems.append(Problem((*loc, "provider"), f"unknown provider {d.provider!r}"))
         if d.price is not None:
-            problems += _check_price(d.price, (*loc, "price"))
+            problems += _check_price_book(d.price, (*loc, "price"))
+        if d.replaced_by is not None and (d.replaced_by not in names or d.replaced_by == name):
+            problems.append(Problem((*loc, "replaced_by"), f"unknown deployment {d.replaced_by!r}"))
         if d.max_output_tokens and d.context_window and d.max_output_tokens > d.context_window:
             problems.append(Problem((*loc, "max_output_tokens"), "larger than context_window"))
     return problems

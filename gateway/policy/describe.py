@@ -62,10 +62,16 @@ def _price(price: Price) -> str:
     if price.source == "unknown":
         return "price unknown (costs count as $0)"
     cached = f", cached ${price.cached_input_per_mtok_usd:.4g}" if price.cached_input_per_mtok_usd is not None else ""
-    return (
+    text = (
         f"${price.input_per_mtok_usd:.4g} in / ${price.output_per_mtok_usd:.4g} out{cached} per 1M tokens "
         f"(USD, from {price.source})"
     )
+    if len(price.tiers) > 1:
+        bounds = ", ".join(f"<={t.max_input_tokens}" if t.max_input_tokens else "above" for t in price.tiers)
+        text += f"; {len(price.tiers)} tiers by input tokens ({bounds}), the first shown"
+    for entry in price.later:
+        text += f"; {entry.entry}: ${entry.input_per_mtok_usd:.4g} in / ${entry.output_per_mtok_usd:.4g} out"
+    return text
 
 
 def _when(c: Condition) -> str:

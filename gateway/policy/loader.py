@@ -284,6 +284,8 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
             capabilities=frozenset(d.capabilities),
             max_output_tokens=d.max_output_tokens,
             thinking=_thinking(d.thinking),
+            retires_on=d.retires_on,
+            replaced_by=d.replaced_by,
         )
         for name, d in spec.deployments.items()
     }

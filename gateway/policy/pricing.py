@@ -1,17 +1,19 @@
-"""Deployment prices in USD per million tokens: from the policy, from a GPU-hour cost, or from litellm's price map."""
+"""Deployment price books: from the policy (tiers, dated entries), a GPU-hour cost, or litellm's price map."""
 
 from __future__ import annotations
 
 import functools
 import importlib.util
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import orjson
 
-from gateway.policy.schema import Currency, DeploymentSpec
-from gateway.policy.table import Price, Provider
+from gateway.policy.schema import Currency, DeploymentSpec, PriceSpec
+from gateway.policy.table import Price, PriceTier, Provider
 from gateway.settings import Settings
 
 _PER_MTOK = 1_000_000
@@ -35,29 +37,86 @@ class CurrencyRates:
 
 
 def resolve_price(deployment: DeploymentSpec, provider: Provider, fx: CurrencyRates) -> Price:
-    """The deployment's USD price and where it came from (`policy`, `gpu_hour`, `litellm` or `unknown`).
+    """The deployment's price book and where it came from (`policy`, `gpu_hour`, `litellm` or `unknown`).
 
+    A list of prices is a book of dated entries: each applies from its `effective_from` (UTC midnight), so an
+    announced change takes effect on its day without a reload; the earliest entry also applies before its date.
     litellm's price map is consulted only for litellm-type providers: an OpenAI-compatible deployment without a
     price must not pull litellm (and its memory) into the process.
     """
-    price = deployment.price
-    if price is not None and price.input_per_mtok is not None and price.output_per_mtok is not None:
-        cached = price.cached_input_per_mtok
-        return Price(
-            input_per_mtok_usd=fx.to_usd(price.input_per_mtok, price.currency),
-            output_per_mtok_usd=fx.to_usd(price.output_per_mtok, price.currency),
-            cached_input_per_mtok_usd=None if cached is None else fx.to_usd(cached, price.currency),
-            source="policy",
-        )
-    if price is not None and price.gpu_hour is not None and price.tokens_per_second:
-        # A GPU costs the same per hour whatever it generates; spread that over the tokens it can serve in one.
-        per_mtok = fx.to_usd(price.gpu_hour, price.currency) / (price.tokens_per_second * 3600) * _PER_MTOK
-        return Price(input_per_mtok_usd=per_mtok, output_per_mtok_usd=per_mtok, source="gpu_hour")
+    spec = deployment.price
+    if isinstance(spec, list):
+        dated = sorted(enumerate(spec), key=lambda item: _day_start(item[1].effective_from))
+        book = [_entry_price(entry, f"policy[{index}]", fx) for index, entry in dated]
+        if book:
+            return replace(book[0], later=tuple(book[1:]))
+    elif spec is not None:
+        return _entry_price(spec, "policy", fx)
     if provider.type == "litellm" and provider.litellm_prefix:
         known = litellm_price(provider.litellm_prefix, deployment.model)
         if known is not None:
             return known
-    return Price(input_per_mtok_usd=0.0, output_per_mtok_usd=0.0, source="unknown")
+    return Price(input_per_mtok_usd=0.0, output_per_mtok_usd=0.0, source="unknown", entry="unknown")
+
+
+def _entry_price(spec: PriceSpec, label: str, fx: CurrencyRates) -> Price:
+    """One price book entry, as validated by policy checks (a token price, tiers, or a GPU cost)."""
+    rate = fx.to_usd(1.0, spec.currency)
+    since = _day_start(spec.effective_from)
+    entry = f"{label} from {spec.effective_from.isoformat()}" if spec.effective_from else label
+    if spec.gpu_hour is not None and spec.tokens_per_second:
+        # A GPU costs the same per hour whatever it generates; spread that over the tokens it can serve in one.
+        per_mtok = spec.gpu_hour / (spec.tokens_per_second * 3600) * _PER_MTOK
+        return Price(
+            input_per_mtok_usd=per_mtok * rate,
+            output_per_mtok_usd=per_mtok * rate,
+            source="gpu_hour",
+            tiers=(PriceTier(max_input_tokens=None, input_per_mtok=per_mtok, output_per_mtok=per_mtok),),
+            currency=spec.currency,
+            usd_per_unit=rate,
+            effective_from=since,
+            entry=entry if entry != "policy" else "gpu_hour",
+        )
+    tiers = tuple(
+        PriceTier(
+            max_input_tokens=t.max_input_tokens,
+            input_per_mtok=t.input_per_mtok,
+            output_per_mtok=t.output_per_mtok,
+            cached_input_per_mtok=t.cached_input_per_mtok,
+            cache_write_per_mtok=t.cache_write_per_mtok,
+            thinking_output_per_mtok=t.thinking_output_per_mtok,
+        )
+        for t in spec.tiers or ()
+    ) or (
+        PriceTier(
+            max_input_tokens=None,
+            input_per_mtok=spec.input_per_mtok or 0.0,
+            output_per_mtok=spec.output_per_mtok or 0.0,
+            cached_input_per_mtok=spec.cached_input_per_mtok,
+            cache_write_per_mtok=spec.cache_write_per_mtok,
+            thinking_output_per_mtok=spec.thinking_output_per_mtok,
+        ),
+    )
+    first = tiers[0]
+    cached = first.cached_input_per_mtok
+    return Price(
+        input_per_mtok_usd=first.input_per_mtok * rate,
+        output_per_mtok_usd=first.output_per_mtok * rate,
+        cached_input_per_mtok_usd=None if cached is None else cached * rate,
+        source="policy",
+        tiers=tiers,
+        currency=spec.currency,
+        usd_per_unit=rate,
+        effective_from=since,
+        entry=entry,
+    )
+
+
+def _day_start(day: date | None) -> float:
+    """POSIX time of UTC midnight starting `day` (0 for an entry without a date: in force from the start)."""
+    if day is None:
+        return 0.0
+    return datetime.combine(day, time.min, tzinfo=UTC).timestamp()
 
 
 def litellm_price(prefix: str, model: str) -> Price | None:
@@ -76,39 +135,69 @@ def litellm_price(prefix: str, model: str) -> Price | None:
         entry = cost_map.get(key)
         if not isinstance(entry, dict):
             continue
-        input_cost = _per_mtok(entry.get("input_cost_per_token"))
-        output_cost = _per_mtok(entry.get("output_cost_per_token"))
-        if input_cost is not None and output_cost is not None:
+        tiers = _litellm_tiers(entry)
+        if tiers:
+            first = tiers[0]
             return Price(
-                input_per_mtok_usd=input_cost,
-                output_per_mtok_usd=output_cost,
-                cached_input_per_mtok_usd=_per_mtok(entry.get("cache_read_input_token_cost")),
+                input_per_mtok_usd=first.input_per_mtok,
+                output_per_mtok_usd=first.output_per_mtok,
+                cached_input_per_mtok_usd=first.cached_input_per_mtok,
                 source="litellm",
+                tiers=tiers,
+                entry=f"litellm:{key}",
             )
     return None
+
+
+_ABOVE = re.compile(r"^input_cost_per_token_above_(\d+)k_tokens$")
+
+
+def _litellm_tiers(entry: dict[str, object]) -> tuple[PriceTier, ...]:
+    """The bands of one price map entry: its `tiered_pricing` list (input ranges, as for dashscope/qwen3-max), or
+    a base price and the `*_above_<N>k_tokens` prices that replace it above N thousand input tokens (Gemini)."""
+    ranges = entry.get("tiered_pricing")
+    if isinstance(ranges, list) and ranges:
+        tiers = [_litellm_tier(band, "", _range_end(band)) for band in ranges if isinstance(band, dict)]
+        if tiers and all(t is not None for t in tiers):
+            return tuple(t for t in tiers if t is not None)
+    above = sorted(int(m[1]) for key in entry if (m := _ABOVE.match(key)))
+    if not above:
+        base = _litellm_tier(entry, "", None)
+        return () if base is None else (base,)
+    base = _litellm_tier(entry, "", above[0] * 1000)
+    higher = [
+        _litellm_tier(entry, f"_above_{k}k_tokens", above[i + 1] * 1000 if i + 1 < len(above) else None)
+        for i, k in enumerate(above)
+    ]
+    bands = [base, *higher]
+    return tuple(t for t in bands if t is not None) if all(t is not None for t in bands) else ()
+
+
+def _range_end(band: dict[str, object]) -> int | None:
+    span = band.get("range")
+    if isinstance(span, list) and len(span) == 2 and isinstance(span[1], int | float) and math.isfinite(span[1]):
+        return int(span[1])
+    return None
+
+
+def _litellm_tier(entry: dict[str, object], suffix: str, max_input_tokens: int | None) -> PriceTier | None:
+    input_cost = _per_mtok(entry.get(f"input_cost_per_token{suffix}"))
+    output_cost = _per_mtok(entry.get(f"output_cost_per_token{suffix}"))
+    if input_cost is None or output_cost is None:
+        return None
+    return PriceTier(
+        max_input_tokens=max_input_tokens,
+        input_per_mtok=input_cost,
+        output_per_mtok=output_cost,
+        cached_input_per_mtok=_per_mtok(entry.get(f"cache_read_input_token_cost{suffix}")),
+        cache_write_per_mtok=_per_mtok(entry.get(f"cache_creation_input_token_cost{suffix}")),
+    )
 
 
 def _per_mtok(per_token: object) -> float | None:
     if isinstance(per_token, bool) or not isinstance(per_token, int | float) or not math.isfinite(per_token):
         return None
     return round(per_token * _PER_MTOK, 9)  # 2.9e-06 * 1e6 is 2.9000000000000004 in binary floats
-
-
-def estimate_cost_usd(price: Price, prompt_tokens: int, output_tokens: int, cached_tokens: int = 0) -> float:
-    """USD cost of one request.
-
-    `prompt_tokens` are the input tokens billed at the input price; `cached_tokens` are counted separately (not
-    included in `prompt_tokens`) and billed at the cached-input price when the deployment has one, else at the
-    input price. OpenAI's usage counts cached tokens inside prompt_tokens: subtract them before calling.
-    """
-    cached_price = price.cached_input_per_mtok_usd
-    if cached_price is None:
-        cached_price = price.input_per_mtok_usd
-    return (
-        max(prompt_tokens, 0) * price.input_per_mtok_usd
-        + max(cached_tokens, 0) * cached_price
-        + max(output_tokens, 0) * price.output_per_mtok_usd
-    ) / _PER_MTOK
 
 
 @functools.cache

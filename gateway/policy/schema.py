@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -13,11 +14,13 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -41,6 +44,7 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 token
 _HEADER_VALUE_BREAK = re.compile(r"[\r\n\0]")
 
 Loc = tuple[str | int, ...]
+_UNION_TAG = "~"  # marks a tagged union's member in an error location: not part of the YAML path
 Currency = Literal["USD", "CNY", "EUR"]
 
 POLICY_VERSION = 1
@@ -131,15 +135,44 @@ class ProviderSpec(SpecModel):
         return self
 
 
+class PriceTierSpec(SpecModel):
+    """One band of a tiered price: it applies to a request whose total input tokens (cached included) are at most
+    `max_input_tokens`; the last band has no bound."""
+
+    max_input_tokens: PositiveInt | None = None
+    input_per_mtok: NonNegativeFloat
+    output_per_mtok: NonNegativeFloat
+    cached_input_per_mtok: NonNegativeFloat | None = None
+    cache_write_per_mtok: NonNegativeFloat | None = None
+    thinking_output_per_mtok: NonNegativeFloat | None = None
+
+
 class PriceSpec(SpecModel):
-    """Either a token price (`input_per_mtok` + `output_per_mtok`) or a GPU cost (`gpu_hour` + `tokens_per_second`)."""
+    """A token price (`input_per_mtok` + `output_per_mtok`, or `tiers`) or a GPU cost (`gpu_hour` +
+    `tokens_per_second`); in a list of prices, each entry applies from its `effective_from` date (UTC)."""
 
     input_per_mtok: NonNegativeFloat | None = None
     output_per_mtok: NonNegativeFloat | None = None
     cached_input_per_mtok: NonNegativeFloat | None = None
+    cache_write_per_mtok: NonNegativeFloat | None = None
+    thinking_output_per_mtok: NonNegativeFloat | None = None
+    tiers: list[PriceTierSpec] | None = None
     gpu_hour: NonNegativeFloat | None = None
     tokens_per_second: PositiveFloat | None = None
     currency: Currency = "USD"
+    effective_from: date | None = None
+
+
+def _price_shape(value: object) -> str:
+    return f"{_UNION_TAG}book" if isinstance(value, list) else f"{_UNION_TAG}entry"
+
+
+# One price, or a book of dated entries; the tag picks the shape so an error names only the shape written (the tag
+# is dropped from the error's YAML path).
+PriceBookSpec = Annotated[
+    Annotated[PriceSpec, Tag(f"{_UNION_TAG}entry")] | Annotated[list[PriceSpec], Tag(f"{_UNION_TAG}book")],
+    Discriminator(_price_shape),
+]
 
 
 class ThinkingSpec(SpecModel):
@@ -155,12 +188,14 @@ class DeploymentSpec(SpecModel):
     provider: str
     model: str
     context_window: PositiveInt | None = None
-    price: PriceSpec | None = None  # left out: litellm's price map (litellm providers only)
+    price: PriceBookSpec | None = None  # left out: litellm's price map (litellm providers only)
     rpm: PositiveInt | None = None
     tpm: PositiveInt | None = None
     capabilities: StrList = Field(default_factory=list)
     max_output_tokens: PositiveInt | None = None
     thinking: ThinkingSpec | None = None
+    retires_on: date | None = None  # the vendor's announced retirement date (UTC)
+    replaced_by: str | None = None  # the deployment to move to before then
 
 
 class AliasSpec(SpecModel):
@@ -321,7 +356,7 @@ def validate_entry(model: type[Model], raw: object, loc: Loc, problems: list[Pro
         return model.model_validate(raw)
     except ValidationError as exc:
         errors = exc.errors()
-    problems.extend(Problem(loc + tuple(err["loc"]), error_message(err)) for err in errors)
+    problems.extend(Problem(loc + _yaml_path(err["loc"]), error_message(err)) for err in errors)
     bad = {err["loc"][0] for err in errors if err["loc"]}
     if not isinstance(raw, Mapping) or not bad:
         return None
@@ -329,6 +364,10 @@ def validate_entry(model: type[Model], raw: object, loc: Loc, problems: list[Pro
         return model.model_validate({key: value for key, value in raw.items() if key not in bad})
     except ValidationError:
         return None
+
+
+def _yaml_path(loc: tuple[str | int, ...]) -> Loc:
+    return tuple(part for part in loc if not (isinstance(part, str) and part.startswith(_UNION_TAG)))
 
 
 def _section(

@@ -6,8 +6,8 @@ import math
 import random
 from collections.abc import Sequence
 
+from gateway.policy.charges import charge
 from gateway.policy.plan import HealthSnapshot, RequestFacts
-from gateway.policy.pricing import estimate_cost_usd
 from gateway.policy.table import Alias, Deployment, Strategy
 
 # Output tokens assumed for a cost estimate when the request sets no max_tokens.
@@ -19,10 +19,13 @@ def expected_output_tokens(facts: RequestFacts) -> int:
 
 
 def estimated_cost(deployment: Deployment, facts: RequestFacts) -> float | None:
-    """USD a request would cost on a deployment, or None when its price is unknown."""
+    """USD a request would cost on a deployment (at the tier its prompt selects), or None when its price is unknown.
+
+    The engine has no clock: a dated price book is estimated at its first entry; accounting bills the one in force.
+    """
     if deployment.price.source == "unknown":
         return None
-    return estimate_cost_usd(deployment.price, facts.prompt_tokens, expected_output_tokens(facts))
+    return charge(deployment.price, input_tokens=facts.prompt_tokens, output_tokens=expected_output_tokens(facts)).usd
 
 
 def order(

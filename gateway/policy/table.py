@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 
 
@@ -51,13 +52,45 @@ class Provider:
 
 
 @dataclass(frozen=True)
+class PriceTier:
+    """One band of a price book entry, in the entry's own currency per million tokens.
+
+    Model Studio's rule: the band is chosen by the request's total input tokens (cached included) and every token of
+    that request is billed at it; `max_input_tokens` None is the unbounded last band.
+    """
+
+    max_input_tokens: int | None
+    input_per_mtok: float
+    output_per_mtok: float
+    cached_input_per_mtok: float | None = None  # cache reads; None: billed as input
+    cache_write_per_mtok: float | None = None  # cache writes; None: billed as input
+    thinking_output_per_mtok: float | None = None  # all output of a request that reasoned; None: the output price
+
+
+@dataclass(frozen=True)
 class Price:
-    """Per-token price in USD per million tokens, already converted from the configured currency."""
+    """A deployment's price. The `*_usd` fields (first band, converted to USD) order and describe deployments;
+    `tiers`, in `currency`, are what a request is charged. `later` holds the dated entries that follow this one."""
 
     input_per_mtok_usd: float
     output_per_mtok_usd: float
     cached_input_per_mtok_usd: float | None = None
     source: str = "policy"  # "policy" | "litellm" | "gpu_hour" | "unknown"
+    tiers: tuple[PriceTier, ...] = ()  # empty: one unbounded band from the `*_usd` fields, in USD
+    currency: str = "USD"
+    usd_per_unit: float = 1.0  # the conversion rate of `currency` at load time
+    effective_from: float = 0.0  # POSIX time (UTC midnight of the entry's date) from which this entry applies
+    entry: str = ""  # names the price entry a recorded cost used, e.g. `policy[1] from 2027-01-01`
+    later: tuple[Price, ...] = ()  # the entries that replace this one, by ascending `effective_from`
+
+    def at(self, now: float) -> Price:
+        """The entry in force at POSIX time `now`."""
+        current = self
+        for entry in self.later:
+            if entry.effective_from > now:
+                break
+            current = entry
+        return current
 
 
 @dataclass(frozen=True)
@@ -84,6 +117,8 @@ class Deployment:
     capabilities: frozenset[str] = frozenset()  # e.g. tools, vision; empty = unknown, assume yes
     max_output_tokens: int | None = None
     thinking: Thinking | None = None  # None: requests are translated without per-model thinking rules
+    retires_on: date | None = None  # the vendor retires the model on this day (UTC)
+    replaced_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +215,7 @@ class FallbackPolicy:
             "auth",
             "account",
             "quota_exhausted",
+            "retired",
         }
     )
     retries: Retries = Retries()

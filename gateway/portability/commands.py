@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
+import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,9 +17,10 @@ from gateway.errors import PolyrouteError
 from gateway.policy.table import PolicyTable
 from gateway.portability.drill import vendor_drill
 from gateway.portability.lockin import lockin_report
-from gateway.portability.render import render_drill, render_lockin
+from gateway.portability.render import render_drill, render_lockin, render_whatif
+from gateway.portability.whatif import what_if
 from gateway.settings import Settings
-from gateway.state.base import RoutingFacts, StateStore, UsageRow
+from gateway.state.base import RoutingFactRow, RoutingFacts, StateStore, UsageRow
 from gateway.state.facts import FACT_RETENTION_DAYS
 
 _TIMEOUT = aiohttp.ClientTimeout(total=60)
@@ -55,6 +59,57 @@ async def drill_from_store(
         functools.partial(vendor_drill, table, usage, facts, without=without, max_stranded=max_stranded)
     )
     return {"since": since, "until": until, **report}
+
+
+async def recorded_from_store(store: StateStore, days: int) -> dict[str, Any]:
+    """What GET /admin/recorded answers: the usage rows and routing facts of the last `days`, as JSON-ready dicts."""
+    usage, facts, since, until = await read_usage(store, days)
+    return {
+        "since": since,
+        "until": until,
+        "usage": [dataclasses.asdict(row) for row in usage],
+        "facts": {"rows": [dataclasses.asdict(row) for row in facts.rows], "dropped": facts.dropped},
+    }
+
+
+def _recorded(data: dict[str, Any]) -> tuple[list[UsageRow], RoutingFacts]:
+    usage = [UsageRow(**row) for row in data["usage"]]
+    rows = tuple(
+        RoutingFactRow(**{**row, **{k: tuple(row[k]) for k in ("tags", "needs", "params")}})
+        for row in data["facts"]["rows"]
+    )
+    return usage, RoutingFacts(rows=rows, dropped=data["facts"]["dropped"])
+
+
+async def run_whatif(settings: Settings, policy: Path, days: int, url: str | None, as_json: bool) -> int:
+    """`polyroute what-if`: recorded usage (from `url`, else Redis, else the gateway on POLYROUTE_HOST/PORT) priced
+    and routed under the policy file `policy`."""
+    from gateway.runtime import load_table
+
+    check_days(days)
+    table = load_table(settings, policy)
+    if url is None and settings.redis_url is None:
+        url = f"http://{settings.host}:{settings.port}"
+    if url is not None:
+        data = await _from_gateway(url, "/admin/recorded", {"days": str(days)}, settings.admin_key)
+    else:
+        from gateway.state.factory import create_state_store
+
+        store = create_state_store(settings, on_error=lambda op: None)
+        await store.start()
+        try:
+            data = await recorded_from_store(store, days)
+        finally:
+            await store.close()
+    usage, facts = _recorded(data)
+    report = {
+        "policy": str(policy),
+        "since": data["since"],
+        "until": data["until"],
+        **await asyncio.to_thread(what_if, table, usage, facts, time.time()),
+    }
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json else render_whatif(report))
+    return 0
 
 
 async def run_lockin(settings: Settings, days: int, url: str | None, as_json: bool) -> int:

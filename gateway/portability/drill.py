@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.errors import PolyrouteError
-from gateway.policy.pricing import estimate_cost_usd
+from gateway.policy.charges import charge
 from gateway.policy.table import Deployment, PolicyTable
 from gateway.portability.replay import Replayer, without_vendor
 from gateway.state.base import RoutingFactRow, RoutingFacts, UsageRow
@@ -25,7 +25,9 @@ def observed_latency(usage: Sequence[UsageRow]) -> dict[str, float]:
 def _policy_cost(deployment: Deployment | None, row: RoutingFactRow) -> float | None:
     if deployment is None or deployment.price.source == "unknown":
         return None
-    return estimate_cost_usd(deployment.price, row.input_tokens, row.output_tokens)
+    return charge(
+        deployment.price, input_tokens=row.input_tokens, output_tokens=row.output_tokens, requests=row.requests
+    ).usd
 
 
 class _AliasDrill:

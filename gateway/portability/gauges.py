@@ -1,11 +1,13 @@
-"""The lock-in gauges: the report over today's usage, recomputed periodically off the request path."""
+"""The lock-in and retirement gauges: recomputed periodically off the request path."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.observability.metrics import Metrics
+from gateway.policy.retirement import days_to_retirement
 from gateway.policy.table import PolicyTable
 from gateway.portability.commands import lockin_from_store
 from gateway.state.base import StateStore
@@ -45,3 +47,17 @@ class LockinGauges:
         for vendor in vendors - report["share"]["vendor"].keys():
             report["share"]["vendor"][vendor] = {k: 0.0 for k in _SHARE_KEYS.values()}
         publish(self._metrics, report)
+
+
+RETIREMENT_REFRESH_S = 3600.0  # days to retirement change once a day; hourly keeps the gauge within the hour
+
+
+class RetirementGauge:
+    """Sets `polyroute_deployment_days_to_retirement` for the active policy's retiring deployments."""
+
+    def __init__(self, table: Callable[[], PolicyTable], metrics: Metrics) -> None:
+        self._table = table
+        self._metrics = metrics
+
+    async def __call__(self) -> None:
+        self._metrics.days_to_retirement(days_to_retirement(self._table(), datetime.now(UTC).date()))

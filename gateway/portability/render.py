@@ -79,3 +79,29 @@ def render_drill(report: dict[str, Any]) -> str:
             )
     lines.append("drill passed" if report["passed"] else f"drill FAILED: {', '.join(report['failed_aliases'])}")
     return "\n".join(lines)
+
+
+def render_whatif(report: dict[str, Any]) -> str:
+    lines = [f"what-if {report['policy']}, {report.get('since')} .. {report.get('until')} (UTC days): USD then -> now"]
+    sections = [("at its prices, routed as recorded", report["prices"])]
+    if report["routing"] is not None:
+        sections.append(("at its prices and with its routing (recorded facts replayed)", report["routing"]))
+    else:
+        lines.append("(no routing facts recorded: routing is compared only when they exist)")
+    for title, part in sections:
+        lines.append(f"{title}:")
+        for kind in ("aliases", "vendors"):
+            lines.append(f"  by {kind[:-1] if kind == 'aliases' else 'vendor'}:")
+            for name, s in part[kind].items():
+                lines.append(f"    {name}: {_spend(s)}")
+        lines.append(f"  total: {_spend(part['total'])}")
+    return "\n".join(lines)
+
+
+def _spend(s: dict[str, Any]) -> str:
+    notes = [f"{s['requests']} requests"]
+    if s["unpriced_requests"]:
+        notes.append(f"{s['unpriced_requests']} unpriced (kept at the recorded cost)")
+    if s["refused_requests"]:
+        notes.append(f"{s['refused_requests']} refused")
+    return f"${s['then_usd']:.6f} -> ${s['now_usd']:.6f} ({s['change_usd']:+.6f}); " + ", ".join(notes)

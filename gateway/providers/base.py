@@ -24,9 +24,10 @@ class Usage:
 
     input_tokens: int = 0
     output_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
+    cached_tokens: int = 0  # cache reads, counted inside input_tokens
+    reasoning_tokens: int = 0  # counted inside output_tokens
     estimated: bool = False
+    cache_write_tokens: int = 0  # cache writes (Anthropic, Model Studio's explicit cache), inside input_tokens
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
@@ -44,6 +45,7 @@ class Usage:
             input_tokens=_int(usage.get("input_tokens")) + cached + written,
             output_tokens=_int(usage.get("output_tokens")),
             cached_tokens=cached,
+            cache_write_tokens=written,
         )
 
     @classmethod
@@ -60,10 +62,13 @@ class Usage:
         input_key, output_key, input_details_key, output_details_key = keys
         input_details = usage.get(input_details_key) or {}
         output_details = usage.get(output_details_key) or {}
+        if not isinstance(input_details, dict):
+            input_details = {}
         return cls(
             input_tokens=_int(usage.get(input_key)),
             output_tokens=_int(usage.get(output_key)),
-            cached_tokens=_int(input_details.get("cached_tokens") if isinstance(input_details, dict) else 0),
+            cached_tokens=_int(input_details.get("cached_tokens")),
+            cache_write_tokens=_cache_writes(usage, input_details),
             reasoning_tokens=_int(
                 output_details.get("reasoning_tokens") if isinstance(output_details, dict) else 0
             ),
@@ -72,6 +77,19 @@ class Usage:
 
 _CHAT_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
 _RESPONSES_USAGE_KEYS = ("input_tokens", "output_tokens", "input_tokens_details", "output_tokens_details")
+
+
+def _cache_writes(usage: dict[str, Any], input_details: dict[str, Any]) -> int:
+    """Cache writes in an OpenAI-shaped usage: Model Studio's explicit cache reports them in the details (its
+    context-cache page); litellm's translation of Anthropic in the details under another name, and at the top."""
+    for count in (
+        input_details.get("cache_creation_input_tokens"),
+        input_details.get("cache_creation_tokens"),
+        usage.get("cache_creation_input_tokens"),
+    ):
+        if isinstance(count, int) and count > 0:
+            return count
+    return 0
 
 
 def _int(value: Any) -> int:

@@ -58,6 +58,9 @@ _STATUS_PREFIX = re.compile(r"<([1-5]\d\d)>")
 # In-band frames carry no HTTP status; their wording says what happened.
 _RATE_MARKERS = ("throttling", "rate limit", "too many requests", "insufficient_quota", "server busy")
 _TIMEOUT_MARKERS = ("timeout", "timed out")
+# A 404/410 whose words name the model as gone: Model Studio's `model_not_found` ("The model `x` does not exist"),
+# OpenAI's `model_not_found`, deprecation notices. A 404 without them (a wrong path) stays not_found.
+_RETIRED_MARKERS = ("model_not_found", "does not exist", "deprecat", "decommission", "retired", "no longer")
 
 
 def error_fields(body: bytes) -> tuple[str, str]:
@@ -101,6 +104,8 @@ def classify_status(status: int | None, message: str, code: str) -> ErrorClass:
         return ErrorClass.RATE_LIMIT  # Model Studio's per-minute `insufficient_quota` is a 429 too: retryable
     if status in (401, 403):
         return ErrorClass.AUTH
+    if status in (404, 410) and any(marker in text for marker in _RETIRED_MARKERS):
+        return ErrorClass.RETIRED
     if any(marker in text for marker in _CONTEXT_MARKERS):
         return ErrorClass.CONTEXT_WINDOW
     if any(marker in text for marker in _CONTENT_MARKERS):

@@ -61,10 +61,12 @@ _CLASSES: tuple[tuple[type[BaseException], ErrorClass], ...] = (
 
 # litellm's generic classes: the upstream's own words may say more (Model Studio's DataInspectionFailed is a 400,
 # its Arrearage a 400 or 403, its spent free quota a 429).
-_GENERIC = frozenset({ErrorClass.BAD_REQUEST, ErrorClass.SERVER_ERROR, ErrorClass.AUTH, ErrorClass.RATE_LIMIT})
+_GENERIC = frozenset(
+    {ErrorClass.BAD_REQUEST, ErrorClass.SERVER_ERROR, ErrorClass.AUTH, ErrorClass.RATE_LIMIT, ErrorClass.NOT_FOUND}
+)
 _SPECIFIC = frozenset(
     {ErrorClass.CONTEXT_WINDOW, ErrorClass.CONTENT_POLICY, ErrorClass.RATE_LIMIT, ErrorClass.TIMEOUT,
-     ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED}
+     ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED, ErrorClass.RETIRED}
 )
 
 

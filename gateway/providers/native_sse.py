@@ -168,7 +168,7 @@ def _merged(start: Usage | None, delta: Any) -> Usage | None:
     given = delta.get("input_tokens")
     if isinstance(given, int):
         total_input = given + (cached if isinstance(cached, int) else base.cached_tokens) + (
-            written if isinstance(written, int) else 0
+            written if isinstance(written, int) else base.cache_write_tokens
         )
     else:
         total_input = base.input_tokens
@@ -177,4 +177,5 @@ def _merged(start: Usage | None, delta: Any) -> Usage | None:
         input_tokens=total_input,
         output_tokens=output if isinstance(output, int) else base.output_tokens,
         cached_tokens=cached if isinstance(cached, int) else base.cached_tokens,
+        cache_write_tokens=written if isinstance(written, int) else base.cache_write_tokens,
     )

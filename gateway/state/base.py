@@ -151,6 +151,8 @@ class UsageRecord:
     attempts: int = 1
     fact: RoutingFact | None = None  # None when the request's routing facts are unknown
     params: frozenset[str] = frozenset()  # provider-specific body parameters the request carried
+    cache_write_tokens: int = 0
+    price_entry: str = ""  # the price book entry the cost came from (`policy[1] from 2027-01-01`, `litellm:...`)
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,8 @@ class UsageRow:
     cost_usd: float = 0.0
     latency_s_sum: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
+    cache_write_tokens: int = 0
+    cost_usd_by_price: dict[str, float] = field(default_factory=dict)  # the part of cost_usd from each price entry
 
 
 class StateStore(Protocol):

@@ -42,7 +42,9 @@ USAGE_COUNTERS = (
     "reasoning_tokens",
     "cost_micro_usd",
     "latency_us",
+    "cache_write_tokens",
 )
+PRICE_COST_PREFIX = "cost_micro_usd@"  # + a price entry: the cost billed under that entry (`cost_micro_usd@policy[1]`)
 
 
 def usage_key(record: UsageRecord) -> UsageKey:
@@ -72,8 +74,12 @@ def tally_usage(records: Iterable[UsageRecord]) -> dict[str, dict[UsageKey, dict
             ("reasoning_tokens", record.reasoning_tokens),
             ("cost_micro_usd", to_micro(record.cost_usd)),
             ("latency_us", round(record.latency_s * 1_000_000)),
+            ("cache_write_tokens", record.cache_write_tokens),
         ):
             counts[name] = counts.get(name, 0) + value
+        if record.price_entry and record.cost_usd:
+            name = PRICE_COST_PREFIX + record.price_entry
+            counts[name] = counts.get(name, 0) + to_micro(record.cost_usd)
     return days
 
 
@@ -91,7 +97,17 @@ def usage_row(day: str, key: UsageKey, counts: Mapping[str, int]) -> UsageRow:
         reasoning_tokens=counts.get("reasoning_tokens", 0),
         cost_usd=from_micro(counts.get("cost_micro_usd", 0)),
         latency_s_sum=counts.get("latency_us", 0) / 1_000_000,
-        extra={name: float(value) for name, value in counts.items() if name not in USAGE_COUNTERS},
+        extra={
+            name: float(value)
+            for name, value in counts.items()
+            if name not in USAGE_COUNTERS and not name.startswith(PRICE_COST_PREFIX)
+        },
+        cache_write_tokens=counts.get("cache_write_tokens", 0),
+        cost_usd_by_price={
+            name.removeprefix(PRICE_COST_PREFIX): from_micro(value)
+            for name, value in counts.items()
+            if name.startswith(PRICE_COST_PREFIX)
+        },
     )
 
 

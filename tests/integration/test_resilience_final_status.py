@@ -83,7 +83,8 @@ def test_the_sdk_waits_as_retry_after_says_and_then_is_served(rs: Resilience, sd
 @pytest.mark.parametrize("ptype", PROVIDER_TYPES)
 def test_operator_side_failures_stay_a_502_naming_each_cause(rs: Resilience, ptype: str) -> None:
     rs.cloud.inject([{"fault": "invalid_key", "count": 1, "model": PRIMARY_MODEL[ptype]}])
-    rs.local.inject([{"fault": "status", "status": 404, "count": 1, "message": "The model does not exist."}])
+    # a 404 that does not name the model as gone (a wrong path): not_found (a retired model opens the circuit)
+    rs.local.inject([{"fault": "status", "status": 404, "count": 1, "message": "Not Found"}])
     with pytest.raises(openai.APIStatusError) as info:
         rs.client().chat.completions.create(model=f"chain-{ptype}", messages=HELLO)
     assert info.value.status_code == 502

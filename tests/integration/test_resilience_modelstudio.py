@@ -33,8 +33,8 @@ MODERATION = "<400> InternalError.Algo.DataInspectionFailed: Output data may con
 
 @pytest.fixture(scope="module")
 def ms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Resilience]:
-    with resilience_stack(tmp_path_factory.mktemp("modelstudio"), on=FALLBACK_ON + ", account, quota_exhausted",
-                          retries=2, cooldown="1500ms") as stack:
+    on = FALLBACK_ON + ", account, quota_exhausted, retired"
+    with resilience_stack(tmp_path_factory.mktemp("modelstudio"), on=on, retries=2, cooldown="1500ms") as stack:
         yield stack
 
 
@@ -92,6 +92,28 @@ def test_an_account_in_arrears_is_answered_by_the_self_hosted_fallback(ms: Resil
                   outcome="account") == attempts + 1
     assert metric(text, "polyroute_fallbacks_total", reason="account", to="backup") >= 1
     assert_circuit_opened(ms, ptype, "account")
+
+
+RETIRED_ANSWERS = {
+    "404 model_not_found": (404, "model_not_found", "The model `qwen-plus-2025-01-25` does not exist or you do not "
+                            "have access to it."),
+    "410 deprecated": (410, "model_deprecated", "The model `qwen-plus-2025-01-25` has been deprecated."),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(RETIRED_ANSWERS))
+@pytest.mark.parametrize("ptype", PROVIDER_TYPES)
+def test_a_retired_model_falls_back_and_is_skipped_for_the_cooldown(ms: Resilience, ptype: str, answer: str) -> None:
+    status, code, message = RETIRED_ANSWERS[answer]
+    ms.cloud.inject([{"fault": "status", "status": status, "code": code, "message": message, "count": 1,
+                      "model": PRIMARY_MODEL[ptype]}])
+    raw = ms.client().chat.completions.with_raw_response.create(model=f"chain-{ptype}", messages=HELLO)
+    assert "sim-local" in (raw.parse().choices[0].message.content or "")
+    assert raw.headers["x-polyroute-fallback-reason"] == "retired"
+    text = ms.metrics()
+    assert metric(text, "polyroute_upstream_requests_total", deployment=f"primary-{ptype}", outcome="retired") >= 1
+    assert metric(text, "polyroute_fallbacks_total", reason="retired", to="backup") >= 1
+    assert_circuit_opened(ms, ptype, "retired")
 
 
 @pytest.mark.parametrize("ptype", PROVIDER_TYPES)

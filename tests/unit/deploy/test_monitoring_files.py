@@ -283,6 +283,14 @@ ALERT_SCENARIOS: dict[str, dict[str, Any]] = {
         "eval_time": "35m",
         "exp_samples": [firing("PolyrouteCriticalAliasLockedIn", "warning", alias="coder")],
     },
+    "a deployment retiring within 30 days": {
+        "input_series": [
+            series(names.DEPLOYMENT_DAYS_TO_RETIREMENT, "29x90", deployment="qwen-old"),
+            series(names.DEPLOYMENT_DAYS_TO_RETIREMENT, "90x90", deployment="qwen-plus"),  # far off: no alert
+        ],
+        "eval_time": "65m",
+        "exp_samples": [firing("PolyrouteDeploymentRetiring", "warning", deployment="qwen-old")],
+    },
     "quiet system": {
         "input_series": [
             series(names.REQUESTS_TOTAL, "0+100x30", alias="coder", status_class="2xx"),

@@ -8,8 +8,9 @@ import textwrap
 
 import pytest
 
+from gateway.policy.charges import charge
 from gateway.policy.loader import load_policy_text
-from gateway.policy.pricing import CurrencyRates, estimate_cost_usd
+from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import Price
 from gateway.settings import Settings, prepare_litellm_environment
 
@@ -35,7 +36,8 @@ def price_of(price: str, provider: str = "cloud", model: str = "m") -> Price:
 
 def test_a_usd_token_price_is_taken_as_written() -> None:
     price = price_of("{input_per_mtok: 2.5, output_per_mtok: 10, cached_input_per_mtok: 1.25}")
-    assert price == Price(2.5, 10.0, 1.25, source="policy")
+    assert (price.input_per_mtok_usd, price.output_per_mtok_usd, price.cached_input_per_mtok_usd) == (2.5, 10.0, 1.25)
+    assert (price.source, price.currency, price.entry) == ("policy", "USD", "policy")
 
 
 def test_cny_and_eur_prices_are_converted_to_usd() -> None:
@@ -73,7 +75,8 @@ def test_a_litellm_provider_without_a_price_uses_litellms_price_map() -> None:
 
 
 def test_a_model_litellm_does_not_know_has_an_unknown_price() -> None:
-    assert price_of("", provider="claude", model="no-such-model-anywhere") == Price(0.0, 0.0, source="unknown")
+    price = price_of("", provider="claude", model="no-such-model-anywhere")
+    assert price == Price(0.0, 0.0, source="unknown", entry="unknown")
 
 
 def test_an_openai_provider_without_a_price_is_unknown_and_never_loads_litellm() -> None:
@@ -94,17 +97,17 @@ def test_an_openai_provider_without_a_price_is_unknown_and_never_loads_litellm()
 
 def test_request_cost() -> None:
     price = Price(input_per_mtok_usd=3.0, output_per_mtok_usd=15.0, cached_input_per_mtok_usd=0.3)
-    assert estimate_cost_usd(price, 1_000_000, 0) == pytest.approx(3.0)
-    assert estimate_cost_usd(price, 1000, 200) == pytest.approx((1000 * 3.0 + 200 * 15.0) / 1e6)
-    # cached tokens come on top of the uncached prompt tokens, at the cached price
-    assert estimate_cost_usd(price, 1000, 200, cached_tokens=4000) == pytest.approx(
+    assert charge(price, input_tokens=1_000_000, output_tokens=0).usd == pytest.approx(3.0)
+    assert charge(price, input_tokens=1000, output_tokens=200).usd == pytest.approx((1000 * 3.0 + 200 * 15.0) / 1e6)
+    # cached tokens are counted inside the input tokens (as OpenAI reports them) and billed at the cached price
+    assert charge(price, input_tokens=5000, output_tokens=200, cached_tokens=4000).usd == pytest.approx(
         (1000 * 3.0 + 4000 * 0.3 + 200 * 15.0) / 1e6
     )
 
 
 def test_cached_tokens_cost_the_input_price_without_a_cached_price() -> None:
     price = Price(input_per_mtok_usd=2.0, output_per_mtok_usd=8.0)
-    assert estimate_cost_usd(price, 0, 0, cached_tokens=500_000) == pytest.approx(1.0)
+    assert charge(price, input_tokens=500_000, output_tokens=0, cached_tokens=500_000).usd == pytest.approx(1.0)
 
 
 def test_rates_come_from_settings() -> None:

@@ -204,7 +204,8 @@ def test_prices_need_one_complete_form() -> None:
     assert problems(half) == ["deployments.qwen-local.price.output_per_mtok: required with input_per_mtok"]
     empty = PROVIDERS.replace("price: {gpu_hour: 2.5, tokens_per_second: 1200}", "price: {currency: EUR}")
     assert problems(empty) == [
-        "deployments.qwen-local.price: give input_per_mtok and output_per_mtok, or gpu_hour and tokens_per_second"
+        "deployments.qwen-local.price: give input_per_mtok and output_per_mtok, tiers, or gpu_hour and "
+        "tokens_per_second"
     ]
 
 

@@ -159,3 +159,18 @@ def test_status_prefix_is_read_only_at_the_start() -> None:
     assert status_prefix("  <503> x") == 503
     assert status_prefix("the <400> is not first") is None
     assert status_prefix("<999> nope") is None
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (404, {"error": {"message": "The model `qwen-x` does not exist or you do not have access to it.",
+                         "type": "invalid_request_error", "code": "model_not_found"}}, ErrorClass.RETIRED),
+        (410, {"error": {"message": "The model has been deprecated.", "code": "model_deprecated"}}, ErrorClass.RETIRED),
+        (404, {"error": {"message": "The model qwen-x was decommissioned on 2026-01-01."}}, ErrorClass.RETIRED),
+        (404, {"detail": "Not Found"}, ErrorClass.NOT_FOUND),  # a wrong path names no model
+        (400, {"error": {"message": "The model `x` does not exist", "code": "x"}}, ErrorClass.BAD_REQUEST),
+    ],
+)
+def test_a_model_that_no_longer_exists_is_retired(status: int, body: object, expected: ErrorClass) -> None:
+    assert upstream_error(status, orjson.dumps(body), None, "d").error_class is expected

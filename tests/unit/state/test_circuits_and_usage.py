@@ -134,6 +134,22 @@ def record(day_offset: float = 0.0, **kw: object) -> UsageRecord:
     return UsageRecord(**fields)  # type: ignore[arg-type]
 
 
+async def test_usage_keeps_cache_writes_and_the_cost_of_each_price_entry(store: StateStore) -> None:
+    await store.record_usage(
+        [
+            record(cache_write_tokens=30, price_entry="policy[0]"),
+            record(cost_usd=0.25, price_entry="policy[1] from 2025-06-01"),
+            record(price_entry="policy[1] from 2025-06-01"),
+        ]
+    )
+
+    (row,) = await store.usage("2025-06-01", "2025-06-01")
+
+    assert row.cache_write_tokens == 30
+    assert row.cost_usd_by_price == {"policy[0]": 0.1, "policy[1] from 2025-06-01": 0.35}
+    assert row.extra == {}
+
+
 async def test_usage_is_summed_per_day_and_row(store: StateStore) -> None:
     await store.record_usage([record(), record(status=502, cached_tokens=50), record(fallback=True)])
     await store.record_usage(

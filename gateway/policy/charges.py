@@ -1,0 +1,72 @@
+"""What one request costs under a price book entry: the tier its input selects, cache reads and writes, thinking."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.policy.table import Price, PriceTier
+
+_PER_MTOK = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One request's cost in US dollars and in the price's own currency, and the price entry it came from."""
+
+    usd: float
+    amount: float
+    currency: str
+    entry: str
+
+
+def tier_for(price: Price, input_tokens: int) -> PriceTier:
+    """The band a request with `input_tokens` in total (cached and cache writes included) is billed at."""
+    for tier in price.tiers:
+        if tier.max_input_tokens is None or input_tokens <= tier.max_input_tokens:
+            return tier
+    if price.tiers:
+        return price.tiers[-1]  # a book whose every band is bounded: bill beyond the last bound at the last band
+    return PriceTier(
+        None, price.input_per_mtok_usd, price.output_per_mtok_usd, price.cached_input_per_mtok_usd
+    )
+
+
+def charge(
+    price: Price,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    cached_tokens: int = 0,
+    cache_write_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    requests: int = 1,
+) -> Charge:
+    """The cost of `requests` requests whose usage counts cache reads and writes inside `input_tokens` (as OpenAI
+    and Model Studio report them) and reasoning inside `output_tokens`.
+
+    The tier is chosen by the input of one request (the mean, when `requests` sums several). Cache reads and writes
+    are billed at their own prices where the tier has them, else as input; when the request reasoned and the tier
+    has a thinking-mode output price, all its output is billed at it (Model Studio prices a thinking request's
+    output, not only its reasoning tokens, at the thinking rate).
+    """
+    total_in = max(input_tokens, 0)
+    tier = tier_for(price, total_in if requests <= 1 else -(-total_in // requests))
+    cached = min(max(cached_tokens, 0), total_in)
+    written = min(max(cache_write_tokens, 0), total_in - cached)
+    fresh = total_in - cached - written
+    output_price = tier.output_per_mtok
+    if reasoning_tokens > 0 and tier.thinking_output_per_mtok is not None:
+        output_price = tier.thinking_output_per_mtok
+    cached_price = tier.input_per_mtok if tier.cached_input_per_mtok is None else tier.cached_input_per_mtok
+    write_price = tier.input_per_mtok if tier.cache_write_per_mtok is None else tier.cache_write_per_mtok
+    amount = (
+        fresh * tier.input_per_mtok
+        + cached * cached_price
+        + written * write_price
+        + max(output_tokens, 0) * output_price
+    ) / _PER_MTOK
+    if not price.tiers:  # the `*_usd` fields: already US dollars
+        return Charge(usd=amount, amount=amount, currency="USD", entry=price.entry or price.source)
+    return Charge(
+        usd=amount * price.usd_per_unit, amount=amount, currency=price.currency, entry=price.entry or price.source
+    )
