@@ -80,7 +80,7 @@ def admin_routes(runtime: Runtime) -> list[Route]:
             if tenant is None:
                 raise NotFoundError(f"unknown tenant '{tenant_name}'", param="tenant", code="tenant_not_found")
             facts = request_facts(parsed, tenant)
-            plan = decide(facts, table, runtime.health.snapshot())
+            plan = decide(facts, table, runtime.health.snapshot(), runtime.load.snapshot())
         except ValueError:
             return error_response(BadRequestError("'endpoint' must be chat, completion or embedding."))
         except PolyrouteError as err:

@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from starlette.datastructures import Headers
 
+from gateway.api.session import session_key
 from gateway.errors import BadRequestError
 from gateway.observability.request_scope import note_request
 from gateway.policy.plan import RequestFacts
@@ -44,6 +45,7 @@ class ParsedRequest:
     needs: frozenset[str]
     data_class: str | None
     tags: frozenset[str]
+    session: str | None = None  # affinity key (gateway.api.session)
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -80,6 +82,7 @@ def parse_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedReq
         raise BadRequestError("'max_tokens' must be a non-negative integer.", param="max_tokens")
     tokens, needs = estimate_prompt(body, endpoint)
     data_class, tags = read_hints(headers, body.get("metadata"))
+    session = session_key(headers, body, endpoint)
     return ParsedRequest(
         endpoint=endpoint,
         body=body,
@@ -91,6 +94,7 @@ def parse_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedReq
         needs=needs,
         data_class=data_class,
         tags=tags,
+        session=session,
     )
 
 
@@ -212,6 +216,7 @@ def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
         max_output_tokens=parsed.max_output_tokens,
         needs=parsed.needs,
         allowed_aliases=tenant.models,
+        session=parsed.session,
     )
     note_request(facts, parsed.body)
     return facts

@@ -20,6 +20,7 @@ from gateway.api.parsing import ParsedRequest, parse_request, request_facts
 from gateway.api.protocol_request import ProtocolRequest, parse_protocol_request, protocol_error_response
 from gateway.api.responses import DONE_EVENT, error_event, error_response, route_headers
 from gateway.errors import PolyrouteError, ShuttingDownError, UpstreamError
+from gateway.load.placement import place
 from gateway.observability.accounting import (
     FinishedRequest,
     estimated_usage,
@@ -27,7 +28,6 @@ from gateway.observability.accounting import (
     output_tokens_in_stream,
     request_cost,
 )
-from gateway.policy.engine import decide
 from gateway.policy.plan import RoutePlan
 from gateway.policy.table import Deployment
 from gateway.protocols.adapters import CLIENT_PROTOCOLS
@@ -70,7 +70,7 @@ class ProxyService:
                 parsed, proto = parse_protocol_request(raw, adapter, headers)
             alias = parsed.model
             facts = request_facts(parsed, tenant)
-            plan = decide(facts, active.table, self._rt.health.snapshot())
+            plan = await place(facts, active.table, self._rt.health.snapshot(), self._rt.load, self._rt.metrics)
             if proto is not None:
                 proto.refuse_unless_reachable(plan.attempts)
             admitted = await self._admission.admit(tenant, plan, facts)

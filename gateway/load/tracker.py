@@ -1,0 +1,187 @@
+"""The load snapshot routing reads: engine signals per deployment, and each spill-over alias's tier with hysteresis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.load.poller import EnginePoller
+from gateway.observability.metrics import Metrics
+from gateway.policy.plan import NO_LOAD, AliasLoad, EngineLoad, LoadSnapshot
+from gateway.policy.spillover import above
+from gateway.policy.table import Alias, Deployment, Hosting, PolicyTable, Spillover, Strategy
+
+DEFAULT_TICK_S = 0.25
+
+
+@dataclass
+class _Hysteresis:
+    active_tier: int = 0
+    calm_since: float | None = None  # when the tier below the active one went under `low`
+
+
+class LoadTracker:
+    """Owns the pollers (one per self-hosted provider with engine metrics) and rebuilds the snapshot every tick.
+
+    A request only reads `snapshot()`, built beforehand: no request ever waits for a poller.
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        inflight: Callable[[], Mapping[str, int]],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._metrics = metrics
+        self._inflight = inflight
+        self._clock = clock
+        self._table: PolicyTable | None = None
+        self._pollers: dict[str, EnginePoller] = {}  # by provider name
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._states: dict[str, _Hysteresis] = {}
+        self._snapshot = NO_LOAD
+        self._changed = asyncio.Event()
+
+    def snapshot(self) -> LoadSnapshot:
+        return self._snapshot
+
+    def configure(self, table: PolicyTable) -> None:
+        """Called at start and on every reload; pollers restart only when the loop is running."""
+        self._table = table
+        self._states = {name: self._states.get(name, _Hysteresis()) for name in _spill_aliases(table)}
+        if self._metrics is not None:
+            for name, state in self._states.items():  # the series exist before the first spill
+                self._metrics.spill(alias=name, from_tier=state.active_tier, to_tier=state.active_tier)
+        if self._session is not None:
+            self._restart()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16), trust_env=False)
+        self._restart()
+
+    async def close(self) -> None:
+        await self._stop_tasks()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _restart(self) -> None:
+        assert self._session is not None and self._table is not None
+        old, self._tasks = self._tasks, []
+        for task in old:
+            task.cancel()
+        self._pollers = {
+            p.name: EnginePoller(p, self._session, clock=self._clock)
+            for p in self._table.providers.values()
+            if p.metrics_url is not None
+        }
+        if not self._pollers and not self._states:
+            self._snapshot = NO_LOAD
+            return
+        for poller in self._pollers.values():
+            self._tasks.append(asyncio.create_task(poller.run(self.evaluate), name=f"polyroute-load-{poller.url}"))
+        tick = min((p.poll_s for p in self._pollers.values()), default=DEFAULT_TICK_S)
+        self._tasks.append(asyncio.create_task(self._tick(tick), name="polyroute-load-tick"))
+
+    async def _stop_tasks(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _tick(self, interval_s: float) -> None:
+        # Staleness and in-flight counts change without any read: re-evaluated on a clock of their own.
+        while True:
+            await asyncio.sleep(interval_s)
+            self.evaluate()
+
+    async def wait_for_room(self, alias: str, tier: int, timeout_s: float) -> bool:
+        """Wait until `tier` of `alias` is no longer above its high mark; False after `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while tier in self._snapshot.aliases.get(alias, AliasLoad()).saturated:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return True
+
+    def evaluate(self) -> None:
+        """Rebuild the snapshot from the pollers' last readings, move tiers, publish gauges."""
+        table = self._table
+        if table is None:
+            return
+        now = self._clock()
+        inflight = self._inflight()
+        engines = {
+            d.name: load
+            for d in table.deployments.values()
+            if (load := self._engine_load(d, now, inflight)) is not None
+        }
+        aliases = {name: self._move(table.aliases[name], engines, now) for name in self._states}
+        self._snapshot = LoadSnapshot(engines=engines, aliases=aliases)
+        if self._metrics is not None:
+            for name, e in engines.items():
+                self._metrics.engine_load(
+                    deployment=name,
+                    queue=e.queue,
+                    running=e.running,
+                    kv=e.kv,
+                    age_s=e.age_s,
+                    fallback=e.source == "inflight",
+                )
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _engine_load(self, d: Deployment, now: float, inflight: Mapping[str, int]) -> EngineLoad | None:
+        """Self-hosted deployments only: a cloud provider's load is not ours to see (its 429s and latency are)."""
+        provider = d.provider
+        if provider.hosting is not Hosting.SELF_HOSTED:
+            return None
+        poller = self._pollers.get(provider.name)
+        own = float(inflight.get(d.name, 0))
+        if poller is None:
+            return EngineLoad(queue=own, reason=f"engine {provider.engine.value} has no metrics")
+        age = None if poller.read_at is None else now - poller.read_at
+        if poller.reading is not None and poller.fresh(now):
+            r = poller.reading
+            return EngineLoad(queue=r.queue, running=r.running, kv=r.kv, source=provider.engine.value, age_s=age)
+        if poller.error is not None:
+            reason = f"engine not answering ({poller.error})"
+        else:
+            reason = "engine signal stale" if age is not None else "engine not read yet"
+        return EngineLoad(queue=own, age_s=age, reason=reason)
+
+    def _move(self, alias: Alias, engines: Mapping[str, EngineLoad], now: float) -> AliasLoad:
+        spill = alias.spillover or Spillover()
+        loads = [[engines[n] for n in tier if n in engines] for tier in alias.tiers]
+        saturated = frozenset(i for i, tier in enumerate(loads) if above(spill.high, tier))
+        state = self._states[alias.name]
+        before = state.active_tier
+        if state.active_tier in saturated and state.active_tier < len(loads) - 1:
+            state.active_tier += 1  # one tier per tick: the next tier gets a chance to absorb the overflow
+            state.calm_since = None
+        elif state.active_tier > 0:
+            below = loads[state.active_tier - 1]
+            if below and above(spill.low, below):
+                state.calm_since = None
+            elif state.calm_since is None:
+                state.calm_since = now
+            elif now - state.calm_since >= spill.dwell_s:
+                state.active_tier -= 1
+                state.calm_since = None
+        if self._metrics is not None and state.active_tier != before:
+            self._metrics.spill(alias=alias.name, from_tier=before, to_tier=state.active_tier)
+        return AliasLoad(active_tier=state.active_tier, saturated=saturated)
+
+
+def _spill_aliases(table: PolicyTable) -> list[str]:
+    return [name for name, a in table.aliases.items() if a.strategy is Strategy.SPILLOVER]
