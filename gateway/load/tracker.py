@@ -65,6 +65,7 @@ class LoadTracker:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16), trust_env=False)
         self._restart()
+        self.evaluate()
 
     async def close(self) -> None:
         await self._stop_tasks()
