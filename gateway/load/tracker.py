@@ -6,23 +6,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 import aiohttp
 
+from gateway.load.hysteresis import TierHysteresis
 from gateway.load.poller import EnginePoller
 from gateway.observability.metrics import Metrics
 from gateway.policy.plan import NO_LOAD, AliasLoad, EngineLoad, LoadSnapshot
-from gateway.policy.spillover import above
-from gateway.policy.table import Alias, Deployment, Hosting, PolicyTable, Spillover, Strategy
+from gateway.policy.table import Alias, Deployment, Hosting, PolicyTable, Strategy
 
 DEFAULT_TICK_S = 0.25
-
-
-@dataclass
-class _Hysteresis:
-    active_tier: int = 0
-    calm_since: float | None = None  # when the tier below the active one went under `low`
 
 
 class LoadTracker:
@@ -45,7 +38,7 @@ class LoadTracker:
         self._pollers: dict[str, EnginePoller] = {}  # by provider name
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
-        self._states: dict[str, _Hysteresis] = {}
+        self._states: dict[str, TierHysteresis] = {}
         self._snapshot = NO_LOAD
         self._changed = asyncio.Event()
 
@@ -55,7 +48,7 @@ class LoadTracker:
     def configure(self, table: PolicyTable) -> None:
         """Called at start and on every reload; pollers restart only when the loop is running."""
         self._table = table
-        self._states = {name: self._states.get(name, _Hysteresis()) for name in _spill_aliases(table)}
+        self._states = {name: self._states.get(name, TierHysteresis()) for name in _spill_aliases(table)}
         if self._metrics is not None:
             for name, state in self._states.items():  # the series exist before the first spill
                 self._metrics.spill(alias=name, from_tier=state.active_tier, to_tier=state.active_tier)
@@ -162,26 +155,12 @@ class LoadTracker:
         return EngineLoad(queue=own, age_s=age, reason=reason)
 
     def _move(self, alias: Alias, engines: Mapping[str, EngineLoad], now: float) -> AliasLoad:
-        spill = alias.spillover or Spillover()
-        loads = [[engines[n] for n in tier if n in engines] for tier in alias.tiers]
-        saturated = frozenset(i for i, tier in enumerate(loads) if above(spill.high, tier))
         state = self._states[alias.name]
         before = state.active_tier
-        if state.active_tier in saturated and state.active_tier < len(loads) - 1:
-            state.active_tier += 1  # one tier per tick: the next tier gets a chance to absorb the overflow
-            state.calm_since = None
-        elif state.active_tier > 0:
-            below = loads[state.active_tier - 1]
-            if below and above(spill.low, below):
-                state.calm_since = None
-            elif state.calm_since is None:
-                state.calm_since = now
-            elif now - state.calm_since >= spill.dwell_s:
-                state.active_tier -= 1
-                state.calm_since = None
-        if self._metrics is not None and state.active_tier != before:
-            self._metrics.spill(alias=alias.name, from_tier=before, to_tier=state.active_tier)
-        return AliasLoad(active_tier=state.active_tier, saturated=saturated)
+        moved = state.step(alias, engines, now)
+        if self._metrics is not None and moved.active_tier != before:
+            self._metrics.spill(alias=alias.name, from_tier=before, to_tier=moved.active_tier)
+        return moved
 
 
 def _spill_aliases(table: PolicyTable) -> list[str]:
