@@ -22,6 +22,7 @@ class TierHysteresis:
         spill = alias.spillover or Spillover()
         loads = [[engines[n] for n in tier if n in engines] for tier in alias.tiers]
         saturated = frozenset(i for i, tier in enumerate(loads) if above(spill.high, tier))
+        roomy = frozenset(i for i, tier in enumerate(loads) if tier and not above(spill.low, tier))
         if self.active_tier in saturated and self.active_tier < len(loads) - 1:
             self.active_tier += 1  # one tier per tick: the next tier gets a chance to absorb the overflow
             self.calm_since = None
@@ -34,4 +35,4 @@ class TierHysteresis:
             elif now - self.calm_since >= spill.dwell_s:
                 self.active_tier -= 1
                 self.calm_since = None
-        return AliasLoad(active_tier=self.active_tier, saturated=saturated)
+        return AliasLoad(active_tier=self.active_tier, saturated=saturated, roomy=roomy)

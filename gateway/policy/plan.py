@@ -59,6 +59,7 @@ class AliasLoad:
 
     active_tier: int = 0  # new requests start at this tier
     saturated: frozenset[int] = frozenset()  # tiers above their `high` mark right now
+    roomy: frozenset[int] = frozenset()  # tiers under their `low` mark right now: they take new requests while spilled
 
 
 @dataclass(frozen=True)

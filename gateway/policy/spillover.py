@@ -46,11 +46,14 @@ def spill_order(
     by_name = {d.name: d for d in eligible}
     tiers = [[by_name[n] for n in tier if n in by_name] for tier in alias.tiers]
     usable = [i for i, tier in enumerate(tiers) if tier]
-    later = [i for i in usable if i >= state.active_tier]
+    # While spilled, an earlier tier still takes a new request whenever it is under `low`: the own GPUs stay full and
+    # only the overflow goes on (the alias comes back as a whole after `dwell` under `low`).
+    open_tiers = [i for i in usable if i >= state.active_tier or i in state.roomy]
     earlier = [i for i in usable if i < state.active_tier]
     calm = [i for i in earlier if i not in state.saturated]
     # A request that may not use the active tier (a pii request while the alias spilled to the cloud) stays on an
     # earlier tier unless that tier is above `high` too.
+    later = open_tiers
     start = later[0] if later else (calm[0] if calm else (earlier[0] if earlier else 0))
     ordering = [start, *(i for i in usable if i > start), *(i for i in usable if i < start)]
     ordered: list[Deployment] = []
@@ -77,8 +80,19 @@ def place(
     # Rendezvous hashing: a replica that leaves moves only its own sessions; the others keep theirs.
     ranked = sorted(tier, key=lambda d: _weight(session, d.name), reverse=True)
     cap = math.ceil((1.0 + balance) * (sum(loads.values()) + 1) / len(tier))
-    chosen = next((d for d in ranked if loads[d.name] + 1 <= cap), by_load[0])
+    # A request never waits in an engine's queue for its cache while another replica has none waiting: a missed
+    # prefix costs one prefill, a queue costs whole decodes.
+    waiting = {d.name: _waiting(d.name, load) for d in tier}
+    least_waiting = min(waiting.values())
+    chosen = next(
+        (d for d in ranked if loads[d.name] + 1 <= cap and waiting[d.name] <= least_waiting), by_load[0]
+    )
     return [chosen, *(d for d in by_load if d is not chosen)], chosen is ranked[0]
+
+
+def _waiting(name: str, load: LoadSnapshot) -> float:
+    engine = load.engines.get(name)
+    return 0.0 if engine is None or engine.source == "inflight" else engine.queue
 
 
 def _weight(session: str, deployment: str) -> int:

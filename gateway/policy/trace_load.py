@@ -48,7 +48,8 @@ def load_lines(alias: Alias, spill: SpillChoice, load: LoadSnapshot) -> list[str
     """`route explain` lines: the alias's tier state, each target's load and where it comes from, the tier chosen."""
     state = load.aliases.get(alias.name, AliasLoad())
     saturated = ",".join(str(t) for t in sorted(state.saturated)) or "none"
-    lines = [f"spillover: active tier {state.active_tier}, tiers above high: {saturated}"]
+    roomy = ",".join(str(t) for t in sorted(state.roomy)) or "none"
+    lines = [f"spillover: active tier {state.active_tier}, tiers above high: {saturated}, under low: {roomy}"]
     for index, tier in enumerate(alias.tiers):
         for name in tier:
             engine = load.engines.get(name)

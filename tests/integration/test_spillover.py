@@ -149,7 +149,7 @@ def test_the_gateway_spills_to_the_cloud_while_the_engine_queues_and_comes_back_
     assert spill.deployment("chat") == "plus"
     assert spill.metric("polyroute_spills_total", alias="chat", from_tier="0", to_tier="1") == 1.0
     trace = spill.explain("chat")
-    assert "spillover: active tier 1, tiers above high: 0" in trace
+    assert "spillover: active tier 1, tiers above high: 0, under low: none" in trace
     assert any(line.startswith("  tier 0 local: queue=3 running=1 kv=1.00 (vllm metrics") for line in trace)
 
     # A pii request may not spill: `reject` answers 429 at once, `queue` waits its bounded time, then 503.

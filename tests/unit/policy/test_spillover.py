@@ -49,8 +49,15 @@ def facts(alias: str = "chat", **kw: object) -> RequestFacts:
     return RequestFacts(alias=alias, tenant="t", **kw)  # type: ignore[arg-type]
 
 
-def load(alias: str, tier: int, saturated: frozenset[int] = frozenset(), **engines: EngineLoad) -> LoadSnapshot:
-    return LoadSnapshot(engines=dict(engines), aliases={alias: AliasLoad(active_tier=tier, saturated=saturated)})
+def load(
+    alias: str,
+    tier: int,
+    saturated: frozenset[int] = frozenset(),
+    roomy: frozenset[int] = frozenset(),
+    **engines: EngineLoad,
+) -> LoadSnapshot:
+    state = AliasLoad(active_tier=tier, saturated=saturated, roomy=roomy)
+    return LoadSnapshot(engines=dict(engines), aliases={alias: state})
 
 
 def names(table: PolicyTable, f: RequestFacts, snap: LoadSnapshot, health: HealthSnapshot | None = None) -> list[str]:
@@ -104,6 +111,12 @@ def test_new_requests_stay_on_the_first_tier_until_it_spills(table: PolicyTable)
     assert names(table, facts(), load("chat", 0))[:2] in (["local-a", "local-b"], ["local-b", "local-a"])
     spilled = names(table, facts(), load("chat", 1))
     assert spilled[0] in ("plus-sg", "plus-us") and set(spilled[2:]) == {"local-a", "local-b"}  # local: last resort
+
+
+def test_while_spilled_the_first_tier_still_takes_requests_whenever_it_is_under_low(table: PolicyTable) -> None:
+    # Only the overflow goes to the cloud: the own GPUs are kept full while the alias stays spilled (no flapping).
+    assert names(table, facts(), load("chat", 1, roomy=frozenset({0})))[0] in ("local-a", "local-b")
+    assert names(table, facts(), load("chat", 1))[0] in ("plus-sg", "plus-us")
 
 
 def test_a_pii_request_never_spills_to_the_cloud(table: PolicyTable) -> None:
@@ -173,7 +186,7 @@ def test_explain_shows_the_tier_decision_and_each_targets_load(table: PolicyTabl
         },
     )
     trace = decide(facts(), table, HealthSnapshot(), snap).trace
-    assert "spillover: active tier 1, tiers above high: 0" in trace
+    assert "spillover: active tier 1, tiers above high: 0, under low: none" in trace
     assert "  tier 0 local-a: queue=7 running=8 kv=0.95 (vllm metrics, 0.20s old)" in trace
     assert "  tier 0 local-b: load from polyroute's in-flight count (engine not answering (HTTP 503))" in trace
     assert "  tier 1 plus-sg: load from polyroute's in-flight count (no engine metrics)" in trace
