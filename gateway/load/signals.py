@@ -20,7 +20,7 @@ class EngineNames:
     kv: tuple[str, ...]
 
 
-# Checked against each engine's sources and docs (README, "Own GPUs first"): vLLM renamed its KV gauge in v0.10
+# Checked against each engine's sources and docs (README, "Own GPUs first"): vLLM renamed its KV gauge
 # (`gpu_cache_usage_perc` is what older servers export); recent llama.cpp builds no longer export the KV ratio.
 NAMES: dict[Engine, EngineNames] = {
     Engine.VLLM: EngineNames(
