@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 from starlette.datastructures import Headers
 
-from gateway.api.session import session_key
+from gateway.api.session import leading_key, session_key
 from gateway.errors import BadRequestError
 from gateway.observability.request_scope import note_request
 from gateway.policy.plan import RequestFacts
@@ -82,7 +84,7 @@ def parse_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedReq
         raise BadRequestError("'max_tokens' must be a non-negative integer.", param="max_tokens")
     tokens, needs = estimate_prompt(body, endpoint)
     data_class, tags = read_hints(headers, body.get("metadata"))
-    session = session_key(headers, body, endpoint)
+    session = session_key(headers, body)
     return ParsedRequest(
         endpoint=endpoint,
         body=body,
@@ -203,6 +205,13 @@ def _checked_metadata(metadata: Any) -> dict[str, Any]:
     return metadata
 
 
+def _leading(parsed: ParsedRequest) -> Callable[[], str] | None:
+    """The leading messages' hash, as a call: only a spill-over alias pays for it."""
+    if parsed.session is not None or parsed.endpoint is not Endpoint.CHAT:
+        return None
+    return partial(leading_key, parsed.body["messages"])
+
+
 def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
     """What the routing engine sees of a parsed request and its tenant (noted for the request's usage record)."""
     facts = RequestFacts(
@@ -217,6 +226,7 @@ def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
         needs=parsed.needs,
         allowed_aliases=tenant.models,
         session=parsed.session,
+        leading_key=_leading(parsed),
     )
     note_request(facts, parsed.body)
     return facts

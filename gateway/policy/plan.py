@@ -23,7 +23,14 @@ class RequestFacts:
     max_output_tokens: int | None = None
     needs: frozenset[str] = frozenset()  # capabilities the body uses: tools, vision
     allowed_aliases: frozenset[str] | None = None  # None = every alias
-    session: str | None = None  # affinity key: `x-polyroute-session`, `metadata.session_id` or the leading messages
+    session: str | None = None  # affinity key the client named: `x-polyroute-session` or `metadata.session_id`
+    # Else the leading messages' hash, computed only when a spill-over alias places the request.
+    leading_key: Callable[[], str] | None = field(default=None, compare=False, hash=False, repr=False)
+
+    def affinity_key(self) -> str | None:
+        if self.session is not None or self.leading_key is None:
+            return self.session
+        return self.leading_key()
 
 
 @dataclass(frozen=True)

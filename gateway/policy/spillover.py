@@ -59,8 +59,9 @@ def spill_order(
     ordered: list[Deployment] = []
     hit: bool | None = None
     spill = alias.spillover or Spillover()
+    session = facts.affinity_key() if any(len(tiers[i]) > 1 for i in ordering) else None
     for index in ordering:
-        placed, tier_hit = place(tiers[index], facts.session, health, load, spill.balance)
+        placed, tier_hit = place(tiers[index], session, health, load, spill.balance)
         if index == start:
             hit = tier_hit
         ordered += placed
