@@ -80,7 +80,8 @@ class LoadTracker:
             self._snapshot = NO_LOAD
             return
         for poller in self._pollers.values():
-            self._tasks.append(asyncio.create_task(poller.run(self.evaluate), name=f"polyroute-load-{poller.url}"))
+            name = f"polyroute-load-{poller.provider.name}"
+            self._tasks.append(asyncio.create_task(poller.run(self.evaluate), name=name))
         tick = min((p.poll_s for p in self._pollers.values()), default=DEFAULT_TICK_S)
         self._tasks.append(asyncio.create_task(self._tick(tick), name="polyroute-load-tick"))
 
