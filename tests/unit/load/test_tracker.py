@@ -10,7 +10,8 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.demo.simulated import create_simulated_app
+from gateway.demo.simulated import SIMULATED_UPSTREAM, create_simulated_app
+from gateway.load.poller import EnginePoller
 from gateway.load.tracker import LoadTracker
 from gateway.observability.metrics import Metrics
 from gateway.policy.loader import load_policy_text
@@ -139,3 +140,30 @@ async def _hold_and_stop(tracker: LoadTracker, runner: web.AppRunner, url: str, 
     assert tracker.snapshot().engines["local"].reason.startswith("engine not answering (Cannot connect")
     assert sample(metrics, "polyroute_engine_signal_fallback", deployment="local") == 1.0
     assert sample(metrics, "polyroute_engine_signal_age_seconds", deployment="local") == pytest.approx(0.76)
+
+
+@pytest.mark.parametrize("engine", ["sglang", "llamacpp"])
+async def test_a_poller_reads_sglang_and_llamacpp_names_from_a_simulated_engine(engine: str) -> None:
+    app = create_simulated_app("vllm", name=f"sim-{engine}", chunks=2, engine_metrics=engine, slots=2)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    provider = table_for(gpu=f"{url}/v1", engine=engine).providers["gpu"]
+    try:
+        async with aiohttp.ClientSession() as client:
+            poller = EnginePoller(provider, client, clock=Clock())
+            body = {"model": "Qwen/Qwen3-32B", "messages": [{"role": "user", "content": "hi"}]}
+            slow = {"x-sim-fault": "slow_first_token;delay=1"}
+            chat = f"{url}/v1/chat/completions"
+            held = [asyncio.create_task(client.post(chat, json=body, headers=slow)) for _ in "abc"]
+            engine_load = app[SIMULATED_UPSTREAM].engine_load
+            assert engine_load is not None
+            await wait_for(lambda: engine_load.held == 3)
+            await poller.read_once()
+            for response in await asyncio.gather(*held):
+                response.release()
+    finally:
+        await runner.cleanup()
+    assert poller.error is None and poller.reading is not None
+    assert (poller.reading.queue, poller.reading.running, poller.reading.kv) == (1.0, 2.0, 1.0)
