@@ -71,7 +71,8 @@ class Spill:
         return openai.OpenAI(base_url=self.gateway.url("/v1"), api_key="any", max_retries=0, **kw)  # type: ignore[arg-type]
 
     def deployment(self, alias: str, **kw: object) -> str:
-        raw = self.client().chat.completions.with_raw_response.create(model=alias, messages=HELLO, **kw)  # type: ignore[call-overload]
+        with self.client() as client:
+            raw = client.chat.completions.with_raw_response.create(model=alias, messages=HELLO, **kw)  # type: ignore[call-overload]
         name: str = raw.headers["x-polyroute-deployment"]
         return name
 
@@ -181,13 +182,14 @@ def test_a_conversation_stays_on_one_replica_turn_after_turn(spill: Spill) -> No
         {"role": "user", "content": "Plan a trip to Kyoto"},
     ]
     chosen: set[str] = set()
-    for turn in range(4):
-        raw = spill.client().chat.completions.with_raw_response.create(model="pair", messages=conversation)
-        chosen.add(raw.headers["x-polyroute-deployment"])
-        conversation += [
-            {"role": "assistant", "content": raw.parse().choices[0].message.content or ""},
-            {"role": "user", "content": f"and on day {turn + 2}?"},
-        ]
+    with spill.client() as client:
+        for turn in range(4):
+            raw = client.chat.completions.with_raw_response.create(model="pair", messages=conversation)
+            chosen.add(raw.headers["x-polyroute-deployment"])
+            conversation += [
+                {"role": "assistant", "content": raw.parse().choices[0].message.content or ""},
+                {"role": "user", "content": f"and on day {turn + 2}?"},
+            ]
     assert len(chosen) == 1  # the leading messages hash alike on every turn
     by_session = {spill.deployment("pair", extra_headers={"x-polyroute-session": f"user-{i}"}) for i in range(12)}
     assert by_session == {"local", "local-b"}  # sessions spread over both replicas
