@@ -41,7 +41,8 @@ def above(mark: LoadMark, loads: Sequence[EngineLoad]) -> bool:
 def spill_order(
     alias: Alias, eligible: Sequence[Deployment], facts: RequestFacts, health: HealthSnapshot, load: LoadSnapshot
 ) -> SpillChoice:
-    """Tiers from the active one on, then the tiers before it (the last resort if a later tier fails)."""
+    """The first open tier (the active one or later, or an earlier one under `low`), then the later tiers, then the
+    earlier ones (the last resort if a later tier fails)."""
     state = load.aliases.get(alias.name, AliasLoad())
     by_name = {d.name: d for d in eligible}
     tiers = [[by_name[n] for n in tier if n in by_name] for tier in alias.tiers]
@@ -53,8 +54,7 @@ def spill_order(
     calm = [i for i in earlier if i not in state.saturated]
     # A request that may not use the active tier (a pii request while the alias spilled to the cloud) stays on an
     # earlier tier unless that tier is above `high` too.
-    later = open_tiers
-    start = later[0] if later else (calm[0] if calm else (earlier[0] if earlier else 0))
+    start = open_tiers[0] if open_tiers else (calm[0] if calm else (earlier[0] if earlier else 0))
     ordering = [start, *(i for i in usable if i > start), *(i for i in usable if i < start)]
     ordered: list[Deployment] = []
     hit: bool | None = None
@@ -65,7 +65,7 @@ def spill_order(
         if index == start:
             hit = tier_hit
         ordered += placed
-    saturated = not later and not calm and bool(earlier)
+    saturated = not open_tiers and not calm and bool(earlier)
     return SpillChoice(ordered=ordered, tier=start, saturated=saturated, affinity_hit=hit)
 
 
