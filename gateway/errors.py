@@ -362,6 +362,31 @@ def _seconds(wait: float) -> int:
     return max(1, math.ceil(wait))
 
 
+SATURATED_CODE = "tier_saturated"
+
+
+class TierSaturatedError(PolyrouteError):
+    """Every tier a request may use is above its `high` mark and the alias says `on_saturation: queue`.
+
+    The proxy waits up to `max_wait_s` for the tier to drain and decides again; if it does not, the client gets
+    this error: 503 with Retry-After.
+    """
+
+    status = 503
+    error_type = "api_error"
+    code = SATURATED_CODE
+
+    def __init__(self, message: str, *, alias: str, tier: int, max_wait_s: float) -> None:
+        super().__init__(message, param="model")
+        self.alias = alias
+        self.tier = tier
+        self.max_wait_s = max_wait_s
+        self.retry_after = 1.0
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, int(self.retry_after + 0.999)))}
+
+
 class ShuttingDownError(PolyrouteError):
     """The gateway is shutting down and this request outlived the drain deadline."""
 

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 
 from gateway.errors import PolicyError
+from gateway.load.tracker import LoadTracker
 from gateway.observability.accounting import Accountant
 from gateway.observability.metrics import Metrics
 from gateway.policy.loader import load_policy
@@ -154,6 +155,7 @@ class Runtime:
         self.health = HealthTracker(
             store, on_circuit=lambda d, is_open: metrics.circuit(deployment=d, is_open=is_open)
         )
+        self.load = LoadTracker(metrics, lambda: self.health.inflight)  # engine load pollers (spill-over, affinity)
         self.executor = Executor(store, self.health, _MetricsObserver(metrics))
         self.accountant = Accountant(store, metrics)
         self.drain = Drain(settings.shutdown_grace_seconds)
@@ -174,11 +176,13 @@ class Runtime:
             vendors={p.vendor for p in table.providers.values()},
         )
         self.health.configure(tuple(table.deployments), table.fallback.circuit_breaker)
+        self.load.configure(table)
         return ActivePolicy(table=table, adapters=adapters)
 
     async def start(self) -> None:
         await self.store.start()
         await self.health.start()
+        await self.load.start()
         await self.accountant.start()
         if self.settings.policy is not None and self.settings.watch_policy:
             self._watcher = asyncio.create_task(self._watch(self.settings.policy), name="polyroute-watch")
@@ -209,6 +213,7 @@ class Runtime:
             for adapter in [*self._stale, *(adapter for _, adapter in self.active.adapters.values())]:
                 steps.push_async_callback(adapter.close)
             steps.push_async_callback(self.health.close)
+            steps.push_async_callback(self.load.close)
             steps.push_async_callback(self.accountant.close)
             steps.push_async_callback(self._stop_background)
 

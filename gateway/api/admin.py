@@ -125,7 +125,7 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
         caller = table.tenants.get(tenant) if tenant else table.anonymous_tenant()
         if caller is None:
             raise NotFoundError(f"unknown tenant '{tenant}'", param="tenant", code="tenant_not_found")
-        plan = decide(request_facts(parsed, caller), table, runtime.health.snapshot())
+        plan = decide(request_facts(parsed, caller), table, runtime.health.snapshot(), runtime.load.snapshot())
         return RouteExplanation(
             route=plan.route,
             strategy=plan.strategy,

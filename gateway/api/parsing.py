@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
 from starlette.datastructures import Headers
 
+from gateway.api.session import leading_key, session_key
 from gateway.errors import BadRequestError
 from gateway.policy.plan import RequestFacts
 from gateway.policy.table import Tenant
@@ -43,6 +46,7 @@ class ParsedRequest:
     needs: frozenset[str]
     data_class: str | None
     tags: frozenset[str]
+    session: str | None = None  # affinity key (gateway.api.session)
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -83,6 +87,7 @@ def read_request(body: dict[str, Any], endpoint: Endpoint, headers: Headers) -> 
         raise BadRequestError("'max_tokens' must be a non-negative integer.", param="max_tokens")
     tokens, needs = estimate_prompt(body, endpoint)
     data_class, tags = read_hints(headers, body.get("metadata"))
+    session = session_key(headers, body)
     return ParsedRequest(
         endpoint=endpoint,
         body=body,
@@ -94,6 +99,7 @@ def read_request(body: dict[str, Any], endpoint: Endpoint, headers: Headers) -> 
         needs=needs,
         data_class=data_class,
         tags=tags,
+        session=session,
     )
 
 
@@ -220,6 +226,13 @@ def _checked_metadata(metadata: Any) -> dict[str, Any]:
     return metadata
 
 
+def _leading(parsed: ParsedRequest) -> Callable[[], str] | None:
+    """The leading messages' hash, as a call: only a spill-over alias pays for it."""
+    if parsed.session is not None or parsed.endpoint is not Endpoint.CHAT:
+        return None
+    return partial(leading_key, parsed.body["messages"])
+
+
 def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
     """What the routing engine sees of a parsed request and its tenant."""
     return RequestFacts(
@@ -233,4 +246,6 @@ def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
         max_output_tokens=parsed.max_output_tokens,
         needs=parsed.needs,
         allowed_aliases=tenant.models,
+        session=parsed.session,
+        leading_key=_leading(parsed),
     )

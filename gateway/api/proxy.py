@@ -43,6 +43,7 @@ class ProxyService:
             admission=Admission(runtime.store, runtime.metrics),
             accountant=runtime.accountant,
             metrics=runtime.metrics,
+            load=runtime.load,
         )
 
     def route(self, endpoint: Endpoint) -> ModelRoute:

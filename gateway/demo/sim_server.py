@@ -16,6 +16,7 @@ from aiohttp import web
 
 from gateway.demo import sim_native as native
 from gateway.demo import sim_replies as replies
+from gateway.demo.sim_engine import SimulatedEngineLoad
 from gateway.demo.sim_faults import FAULT_HEADER, NAMED_ERRORS, Fault, FaultQueue, parse_fault, parse_fault_header
 from gateway.demo.sim_flavors import Flavor, SimError
 from gateway.demo.sim_thinking import thinks
@@ -52,6 +53,7 @@ class SimulatedUpstream:
         self.last_path: str | None = None
         self.last_headers: Mapping[str, str] = {}
         self.last_body: Any = None
+        self.engine_load: SimulatedEngineLoad | None = None  # set when the server serves engine metrics
 
     # ---- admin -------------------------------------------------------------------------------------------------
 
@@ -135,6 +137,12 @@ class SimulatedUpstream:
         return await self._serve(request, "responses")
 
     async def _serve(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        if self.engine_load is None:
+            return await self._serve_held(request, endpoint)
+        with self.engine_load.hold():  # the answer's whole life, streamed or not, as an engine holds a request
+            return await self._serve_held(request, endpoint)
+
+    async def _serve_held(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         raw = await request.read()
         try:
             body = orjson.loads(raw)

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.demo.sim_engine import ENGINE_METRICS, SimulatedEngineLoad
 from gateway.demo.sim_flavors import FLAVORS
 from gateway.demo.sim_server import SimulatedUpstream
 
@@ -28,6 +29,8 @@ def create_simulated_app(
     api_key: str | None = None,
     models: Sequence[str] | None = None,
     chunks: int = 20,
+    engine_metrics: str | None = None,
+    slots: int = 4,
 ) -> web.Application:
     """A SIMULATED OpenAI-compatible upstream of `flavor` (`modelstudio`, `vllm` or `ollama`); no model runs.
 
@@ -60,6 +63,9 @@ def create_simulated_app(
     app.router.add_post("/_sim/faults", upstream.post_faults)
     app.router.add_delete("/_sim/faults", upstream.delete_faults)
     app.router.add_get("/_sim/stats", upstream.get_stats)
+    if engine_metrics is not None:  # an engine's own /metrics, with values following the requests held
+        upstream.engine_load = SimulatedEngineLoad(engine_metrics, slots=slots, model=upstream.models[0])
+        app.router.add_get("/metrics", upstream.engine_load.metrics)
     app.router.add_delete("/_sim/stats", upstream.delete_stats)
     return app
 
@@ -103,12 +109,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer <key>`")
     parser.add_argument("--models", default=None, help="comma-separated model ids; others then get a 404")
     parser.add_argument("--chunks", type=int, default=20, help="content frames per streamed reply")
+    parser.add_argument(
+        "--engine-metrics", choices=ENGINE_METRICS, default=None, help="serve /metrics under this engine's names"
+    )
+    parser.add_argument("--slots", type=int, default=4, help="requests run at once; more wait (engine metrics)")
     args = parser.parse_args(argv)
     if args.chunks < 1:
         parser.error("--chunks must be at least 1")
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     app = create_simulated_app(
-        args.flavor, name=args.name or f"sim-{args.flavor}", api_key=args.api_key, models=models, chunks=args.chunks
+        args.flavor,
+        name=args.name or f"sim-{args.flavor}",
+        api_key=args.api_key,
+        models=models,
+        chunks=args.chunks,
+        engine_metrics=args.engine_metrics,
+        slots=args.slots,
     )
     try:
         _run(serve(app, args.host, args.port))

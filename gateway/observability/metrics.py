@@ -82,6 +82,16 @@ _HELP: Final[Mapping[str, str]] = {
     f"may serve under the current rules. {_ALIAS}.",
     names.ALIAS_PORTABLE: "1 when the current rules let every recent request of an alias go to another vendor, "
     f"else 0; critical = the alias is marked critical in the policy. {_ALIAS}.",
+    names.ENGINE_QUEUE: f"Requests waiting in a self-hosted engine, from its own metrics. {_DEPLOYMENT}.",
+    names.ENGINE_RUNNING: f"Requests a self-hosted engine is running, from its own metrics. {_DEPLOYMENT}.",
+    names.ENGINE_KV_USAGE: f"KV-cache use (0-1) a self-hosted engine reports. {_DEPLOYMENT}.",
+    names.ENGINE_SIGNAL_AGE_SECONDS: f"Seconds since the engine's metrics were last read. {_DEPLOYMENT}.",
+    names.ENGINE_SIGNAL_FALLBACK: "1 while routing uses polyroute's own in-flight count for a deployment (no engine "
+    f"metrics, or older than three polls, or the engine did not answer), else 0. {_DEPLOYMENT}.",
+    names.SPILL_ACTIVE: f"1 while a spill-over alias sends new requests past its first tier, else 0. {_ALIAS}.",
+    names.SPILLS_TOTAL: f"Tier changes of a spill-over alias (from_tier, to_tier: 0 = first tier). {_ALIAS}.",
+    names.AFFINITY_TOTAL: "Spill-over requests with an affinity key, by result: hit = sent to the deployment its "
+    f"session hashes to, miss = moved off it (bounded load). Hit ratio = hit / (hit + miss). {_ALIAS}.",
 }
 
 
@@ -199,6 +209,19 @@ class Metrics:
         self._vendor_hhi = gauge(names.VENDOR_HHI, "mostrecent", "by")
         self._stranded = gauge(names.ALIAS_STRANDED_SHARE, "mostrecent", "alias")
         self._portable = gauge(names.ALIAS_PORTABLE, "mostrecent", "alias", "critical")
+        self._engine = {
+            key: gauge(name, "mostrecent", "deployment")
+            for key, name in (
+                ("queue", names.ENGINE_QUEUE),
+                ("running", names.ENGINE_RUNNING),
+                ("kv", names.ENGINE_KV_USAGE),
+                ("age", names.ENGINE_SIGNAL_AGE_SECONDS),
+                ("fallback", names.ENGINE_SIGNAL_FALLBACK),
+            )
+        }
+        self._spill_active = gauge(names.SPILL_ACTIVE, "livemax", "alias")
+        self._spills = counter(names.SPILLS_TOTAL, "alias", "from_tier", "to_tier")
+        self._affinity = counter(names.AFFINITY_TOTAL, "alias", "result")
         # Series that alerts use with rate() or increase() must exist before their first event.
         for result in sorted(POLICY_RELOAD_RESULTS):
             self._reloads(result)
@@ -386,6 +409,31 @@ class Metrics:
     def inflight(self, *, alias: str, delta: int) -> None:
         """Add `delta` (+1 on arrival, -1 when the response ends) to the in-flight count of an alias."""
         self._inflight(_clamp(alias, self._known.aliases)).inc(delta)
+
+    def engine_load(
+        self, *, deployment: str, queue: float, running: float, kv: float | None, age_s: float | None, fallback: bool
+    ) -> None:
+        """Publish one deployment's engine signals (kv and age left out when unknown)."""
+        label = _clamp(deployment, self._known.deployments)
+        g = self._engine
+        g["queue"](label).set(queue)
+        g["running"](label).set(running)
+        g["fallback"](label).set(1.0 if fallback else 0.0)
+        if kv is not None:
+            g["kv"](label).set(kv)
+        if age_s is not None:
+            g["age"](label).set(age_s)
+
+    def spill(self, *, alias: str, from_tier: int, to_tier: int) -> None:
+        """Record a spill-over alias moving its new requests from one tier to another."""
+        label = _clamp(alias, self._known.aliases)
+        self._spill_active(label).set(1.0 if to_tier > 0 else 0.0)
+        if from_tier != to_tier:
+            self._spills(label, str(min(from_tier, 9)), str(min(to_tier, 9))).inc()
+
+    def affinity(self, *, alias: str, hit: bool) -> None:
+        """Record whether a request with an affinity key reached the deployment its key hashes to."""
+        self._affinity(_clamp(alias, self._known.aliases), "hit" if hit else "miss").inc()
 
     def rate_limited(self, *, tenant: str, reason: str) -> None:
         """Record a request refused with 429."""

@@ -24,6 +24,14 @@ VENDOR_SHARE: Final = "polyroute_vendor_share"
 VENDOR_HHI: Final = "polyroute_vendor_hhi"
 ALIAS_STRANDED_SHARE: Final = "polyroute_alias_stranded_share"
 ALIAS_PORTABLE: Final = "polyroute_alias_portable"
+ENGINE_QUEUE: Final = "polyroute_engine_queue"
+ENGINE_RUNNING: Final = "polyroute_engine_running"
+ENGINE_KV_USAGE: Final = "polyroute_engine_kv_usage"
+ENGINE_SIGNAL_AGE_SECONDS: Final = "polyroute_engine_signal_age_seconds"
+ENGINE_SIGNAL_FALLBACK: Final = "polyroute_engine_signal_fallback"
+SPILL_ACTIVE: Final = "polyroute_spill_active"
+SPILLS_TOTAL: Final = "polyroute_spills_total"
+AFFINITY_TOTAL: Final = "polyroute_affinity_total"
 
 ALL: Final[tuple[str, ...]] = (
     REQUESTS_TOTAL,
@@ -46,6 +54,14 @@ ALL: Final[tuple[str, ...]] = (
     VENDOR_HHI,
     ALIAS_STRANDED_SHARE,
     ALIAS_PORTABLE,
+    ENGINE_QUEUE,
+    ENGINE_RUNNING,
+    ENGINE_KV_USAGE,
+    ENGINE_SIGNAL_AGE_SECONDS,
+    ENGINE_SIGNAL_FALLBACK,
+    SPILL_ACTIVE,
+    SPILLS_TOTAL,
+    AFFINITY_TOTAL,
 )
 
 # Histograms are exposed as <name>_bucket, <name>_sum and <name>_count series.

@@ -20,7 +20,7 @@ from gateway.policy.schema import (
     TenantSpec,
     key_hash,
 )
-from gateway.policy.table import Protocol, Strategy
+from gateway.policy.table import METRICLESS_ENGINES, Protocol, Strategy
 
 
 def check_policy(parsed: ParsedPolicy) -> list[Problem]:
@@ -71,6 +71,10 @@ def _check_providers(providers: Mapping[str, ProviderSpec]) -> list[Problem]:
         if p.type == "openai" and p.litellm_prefix is not None:
             problems.append(Problem((*loc, "litellm_prefix"), "only used by litellm providers"))
         problems += _check_protocols(p, loc)
+        if p.engine not in METRICLESS_ENGINES and p.metrics_url is None and p.base_url is None:
+            problems.append(Problem((*loc, "metrics_url"), f"required for engine {p.engine.value} without base_url"))
+        if p.metrics_url is not None and p.engine in METRICLESS_ENGINES:
+            problems.append(Problem((*loc, "metrics_url"), f"engine {p.engine.value} has no metrics to read"))
     return problems
 
 
@@ -179,6 +183,32 @@ def _check_aliases(aliases: Mapping[str, AliasSpec], deployments: frozenset[str]
             problems.append(Problem((*loc, "weights"), f"{len(a.weights)} weights for {len(a.targets)} targets"))
         elif not weighted and a.weights is not None:
             problems.append(Problem((*loc, "weights"), "only used with strategy weighted"))
+        problems += _check_spill_tiers(a, loc)
+    return problems
+
+
+def _check_spill_tiers(a: AliasSpec, loc: Loc) -> list[Problem]:
+    """Explicit spill-over tiers list every target once; the marks keep `low` under `high` (else it would flap)."""
+    problems: list[Problem] = []
+    if a.tiers is not None:
+        seen: list[str] = [t for tier in a.tiers for t in tier]
+        for index, tier in enumerate(a.tiers):
+            if not tier:
+                problems.append(Problem((*loc, "tiers", index), "a tier needs at least one target"))
+            for target in tier:
+                if target not in a.targets:
+                    problems.append(Problem((*loc, "tiers", index), f"{target!r} is not one of the alias's targets"))
+                elif seen.count(target) > 1:
+                    problems.append(Problem((*loc, "tiers", index), f"{target!r} is in more than one tier"))
+        missing = [t for t in a.targets if t not in seen]
+        if missing:
+            problems.append(Problem((*loc, "tiers"), f"targets in no tier: {', '.join(missing)}"))
+    s = a.spillover
+    if s is not None:
+        for key in ("queue", "kv"):
+            high, low = getattr(s.high, key), getattr(s.low, key)
+            if high is not None and low is not None and low > high:
+                problems.append(Problem((*loc, "spillover", "low", key), f"{low} is above high.{key} {high}"))
     return problems
 
 

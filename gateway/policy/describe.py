@@ -20,6 +20,9 @@ def describe_policy(table: PolicyTable) -> str:
             f"jurisdiction {p.jurisdiction}, vendor {p.vendor}, {where}, {key}{extra}"
         )
         lines += [f"    speaks {protocol.value} natively at {_public_url(url)}" for protocol, url in p.native_urls]
+        if p.metrics_url is not None:
+            where = _public_url(p.metrics_url)
+            lines.append(f"    engine {p.engine.value}: load read from {where} every {p.poll_s:g}s")
     lines += ["", f"deployments ({len(table.deployments)}):"]
     for d in table.deployments.values():
         context = f"context {d.context_window:,}" if d.context_window else "context unknown"
@@ -33,6 +36,14 @@ def describe_policy(table: PolicyTable) -> str:
             f"{t} x{w:g}" for t, w in zip(a.targets, a.weights, strict=True)
         ) if a.weights else ", ".join(a.targets)
         lines.append(f"  {a.name}: {a.strategy.value} -> {targets}")
+        if a.spillover is not None:
+            s = a.spillover
+            tiers = " | ".join(", ".join(tier) for tier in a.tiers)
+            lines.append(
+                f"    tiers: {tiers}; spill above queue {s.high.queue:g} or kv {s.high.kv:g}, back after "
+                f"{s.dwell_s:g}s under queue {s.low.queue:g} and kv {s.low.kv:g}; when saturated: "
+                f"{s.on_saturation.value}"
+            )
     lines += ["", f"rules ({len(table.rules)}, top to bottom):"]
     lines += [f"  {i}. {r.name}: when {_when(r.when)} -> {_then(r)}" for i, r in enumerate(table.rules, 1)]
     lines += ["", *_fallback(table.fallback), "", f"tenants ({len(table.tenants)}):"]

@@ -11,15 +11,19 @@ from gateway.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
-from gateway.policy.plan import Exclusion, HealthSnapshot, RequestFacts, RoutePlan
+from gateway.policy.plan import NO_LOAD, Exclusion, HealthSnapshot, LoadSnapshot, RequestFacts, RoutePlan
+from gateway.policy.spillover import SpillChoice, spill_order
 from gateway.policy.strategies import estimated_cost, order
-from gateway.policy.table import Alias, Condition, Deployment, PolicyTable, Requirement, Rule
+from gateway.policy.table import Alias, Condition, Deployment, PolicyTable, Requirement, Rule, Strategy
+from gateway.policy.trace_load import load_lines, saturation_error
 
 _RULE_REASON = "rule "
 _WINDOW_REASON = "context window "
 
 
-def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> RoutePlan:
+def decide(
+    facts: RequestFacts, table: PolicyTable, health: HealthSnapshot, load: LoadSnapshot = NO_LOAD
+) -> RoutePlan:
     """Resolve the alias, apply every matching rule's constraints, filter eligibility, then order by strategy."""
     alias = table.aliases.get(facts.alias)
     if alias is None:
@@ -70,7 +74,14 @@ def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> R
             f"No deployment may serve this request for model '{facts.alias}': {detail}", param="model"
         )
 
-    ordered = order(route_alias, eligible, facts, health)
+    spill: SpillChoice | None = None
+    if route_alias.strategy is Strategy.SPILLOVER:
+        spill = spill_order(route_alias, eligible, facts, health, load)
+        if spill.saturated:
+            raise saturation_error(route_alias, spill.tier)
+        ordered = spill.ordered
+    else:
+        ordered = order(route_alias, eligible, facts, health)
     costs = {d.name: c for d in ordered if (c := estimated_cost(d, facts)) is not None}
     return RoutePlan(
         alias=facts.alias,
@@ -80,8 +91,9 @@ def decide(facts: RequestFacts, table: PolicyTable, health: HealthSnapshot) -> R
         applied_rules=tuple(r.name for r in applied),
         strategy=route_alias.strategy.value,
         timeouts=table.fallback.timeouts,
-        explain=partial(_trace, facts, tuple(applied), route_alias, tuple(excluded), tuple(ordered)),
+        explain=partial(_trace, facts, tuple(applied), route_alias, tuple(excluded), tuple(ordered), spill, load),
         estimated_cost_usd=costs,
+        affinity_hit=None if spill is None else spill.affinity_hit,
     )
 
 
@@ -104,6 +116,8 @@ def _trace(
     route_alias: Alias,
     excluded: tuple[Exclusion, ...],
     ordered: tuple[Deployment, ...],
+    spill: SpillChoice | None = None,
+    load: LoadSnapshot = NO_LOAD,
 ) -> tuple[str, ...]:
     """The decision as a human reads it, one line per step, from what `decide` kept of it."""
     trace = [
@@ -124,6 +138,8 @@ def _trace(
     for name in route_alias.targets:
         reason = reasons.get(name)
         trace.append(f"target {name}: eligible" if reason is None else f"target {name}: excluded by {reason}")
+    if spill is not None:
+        trace += load_lines(route_alias, spill, load)
     trace.append(f"strategy {route_alias.strategy.value}: " + " > ".join(d.name for d in ordered))
     return tuple(trace)
 

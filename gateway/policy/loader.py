@@ -7,6 +7,7 @@ from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -16,6 +17,7 @@ from gateway.policy.describe import describe_policy
 from gateway.policy.pricing import CurrencyRates, resolve_price
 from gateway.policy.schema import (
     NAMED_SECTIONS,
+    AliasSpec,
     Loc,
     PolicySpec,
     Problem,
@@ -28,20 +30,25 @@ from gateway.policy.schema import (
     version_problem,
 )
 from gateway.policy.table import (
+    METRICLESS_ENGINES,
     Alias,
     Budget,
     CircuitBreakerPolicy,
     Condition,
     Deployment,
     FallbackPolicy,
+    Hosting,
     IntRange,
     Limits,
+    LoadMark,
     PolicyTable,
     Protocol,
     Provider,
     Requirement,
     Retries,
     Rule,
+    Spillover,
+    Strategy,
     Tenant,
     Thinking,
     Timeouts,
@@ -269,6 +276,9 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
             max_connections=p.max_connections,
             protocols=frozenset(p.protocols),
             native_urls=native_urls(p),
+            engine=p.engine,
+            metrics_url=metrics_url(p),
+            poll_s=p.poll,
         )
         for name, p in spec.providers.items()
     }
@@ -296,6 +306,8 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
             strategy=a.strategy,
             weights=tuple(a.weights or ()),
             critical=a.critical,
+            tiers=_tiers(a, providers, spec) if a.strategy is Strategy.SPILLOVER else (),
+            spillover=_spillover(a) if a.strategy is Strategy.SPILLOVER else None,
         )
         for name, a in spec.aliases.items()
     }
@@ -348,6 +360,46 @@ def native_urls(p: ProviderSpec) -> tuple[tuple[Protocol, str], ...]:
         elif p.base_url is not None:
             urls.append((protocol, p.base_url.rstrip("/") + _SAME_ROOT_PATHS[protocol]))
     return tuple(urls)
+
+
+def metrics_url(p: ProviderSpec) -> str | None:
+    """Where an engine's Prometheus metrics are read: `metrics_url`, else the base URL's origin + `/metrics`."""
+    if p.engine in METRICLESS_ENGINES:
+        return None
+    if p.metrics_url is not None:
+        return p.metrics_url
+    if p.base_url is None:
+        return None
+    parts = urlsplit(p.base_url)
+    return urlunsplit((parts.scheme, parts.netloc, "/metrics", "", ""))
+
+
+def _tiers(a: AliasSpec, providers: Mapping[str, Provider], spec: PolicySpec) -> tuple[tuple[str, ...], ...]:
+    """Explicit tiers as written; by default self-hosted targets first, then cloud ones (empty tiers dropped)."""
+    if a.tiers is not None:
+        return tuple(tuple(tier) for tier in a.tiers)
+    hosting = {t: providers[spec.deployments[t].provider].hosting for t in a.targets}
+    local = tuple(t for t in a.targets if hosting[t] is Hosting.SELF_HOSTED)
+    cloud = tuple(t for t in a.targets if hosting[t] is not Hosting.SELF_HOSTED)
+    return tuple(tier for tier in (local, cloud) if tier)
+
+
+def _spillover(a: AliasSpec) -> Spillover:
+    s, d = a.spillover, Spillover()
+    if s is None:
+        return Spillover(on_saturation=a.on_saturation or d.on_saturation)
+    return Spillover(
+        high=LoadMark(queue=_or(s.high.queue, d.high.queue), kv=_or(s.high.kv, d.high.kv)),
+        low=LoadMark(queue=_or(s.low.queue, d.low.queue), kv=_or(s.low.kv, d.low.kv)),
+        dwell_s=s.dwell,
+        on_saturation=a.on_saturation or d.on_saturation,
+        max_wait_s=s.max_wait,
+        balance=s.balance,
+    )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 def _frozen(values: list[str] | None, normalize: Callable[[str], str] = str) -> frozenset[str] | None:

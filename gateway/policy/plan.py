@@ -23,6 +23,14 @@ class RequestFacts:
     max_output_tokens: int | None = None
     needs: frozenset[str] = frozenset()  # capabilities the body uses: tools, vision
     allowed_aliases: frozenset[str] | None = None  # None = every alias
+    session: str | None = None  # affinity key the client named: `x-polyroute-session` or `metadata.session_id`
+    # Else the leading messages' hash, computed only when a spill-over alias places the request.
+    leading_key: Callable[[], str] | None = field(default=None, compare=False, hash=False, repr=False)
+
+    def affinity_key(self) -> str | None:
+        if self.session is not None or self.leading_key is None:
+            return self.session
+        return self.leading_key()
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,42 @@ class HealthSnapshot:
     inflight: dict[str, int] = field(default_factory=dict)
     saturated: frozenset[str] = frozenset()  # at their own rpm/tpm
     random_seed: float | None = None  # for weighted choice; None = draw one
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """One deployment's load as its engine reports it; `source` says where the numbers come from.
+
+    `source` is the engine's name when its metrics were read within three polls, else `inflight` (polyroute's own
+    in-flight count stands in: the engine has no metrics, did not answer, or its signal went stale).
+    """
+
+    queue: float = 0.0  # waiting requests
+    running: float = 0.0
+    kv: float | None = None  # KV-cache use, 0-1; None when unknown
+    source: str = "inflight"
+    age_s: float | None = None  # since the last good read; None when never read
+    reason: str = ""  # with source `inflight`: why the engine's own numbers are not used
+
+
+@dataclass(frozen=True)
+class AliasLoad:
+    """A spill-over alias's tier state, kept by the load tracker with hysteresis (the engine only reads it)."""
+
+    active_tier: int = 0  # new requests start at this tier
+    saturated: frozenset[int] = frozenset()  # tiers above their `high` mark right now
+    roomy: frozenset[int] = frozenset()  # tiers under their `low` mark right now: they take new requests while spilled
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """Engine load beside the health snapshot: per deployment, and the tier state of each spill-over alias."""
+
+    engines: dict[str, EngineLoad] = field(default_factory=dict)
+    aliases: dict[str, AliasLoad] = field(default_factory=dict)
+
+
+NO_LOAD = LoadSnapshot()
 
 
 @dataclass(frozen=True)
@@ -58,6 +102,7 @@ class RoutePlan:
     timeouts: Timeouts
     explain: Callable[[], tuple[str, ...]] = field(default=tuple, repr=False, compare=False)
     estimated_cost_usd: dict[str, float] = field(default_factory=dict)
+    affinity_hit: bool | None = None  # spillover: the session's preferred deployment was chosen; None = no affinity
 
     @cached_property
     def trace(self) -> tuple[str, ...]:

@@ -31,10 +31,13 @@ from gateway.errors import ErrorClass
 from gateway.policy.durations import parse_duration
 from gateway.policy.table import (
     CircuitBreakerPolicy,
+    Engine,
     FallbackPolicy,
     Hosting,
+    OnSaturation,
     Protocol,
     Retries,
+    Spillover,
     Strategy,
     Timeouts,
     hash_api_key,
@@ -111,6 +114,9 @@ class ProviderSpec(SpecModel):
     max_connections: PositiveInt = 200
     protocols: Annotated[list[Protocol], BeforeValidator(_as_list)] = Field(default_factory=lambda: [Protocol.CHAT])
     base_urls: dict[Literal["responses", "messages"], HttpUrl] = Field(default_factory=dict)
+    engine: Engine = Engine.NONE
+    metrics_url: HttpUrl | None = None  # default: the base URL's origin + /metrics
+    poll: PositiveDuration = 0.25
 
     @field_validator("headers")
     @classmethod
@@ -198,11 +204,38 @@ class DeploymentSpec(SpecModel):
     replaced_by: str | None = None  # the deployment to move to before then
 
 
+_SPILL = Spillover()
+
+
+class LoadMarkSpec(SpecModel):
+    queue: NonNegativeFloat | None = None  # waiting requests per replica
+    kv: Annotated[float, Field(ge=0, le=1)] | None = None  # KV-cache use, 0-1
+
+
+class SpilloverSpec(SpecModel):
+    high: LoadMarkSpec = Field(default_factory=LoadMarkSpec)
+    low: LoadMarkSpec = Field(default_factory=LoadMarkSpec)
+    dwell: Duration = _SPILL.dwell_s
+    max_wait: Duration = _SPILL.max_wait_s
+    balance: NonNegativeFloat = _SPILL.balance
+
+
 class AliasSpec(SpecModel):
     targets: StrList
     strategy: Strategy = Strategy.PRIORITY
     weights: list[PositiveFloat] | None = None
     critical: bool = False  # `polyroute drill` fails when this alias would lose traffic without a vendor
+    tiers: list[StrList] | None = None  # spillover: default self-hosted targets, then cloud ones
+    spillover: SpilloverSpec | None = None
+    on_saturation: OnSaturation | None = None
+
+    @model_validator(mode="after")
+    def _spillover_keys_need_spillover(self) -> AliasSpec:
+        if self.strategy is not Strategy.SPILLOVER:
+            given = [k for k in ("tiers", "spillover", "on_saturation") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} only apply to `strategy: spillover`")
+        return self
 
 
 class RangeSpec(SpecModel):

@@ -46,6 +46,7 @@ def order(
     if alias.strategy is Strategy.LOWEST_LATENCY:
         # Deployments never measured go first so that every target gets observed.
         return sorted(listed, key=lambda d: health.latency_ewma_s.get(d.name, -1.0))
+    # least_busy (spillover is ordered by gateway.policy.spillover, which needs the load snapshot too)
     return sorted(listed, key=lambda d: health.inflight.get(d.name, 0))
 
 

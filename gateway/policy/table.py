@@ -27,6 +27,28 @@ class Strategy(StrEnum):
     LOWEST_COST = "lowest_cost"
     LOWEST_LATENCY = "lowest_latency"
     LEAST_BUSY = "least_busy"
+    SPILLOVER = "spillover"
+
+
+class Engine(StrEnum):
+    """The inference server behind a self-hosted provider: which Prometheus metrics tell its load."""
+
+    VLLM = "vllm"
+    SGLANG = "sglang"
+    LLAMACPP = "llamacpp"
+    TGI = "tgi"
+    OLLAMA = "ollama"  # no Prometheus metrics: polyroute's own in-flight count
+    NONE = "none"
+
+
+METRICLESS_ENGINES = frozenset({Engine.OLLAMA, Engine.NONE})
+
+
+class OnSaturation(StrEnum):
+    """What a spill-over request does when every tier it may use is saturated (say a pii request)."""
+
+    QUEUE = "queue"  # wait a bounded time for the tier to drain, then 503 with Retry-After
+    REJECT = "reject"  # 429 with Retry-After at once
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,9 @@ class Provider:
     max_connections: int = 200
     protocols: frozenset[Protocol] = frozenset({Protocol.CHAT})
     native_urls: tuple[tuple[Protocol, str], ...] = ()  # the URL each non-chat protocol is POSTed to
+    engine: Engine = Engine.NONE
+    metrics_url: str | None = None  # polled for the engine's load; None when the engine has no metrics to read
+    poll_s: float = 0.25
 
     def native_url(self, protocol: Protocol) -> str | None:
         """Where this provider serves `protocol` natively; None when requests must be translated to chat."""
@@ -122,6 +147,26 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class LoadMark:
+    """A load level: waiting requests per replica and KV-cache use (0-1); a tier is above it when either is."""
+
+    queue: float
+    kv: float
+
+
+@dataclass(frozen=True)
+class Spillover:
+    """`strategy: spillover`: leave a tier above `high`, come back once it stayed under `low` for `dwell_s`."""
+
+    high: LoadMark = LoadMark(queue=4, kv=0.9)
+    low: LoadMark = LoadMark(queue=1, kv=0.7)
+    dwell_s: float = 10.0
+    on_saturation: OnSaturation = OnSaturation.QUEUE
+    max_wait_s: float = 5.0  # `queue`: how long a request may wait for its tier to drain
+    balance: float = 0.25  # affinity: no replica above (1 + balance) x the average load
+
+
+@dataclass(frozen=True)
 class Alias:
     """A name clients send as `model`, resolving to ordered targets and a strategy."""
 
@@ -130,6 +175,8 @@ class Alias:
     strategy: Strategy
     weights: tuple[float, ...] = ()
     critical: bool = False  # a vendor drill fails when it would lose traffic
+    tiers: tuple[tuple[str, ...], ...] = ()  # spillover only: every target in exactly one tier, first tier first
+    spillover: Spillover | None = None
 
 
 @dataclass(frozen=True)

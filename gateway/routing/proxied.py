@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 from gateway.errors import PolyrouteError, error_event
+from gateway.load.placement import place
+from gateway.load.tracker import LoadTracker
 from gateway.observability.accounting import (
     Accountant,
     FinishedRequest,
@@ -20,7 +22,6 @@ from gateway.observability.accounting import (
     request_cost,
 )
 from gateway.observability.metrics import Metrics
-from gateway.policy.engine import decide
 from gateway.policy.plan import RequestFacts, RoutePlan
 from gateway.policy.table import Deployment, PolicyTable, Tenant, Timeouts
 from gateway.providers.base import Endpoint, Provider, UpstreamCall, UpstreamReply, UpstreamStream, Usage
@@ -73,9 +74,11 @@ class RequestFlow:
         admission: Admission,
         accountant: Accountant,
         metrics: Metrics,
+        load: LoadTracker,
     ) -> None:
         self.executor = executor
         self.health = health
+        self.load = load
         self.admission = admission
         self.accountant = accountant
         self.metrics = metrics
@@ -93,7 +96,7 @@ class RequestFlow:
         proto: Translation | None = None,
     ) -> ProxiedRequest:
         """The plan and admission (raises a PolyrouteError when either refuses), then the request to carry out."""
-        plan = decide(facts, table, self.health.snapshot())
+        plan = await place(facts, table, self.health.snapshot(), self.load, self.metrics)
         if proto is not None:
             proto.refuse_unless_reachable(plan.attempts)
         admitted = await self.admission.admit(tenant, plan, facts)

@@ -213,6 +213,8 @@ def start_simulated(
     models: Sequence[str] | None = None,
     chunks: int = 20,
     timeout: float = START_TIMEOUT_S,
+    engine_metrics: str | None = None,
+    slots: int = 4,
 ) -> Upstream:
     """Run `python -m gateway.demo.simulated` on a free loopback port and wait until it says READY."""
     if flavor not in FLAVORS:
@@ -223,6 +225,8 @@ def start_simulated(
         args += ["--api-key", api_key]
     if models:
         args += ["--models", ",".join(models)]
+    if engine_metrics is not None:
+        args += ["--engine-metrics", engine_metrics, "--slots", str(slots)]
     process = ManagedProcess(args, label=f"sim-{flavor}")
     ready = process.wait_for_line("READY ", timeout)
     port = int(ready.rsplit(":", 1)[1])

@@ -71,8 +71,8 @@ def test_a_bad_choice_names_the_choices_and_what_was_written() -> None:
     assert "deployments.qwen-local.price.currency: input should be 'USD', 'CNY' or 'EUR', not 'JPY'" in found
     text = PROVIDERS.replace("targets: [qwen-local]", "targets: [qwen-local], strategy: random")
     assert problems(text) == [
-        "aliases.local.strategy: input should be 'priority', 'weighted', 'lowest_cost', 'lowest_latency' or "
-        "'least_busy', not 'random'"
+        "aliases.local.strategy: input should be 'priority', 'weighted', 'lowest_cost', 'lowest_latency', "
+        "'least_busy' or 'spillover', not 'random'"
     ]
 
 

@@ -1,0 +1,26 @@
+"""Decide with the load snapshot: a saturated tier's request waits (bounded) for room, and affinity is counted."""
+
+from __future__ import annotations
+
+from gateway.errors import TierSaturatedError
+from gateway.load.tracker import LoadTracker
+from gateway.observability.metrics import Metrics
+from gateway.policy.engine import decide
+from gateway.policy.plan import HealthSnapshot, RequestFacts, RoutePlan
+from gateway.policy.table import PolicyTable
+
+
+async def place(
+    facts: RequestFacts, table: PolicyTable, health: HealthSnapshot, load: LoadTracker, metrics: Metrics
+) -> RoutePlan:
+    """The engine's plan; with `on_saturation: queue`, wait up to the alias's `max_wait` for its tier to drain and
+    decide again (503 with Retry-After if it does not). Only spill-over aliases ever wait or count affinity."""
+    try:
+        plan = decide(facts, table, health, load.snapshot())
+    except TierSaturatedError as err:
+        if not await load.wait_for_room(err.alias, err.tier, err.max_wait_s):
+            raise
+        plan = decide(facts, table, health, load.snapshot())
+    if plan.affinity_hit is not None:
+        metrics.affinity(alias=plan.alias, hit=plan.affinity_hit)
+    return plan
