@@ -10,6 +10,7 @@ from starlette.datastructures import Headers
 
 from gateway.api.parsing import parse_request, request_facts
 from gateway.errors import AllTimedOutError, ErrorClass, LimitExceededError, UpstreamError
+from gateway.load.tracker import LoadTracker
 from gateway.observability.accounting import Accountant
 from gateway.observability.metrics import Metrics
 from gateway.policy.table import PolicyTable
@@ -45,6 +46,7 @@ class Flow:
             admission=Admission(self.store, self.metrics),
             accountant=self.accountant,
             metrics=self.metrics,
+            load=LoadTracker(self.metrics, lambda: health.inflight),
         )
         adapters = build_providers(table.providers, factory=factory(scripts))
         self.providers = {name: adapter for name, (_, adapter) in adapters.items()}
