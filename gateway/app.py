@@ -24,7 +24,7 @@ from gateway.api.openai_routes import model_routes
 from gateway.api.portability_routes import portability_routes
 from gateway.api.protocol_request import protocol_error_response
 from gateway.api.responses import error_response
-from gateway.errors import BadRequestError, NotFoundError, PolicyError, PolyrouteError
+from gateway.errors import BadRequestError, MethodNotAllowedError, NotFoundError, PolicyError, PolyrouteError
 from gateway.observability.metrics import Metrics
 from gateway.policy.table import PolicyTable
 from gateway.protocols.adapters import MESSAGES
@@ -128,9 +128,10 @@ async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 404:
         return shaped(request.url.path, NotFoundError("Unknown path.", code="unknown_url"))
-    err = BadRequestError(str(exc.detail))
-    err.status = exc.status_code
-    return shaped(request.url.path, err)
+    if exc.status_code == 405:
+        allow = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+        return shaped(request.url.path, MethodNotAllowedError("Method not allowed.", allow=allow))
+    return shaped(request.url.path, BadRequestError(str(exc.detail)))
 
 
 async def invalid_request(request: Request, exc: Exception) -> Response:

@@ -3,6 +3,7 @@ builds the OpenAI error envelope (and its SSE event) every one of them is sent i
 
     PolyrouteError                      (500, api_error)
     ├── PolicyError                     policy file could not be loaded; names the YAML path
+    │   └── PolicyRejectedError         422 on POST /admin/reload: the running policy stays
     ├── ClientError                     the request is at fault, never retried
     │   ├── BadRequestError             400 invalid_request_error
     │   │   └── UpstreamRejectedError   400 the upstream refused the request itself (bad request, content
@@ -12,6 +13,7 @@ builds the OpenAI error envelope (and its SSE event) every one of them is sent i
     │   ├── AuthenticationError         401 authentication_error
     │   ├── PermissionDeniedError       403 permission_error (model not allowed for tenant)
     │   ├── NotFoundError               404 not_found_error (unknown alias / route)
+    │   ├── MethodNotAllowedError       405 invalid_request_error (+ Allow)
     │   ├── RequestTimeoutError         408 invalid_request_error (headers or body too slow to arrive)
     │   ├── RequestTooLargeError        413 invalid_request_error
     │   ├── NoEligibleTargetError       400 invalid_request_error (every target excluded by a rule)
@@ -73,6 +75,13 @@ class PolicyError(PolyrouteError):
         super().__init__(f"{source}: " + "; ".join(problems))
 
 
+class PolicyRejectedError(PolicyError):
+    """POST /admin/reload read an invalid policy: the running one stays, the caller learns each problem."""
+
+    status = 422
+    error_type = "invalid_request_error"
+
+
 class ClientError(PolyrouteError):
     """The request itself is at fault; retrying it elsewhere cannot help."""
 
@@ -98,6 +107,21 @@ class NotFoundError(ClientError):
     status = 404
     error_type = "not_found_error"
     code = "model_not_found"
+
+
+class MethodNotAllowedError(ClientError):
+    """A known path asked with a method it does not answer; `Allow` names the ones it does."""
+
+    status = 405
+    error_type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: str | None = None) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"allow": self.allow} if self.allow else {}
 
 
 class RequestTimeoutError(ClientError):

@@ -17,7 +17,7 @@ from gateway.api.asgi_io import read_body
 from gateway.api.openapi import OPENAI_ERROR, error_responses, ref
 from gateway.api.openapi_security import admin_only
 from gateway.api.parsing import parse_request, request_facts
-from gateway.errors import BadRequestError, NotFoundError, PolicyError
+from gateway.errors import BadRequestError, NotFoundError, PolicyError, PolicyRejectedError
 from gateway.observability.usage_report import MAX_DAYS, dimensions, summarize
 from gateway.policy.engine import decide
 from gateway.providers.base import Endpoint
@@ -109,8 +109,7 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
         try:
             table = await runtime.reload()
         except PolicyError as err:  # the file is invalid: the running policy stays, the caller learns why
-            err.status = 422
-            raise
+            raise PolicyRejectedError(err.problems, err.source) from None
         return Reloaded(status="reloaded", source=table.source, aliases=sorted(table.aliases))
 
     async def explain(

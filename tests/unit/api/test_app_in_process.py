@@ -124,3 +124,13 @@ async def test_a_stopped_app_leaves_the_process_signal_handlers_as_it_found_them
         assert signal.getsignal(signal.SIGTERM) is not term  # the drain watches SIGTERM while the app runs
     assert signal.getsignal(signal.SIGTERM) is term
     assert signal.getsignal(signal.SIGHUP) is hup
+
+
+async def test_a_wrong_method_is_a_405_envelope_naming_the_allowed_ones() -> None:
+    async with app_client({}) as http:
+        answer = await http.get("/v1/chat/completions", headers={"authorization": "Bearer sk-open"})
+        messages = await http.get("/v1/messages", headers={"x-api-key": "sk-open"})
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "POST"
+    assert answer.json()["error"]["code"] == "method_not_allowed"
+    assert messages.status_code == 405 and messages.json()["type"] == "error"  # Anthropic's shape there
