@@ -3,8 +3,10 @@
 Every admission is one `BEGIN IMMEDIATE` transaction, so checks and counts of all workers are serialized by SQLite's
 write lock and a limit of N admits N across the process group, like the in-process store does for one process. The
 sliding windows, periods and usage rows follow the in-process store's rules (window.py, memory.py) to the bucket and
-the micro-dollar. Each store runs its database calls on one thread of its own: a worker waiting for the lock never
-blocks its event loop. Circuit breakers stay per worker (each opens on the failures it sees).
+the micro-dollar. Admission and settlement run on the event loop when the write lock is free at once (a thread hop
+would cost more than the transaction); when another worker holds it, and for everything else, they wait on the store's
+own thread, so that no event loop ever waits for a lock. Circuit breakers stay per worker (each opens on the failures
+it sees).
 """
 
 from __future__ import annotations
@@ -90,13 +92,17 @@ class SqliteStateStore:
         self._facts_per_day = facts_per_day
         self._circuits = LocalCircuitBreakers()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyroute-state")
-        self._db: sqlite3.Connection | None = None
+        self._db: sqlite3.Connection | None = None  # the store's thread's: waits for the lock
+        self._fast: sqlite3.Connection | None = None  # the event loop's: never waits
 
     async def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         await self._run(self._open)
 
     async def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
+            self._fast = None
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
@@ -112,7 +118,7 @@ class SqliteStateStore:
 
     async def admit(self, request: AdmissionRequest) -> AdmissionResult:
         try:
-            counted = await self._run(lambda: self._write(lambda db: admit(db, request)))
+            counted = await self._transact(lambda db: admit(db, request))
         except sqlite3.Error:
             self._on_error("admit")
             if self._failure_mode is StateFailureMode.CLOSED:
@@ -130,7 +136,7 @@ class SqliteStateStore:
             return chosen is not None
 
         try:
-            return await self._run(lambda: self._write(reserve))
+            return await self._transact(reserve)
         except sqlite3.Error:
             self._on_error("admit")
             return self._failure_mode is StateFailureMode.OPEN
@@ -146,7 +152,11 @@ class SqliteStateStore:
                 period_add(db, ("usd_month", tenant), utc_month(now), cost)
 
         if token_delta or cost:
-            await self._guarded("settle", lambda: self._write(settle))
+            try:
+                await self._transact(settle)
+            except sqlite3.Error:
+                self._on_error("settle")
+                raise
 
     async def spent(self, tenant: str, now: float) -> tuple[float, float]:
         def read() -> tuple[float, float]:
@@ -172,7 +182,9 @@ class SqliteStateStore:
     async def record_usage(self, records: Sequence[UsageRecord]) -> None:
         if records:
             per_day = self._facts_per_day
-            await self._guarded("usage", lambda: self._write(lambda db: record_usage(db, records, per_day)))
+            await self._guarded(
+                "usage", lambda: self._write(self._conn(), lambda db: record_usage(db, records, per_day))
+            )
 
     async def usage(self, since_day: str, until_day: str) -> list[UsageRow]:
         def read() -> list[UsageRow]:
@@ -205,6 +217,16 @@ class SqliteStateStore:
     async def _run(self, call: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
+    async def _transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` in one write transaction: right here when the lock is free, else on the store's thread."""
+        if self._fast is not None:
+            try:
+                return self._write(self._fast, work)
+            except sqlite3.OperationalError as err:
+                if err.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+        return await self._run(lambda: self._write(self._conn(), work))
+
     async def _guarded(self, op: str, call: Callable[[], T]) -> T:
         try:
             return await self._run(call)
@@ -219,21 +241,27 @@ class SqliteStateStore:
         # WAL with NORMAL: a commit survives the crash of any worker; only a power loss may drop the last ones.
         db.execute("PRAGMA synchronous = NORMAL")
         self._db = db
-        self._write(lambda conn: [conn.execute(statement) for statement in SCHEMA])
+        self._write(db, lambda conn: [conn.execute(statement) for statement in SCHEMA])
+        fast = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        fast.execute("PRAGMA busy_timeout = 0")
+        fast.execute("PRAGMA synchronous = NORMAL")
+        fast.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run on the store's thread, not the event loop
+        self._fast = fast
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
             raise sqlite3.OperationalError("the state store is not started")
         return self._db
 
-    def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    @staticmethod
+    def _write(db: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]) -> T:
         """One transaction holding the write lock from its start: what it read is still true when it writes."""
-        db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
             result = work(db)
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         return result
