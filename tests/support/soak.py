@@ -183,8 +183,12 @@ def _drive(run: Run, args: argparse.Namespace) -> None:
             run.samples.append(_sample(run, now - start))
             next_sample += 10.0
         if now >= next_fault:
-            target = rng.choice((run.cloud, run.vllm))
-            target.inject([rng.choice(FAULTS)])
+            fault = rng.choice(FAULTS)
+            # The simulated Model Studio's native Messages and Responses streams do not simulate paced faults other
+            # than in-band errors (they answer a 400): those go to the chat-only vLLM (whose streams polyroute
+            # translates for Messages and Responses clients).
+            paced = fault["fault"] in ("slow_first_token", "stall_mid_stream", "reset_mid_stream")
+            (run.vllm if paced else rng.choice((run.cloud, run.vllm))).inject([fault])
             next_fault += 15.0
         if now >= next_event:
             _event(run, event_no, now - start)
