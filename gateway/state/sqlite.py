@@ -122,7 +122,10 @@ class SqliteStateStore:
         except sqlite3.Error:
             self._on_error("admit")
             if self._failure_mode is StateFailureMode.CLOSED:
-                raise StateUnavailableError("the state store is unavailable: request not admitted") from None
+                raise StateUnavailableError(
+                    "Rate limits and budgets cannot be checked right now: the gateway's shared state store (SQLite) "
+                    "cannot be written, and this gateway refuses such requests until it can. Try again shortly."
+                ) from None
             first = request.deployments[0].name if request.deployments else None
             return AdmissionResult(allowed=True, deployment=first, degraded=True)
         return admission_result(request, counted)
@@ -155,8 +158,7 @@ class SqliteStateStore:
             try:
                 await self._transact(settle)
             except sqlite3.Error:
-                self._on_error("settle")
-                raise
+                self._on_error("settle")  # as with Redis: a settlement lost to an outage is counted and dropped
 
     async def spent(self, tenant: str, now: float) -> tuple[float, float]:
         def read() -> tuple[float, float]:
@@ -232,7 +234,7 @@ class SqliteStateStore:
             return await self._run(call)
         except sqlite3.Error:
             self._on_error(op)
-            raise
+            raise StateUnavailableError(f"the state store cannot be read ({op})") from None
 
     def _open(self) -> None:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
