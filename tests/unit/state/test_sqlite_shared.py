@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from gateway.settings import Settings, StateFailureMode
-from gateway.state.base import utc_day
+from gateway.state.base import StateUnavailableError, utc_day
 from gateway.state.factory import create_state_store
-from gateway.state.sqlite import SqliteStateStore
+from gateway.state.sqlite import DB_NAME, SqliteStateStore
 from tests.unit.state.test_circuits_and_usage import record
 from tests.unit.state.test_limits import T0, req
 
@@ -57,3 +58,20 @@ async def test_usage_written_by_both_stores_is_read_whole_from_either(
     for store in (a, b):
         (row,) = await store.usage(day, day)
         assert (row.requests, row.input_tokens, row.cost_usd) == (3, 300, pytest.approx(0.45))
+
+
+async def test_a_database_locked_past_the_wait_refuses_in_closed_mode(
+    workers: tuple[SqliteStateStore, SqliteStateStore], tmp_path: Path, errors: list[str]
+) -> None:
+    a, _ = workers
+    stuck = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)  # a process that took the lock and hangs
+    try:
+        stuck.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StateUnavailableError) as info:
+            await a.admit(req(tenant_rpm=5))
+        assert info.value.status == 503 and "cannot be written" in info.value.message
+        assert errors == ["admit"]
+    finally:
+        stuck.close()
+    errors.clear()
+    assert (await a.admit(req(tenant_rpm=5))).allowed  # the lock is free again
