@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--event-every",
         type=float,
         default=120.0,
-        help="seconds between a policy reload and a Redis restart, alternately (default: 120)",
+        help="seconds between policy reloads, and between Redis restarts (half of it apart; default: 120)",
     )
     parser.add_argument("--seed", type=int, default=21)
     args = parser.parse_args(argv)
