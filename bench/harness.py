@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds per scenario (CI); not for numbers")
     parser.add_argument("--skip-litellm", action="store_true", help="leave out LiteLLM's proxy")
     parser.add_argument("--long", action="store_true", help="also the leak check: 200,000 requests to polyroute")
-    parser.add_argument("--only", help="comma list of scenarios (direct,passthrough,litellm,polyroute,polyroute-redis)")
+    parser.add_argument(
+        "--only", help="comma list of scenarios (direct,passthrough,litellm,polyroute,polyroute-sqlite,polyroute-redis)"
+    )
     parser.add_argument("--seconds", type=int, help="override the seconds per load run")
     parser.add_argument("--out", type=Path, help="where to write the report (default: bench/results, smoke: bench/out)")
     args = parser.parse_args(argv)

@@ -86,6 +86,14 @@ def _polyroute(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
+def _polyroute_sqlite(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    # One worker on the store `--workers N` shares without Redis: the store's own cost, apart from the workers'.
+    argv, env = _polyroute(ctx, port)
+    state_dir = ctx.work_dir / "polyroute-state"
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return argv, {**env, "POLYROUTE_STATE_DIR": str(state_dir)}
+
+
 DIRECT = Scenario("direct", "direct to the upstream (floor)")
 PASSTHROUGH = Scenario("passthrough", "FastAPI + aiohttp pass-through", command=_passthrough)
 LITELLM = Scenario("litellm", "LiteLLM proxy 1.106.2", key=LITELLM_KEY, command=_litellm)
@@ -97,4 +105,8 @@ POLYROUTE_REDIS = Scenario(
     "polyroute-redis", "polyroute, full pipeline, Redis store", model="bench", key=TENANT_KEY,
     command=_polyroute, needs_redis=True, is_polyroute=True,
 )
-ALL = (DIRECT, PASSTHROUGH, LITELLM, POLYROUTE, POLYROUTE_REDIS)
+POLYROUTE_SQLITE = Scenario(
+    "polyroute-sqlite", "polyroute, full pipeline, SQLite store (what workers share)", model="bench", key=TENANT_KEY,
+    command=_polyroute_sqlite, is_polyroute=True,
+)
+ALL = (DIRECT, PASSTHROUGH, LITELLM, POLYROUTE, POLYROUTE_SQLITE, POLYROUTE_REDIS)

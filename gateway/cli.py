@@ -151,6 +151,10 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.policy is None:
         raise PolicyError(["no policy given: pass --policy FILE or set POLYROUTE_POLICY"], "serve")
     own_multiproc_dir = settings.workers > 1 and settings.multiproc_dir is None
+    own_state_dir = settings.workers > 1 and settings.redis_url is None and settings.state_dir is None
+    if own_state_dir:  # the workers share limits, budgets and usage in a database there (gateway/state/sqlite.py)
+        overrides["state_dir"] = Path(tempfile.mkdtemp(prefix="polyroute-state-"))
+        settings = Settings(**overrides)
     if settings.workers > 1:
         # Before anything imports prometheus_client: workers share one metrics directory.
         multiproc = settings.multiproc_dir or Path(tempfile.mkdtemp(prefix="polyroute-metrics-"))
@@ -173,10 +177,11 @@ def _serve(args: argparse.Namespace) -> int:
         assert settings.multiproc_dir is not None
         prepare_multiprocess_dir(settings.multiproc_dir)
         if settings.redis_url is None:
-            logging.getLogger("polyroute").warning(
-                "%d workers without POLYROUTE_REDIS_URL: each worker keeps its own limits, budgets and usage "
-                "records, so /admin/usage reports only the worker that answers; /metrics covers all workers",
+            logging.getLogger("polyroute").info(
+                "%d workers share limits, budgets and usage in %s (no POLYROUTE_REDIS_URL); circuit breakers are "
+                "per worker",
                 settings.workers,
+                settings.state_dir,
             )
         if settings.metrics_port is not None:
             serve_multiprocess_metrics(settings.metrics_port, settings.host, settings.multiproc_dir)
@@ -197,6 +202,8 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             if own_multiproc_dir:
                 shutil.rmtree(settings.multiproc_dir, ignore_errors=True)
+            if own_state_dir and settings.state_dir is not None:
+                shutil.rmtree(settings.state_dir, ignore_errors=True)
         return 0
 
     from gateway.app import create_app, create_metrics_app

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     lockin_refresh_seconds: float = Field(default=60.0, gt=0)
     # GET /openapi.json and its interactive page /docs; false turns both off.
     docs: bool = True
+    # Without a Redis URL, a directory here makes the workers of one machine share limits, budgets and usage through
+    # one SQLite database in it (kept across restarts); `serve --workers N` uses a temporary one when it is unset.
+    state_dir: Path | None = None
 
     @field_validator("cors_origins")
     @classmethod
@@ -102,7 +105,8 @@ def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
     """Worker processes read their settings from the environment: write the resolved ones there."""
     for name in ("policy", "redis_url", "admin_key", "max_body_bytes", "state_failure_mode", "metrics_port",
                  "max_upstream_body_bytes", "max_sse_event_bytes", "cors_origins", "header_timeout_seconds",
-                 "body_timeout_seconds", "max_connections", "routing_facts_per_day", "lockin_refresh_seconds", "docs"):
+                 "body_timeout_seconds", "max_connections", "routing_facts_per_day", "lockin_refresh_seconds", "docs",
+                 "state_dir"):
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))

@@ -1,4 +1,5 @@
-"""Builds the process's StateStore from settings: in-process without a Redis URL, else Redis of the URL's kind."""
+"""Builds the process's StateStore from settings: Redis of the URL's kind, else SQLite in the state directory (the
+workers of one machine), else in-process."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from gateway.state.memory import MemoryStateStore
 from gateway.state.redis import RedisStateStore
 from gateway.state.redis_pipe import PipelinedScripts, for_pool
 from gateway.state.redis_script import ScriptConnections
+from gateway.state.sqlite import DB_NAME, SqliteStateStore
 
 # Short timeouts so that no request waits on an unreachable Redis; one retry so that a connection left stale by a
 # Redis restart is replaced transparently instead of surfacing as an outage.
@@ -116,9 +118,17 @@ def connect(target: RedisTarget) -> tuple[Redis | RedisCluster, list[Redis]]:
 
 
 def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -> StateStore:
-    """In-process when `redis_url` is unset, else Redis. `on_error(op)` runs on every store error;
+    """Redis when `redis_url` is set, else SQLite when `state_dir` is, else in-process. `on_error(op)` runs on every
+    store error;
     op is one of admit, settle, circuit, usage, ping, other (the `polyroute_state_store_errors_total` labels).
     """
+    if settings.redis_url is None and settings.state_dir is not None:
+        return SqliteStateStore(
+            settings.state_dir / DB_NAME,
+            failure_mode=settings.state_failure_mode,
+            on_error=on_error,
+            facts_per_day=settings.routing_facts_per_day,
+        )
     if settings.redis_url is None:
         return MemoryStateStore(facts_per_day=settings.routing_facts_per_day)
     target = parse_redis_url(settings.redis_url)

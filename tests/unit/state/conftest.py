@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from gateway.state.base import StateStore
 from gateway.state.factory import connect, create_state_store, parse_redis_url
 from gateway.state.memory import MemoryStateStore
 from gateway.state.redis import RedisStateStore
+from gateway.state.sqlite import SqliteStateStore
 from tests.support.processes import RedisServer, have_redis, start_redis
 from tests.support.redis_cluster import RedisClusterNodes, have_redis_cli, start_cluster
 
@@ -53,13 +55,17 @@ def errors() -> list[str]:
     return []
 
 
-@pytest.fixture(params=["memory", "redis", "redis-split", "redis-cluster"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "redis-split", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, errors: list[str]) -> AsyncIterator[StateStore]:
     """Each implementation in turn; `redis-split` runs Cluster mode's two-step admission against standalone Redis,
-    `redis-cluster` against a real three-master Cluster."""
+    `redis-cluster` against a real three-master Cluster, `sqlite` is what the workers of one machine share."""
     if request.param == "memory":
         s: StateStore = create_state_store(Settings(redis_url=None), on_error=errors.append)
         assert isinstance(s, MemoryStateStore)
+    elif request.param == "sqlite":
+        state_dir: Path = request.getfixturevalue("tmp_path")
+        s = create_state_store(Settings(redis_url=None, state_dir=state_dir), on_error=errors.append)
+        assert isinstance(s, SqliteStateStore)
     elif request.param == "redis-cluster":
         cluster: RedisClusterNodes = request.getfixturevalue("redis_cluster")
         cluster.flush()

@@ -1,0 +1,77 @@
+"""Two SQLite stores on one file, as two workers hold them: one limit, one budget, one usage ledger between them."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import Settings, StateFailureMode
+from gateway.state.base import StateUnavailableError, utc_day
+from gateway.state.factory import create_state_store
+from gateway.state.sqlite import DB_NAME, SqliteStateStore
+from tests.unit.state.test_circuits_and_usage import record
+from tests.unit.state.test_limits import T0, req
+
+
+@pytest.fixture
+async def workers(tmp_path: Path, errors: list[str]) -> AsyncIterator[tuple[SqliteStateStore, SqliteStateStore]]:
+    settings = Settings(redis_url=None, state_dir=tmp_path, state_failure_mode=StateFailureMode.CLOSED)
+    a, b = (create_state_store(settings, on_error=errors.append) for _ in range(2))
+    assert isinstance(a, SqliteStateStore) and isinstance(b, SqliteStateStore)
+    await asyncio.gather(a.start(), b.start())
+    yield a, b
+    await asyncio.gather(a.close(), b.close())
+    assert errors == []
+
+
+async def test_a_limit_admits_exactly_its_requests_across_two_stores(
+    workers: tuple[SqliteStateStore, SqliteStateStore],
+) -> None:
+    a, b = workers
+    results = await asyncio.gather(*((a, b)[i % 2].admit(req(tenant_rpm=50)) for i in range(200)))
+    assert sum(r.allowed for r in results) == 50
+    assert {r.reason for r in results if not r.allowed} == {"tenant_rpm"}
+
+
+async def test_a_budget_spent_through_one_store_refuses_through_the_other(
+    workers: tuple[SqliteStateStore, SqliteStateStore],
+) -> None:
+    a, b = workers
+    assert (await a.admit(req(est_cost_usd=0.6, budget_day_usd=1.0))).allowed
+    refused = await b.admit(req(est_cost_usd=0.6, budget_day_usd=1.0))
+    assert (refused.allowed, refused.reason, refused.spent_day_usd) == (False, "budget_day", 0.6)
+    await a.settle("team-a", token_delta=0, cost_delta_usd=-0.5, now=T0 + 6)  # the answer cost less
+    assert (await b.admit(req(now=T0 + 7, est_cost_usd=0.6, budget_day_usd=1.0))).allowed
+    assert await a.spent("team-a", T0 + 8) == pytest.approx((0.7, 0.7))
+
+
+async def test_usage_written_by_both_stores_is_read_whole_from_either(
+    workers: tuple[SqliteStateStore, SqliteStateStore],
+) -> None:
+    a, b = workers
+    await asyncio.gather(a.record_usage([record(), record()]), b.record_usage([record(cost_usd=0.25)]))
+    day = utc_day(record().ts)
+    for store in (a, b):
+        (row,) = await store.usage(day, day)
+        assert (row.requests, row.input_tokens, row.cost_usd) == (3, 300, pytest.approx(0.45))
+
+
+async def test_a_database_locked_past_the_wait_refuses_in_closed_mode(
+    workers: tuple[SqliteStateStore, SqliteStateStore], tmp_path: Path, errors: list[str]
+) -> None:
+    a, _ = workers
+    stuck = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)  # a process that took the lock and hangs
+    try:
+        stuck.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StateUnavailableError) as info:
+            await a.admit(req(tenant_rpm=5))
+        assert info.value.status == 503 and "cannot be written" in info.value.message
+        assert errors == ["admit"]
+    finally:
+        stuck.close()
+    errors.clear()
+    assert (await a.admit(req(tenant_rpm=5))).allowed  # the lock is free again
