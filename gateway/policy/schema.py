@@ -220,6 +220,16 @@ class SpilloverSpec(SpecModel):
     balance: NonNegativeFloat = _SPILL.balance
 
 
+class ShadowSpec(SpecModel):
+    """Shadow evaluation: copies of sampled requests go to other deployments, compared with the primary's answer."""
+
+    targets: StrList
+    sample: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    max_concurrency: PositiveInt = 4
+    budget_usd_per_day: NonNegativeFloat = 5.0
+    record: str | None = None  # a JSONL file of compared pairs (never for sensitive data classes)
+
+
 class AliasSpec(SpecModel):
     targets: StrList
     strategy: Strategy = Strategy.PRIORITY
@@ -228,6 +238,7 @@ class AliasSpec(SpecModel):
     tiers: list[StrList] | None = None  # spillover: default self-hosted targets, then cloud ones
     spillover: SpilloverSpec | None = None
     on_saturation: OnSaturation | None = None
+    shadow: ShadowSpec | None = None
 
     @model_validator(mode="after")
     def _spillover_keys_need_spillover(self) -> AliasSpec:
@@ -334,6 +345,7 @@ class PolicySpec(SpecModel):
     rules: list[RuleSpec] = Field(default_factory=list)
     fallback: FallbackSpec = Field(default_factory=FallbackSpec)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
+    sensitive_data_classes: StrList = Field(default_factory=list)  # never written to shadow records
 
 
 SECTIONS: tuple[str, ...] = tuple(PolicySpec.model_fields)
