@@ -473,12 +473,23 @@ def parse_policy(tree: object) -> ParsedPolicy:
         rules=list(rules.values()),
         fallback=fallback or FallbackSpec(),
         tenants=_section(tree, "tenants", TenantSpec, problems),
+        sensitive_data_classes=_sensitive(tree.get("sensitive_data_classes"), problems),
     )
     names = {section: _names(tree.get(section)) for section in NAMED_SECTIONS}
     return ParsedPolicy(spec, tuple(problems), tuple(rules), names)
 
 
 NAMED_SECTIONS = ("providers", "deployments", "aliases", "tenants")
+
+
+class _SensitiveSpec(SpecModel):
+    sensitive_data_classes: StrList = Field(default_factory=list)
+
+
+def _sensitive(raw: object, problems: list[Problem]) -> list[str]:
+    """`sensitive_data_classes`: the data classes whose request text polyroute never writes to a file."""
+    given = validate_entry(_SensitiveSpec, {} if raw is None else {"sensitive_data_classes": raw}, (), problems)
+    return given.sensitive_data_classes if given is not None else []
 
 
 def _names(section: object) -> tuple[str, ...]:

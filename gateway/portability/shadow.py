@@ -190,6 +190,11 @@ class ShadowEvaluator:
             if not recorder.offer(pair):
                 stats.record_dropped += 1
 
+    async def settled(self) -> None:
+        """Wait until the copies under way have been compared (for a caller that reads the results right after)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def close(self) -> None:
         """Stop copies still under way (shadow work is expendable) and write out the queued records."""
         for task in list(self._tasks):
