@@ -20,10 +20,12 @@ from gateway.policy.engine import decide
 from gateway.policy.loader import load_policy_text
 from gateway.policy.plan import HealthSnapshot, RequestFacts
 from gateway.policy.table import Alias, Hosting, PolicyTable, Strategy
+from gateway.portability.lockin import lockin_report
 from gateway.portability.shadow import ShadowEvaluator, shadow_body, shadow_exclusion
 from gateway.portability.shadow_compare import Answer, answer_of_body, answer_of_stream, compare
 from gateway.portability.shadow_results import PASS_MIN_PAIRS
 from gateway.providers.base import Endpoint, UpstreamReply, Usage
+from gateway.state.base import RoutingFacts
 from tests.unit.portability.test_shadow_config import FX, SHADOWED
 
 
@@ -295,5 +297,9 @@ async def test_a_target_passes_after_enough_agreeing_pairs_and_becomes_a_proven_
         await evaluator.settled()
     await evaluator.close()
     assert evaluator.results.proven() == {"coder": ["qwen-local", "son"]}
+    aliases = lockin_report(table, [], RoutingFacts(), evaluator.results.proven())["aliases"]
+    assert (aliases["coder"]["proven_alternatives"], aliases["chat"]["proven_alternatives"]) == (
+        ["qwen-local", "son"], [],
+    )
     qwen = evaluator.results.report()["aliases"]["coder"]["qwen-local"]
     assert qwen["passed"] and qwen["agreement"]["similarity"] == 1.0 and qwen["agreement"]["exact"] == 1.0
