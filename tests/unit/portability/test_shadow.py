@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -303,3 +304,20 @@ async def test_a_target_passes_after_enough_agreeing_pairs_and_becomes_a_proven_
     )
     qwen = evaluator.results.report()["aliases"]["coder"]["qwen-local"]
     assert qwen["passed"] and qwen["agreement"]["similarity"] == 1.0 and qwen["agreement"]["exact"] == 1.0
+
+
+async def test_record_writes_compared_pairs_as_jsonl_but_never_a_sensitive_data_class(tmp_path: Path) -> None:
+    record = tmp_path / "pairs.jsonl"
+    text = SHADOWED.replace("budget_usd_per_day: 1", f"budget_usd_per_day: 1, record: '{record}'")
+    table = load_policy_text(text, {}, fx=FX)  # sensitive_data_classes: [pii]
+    evaluator, provider = ShadowEvaluator(Metrics()), HeldProvider()
+    provider.release.set()
+    evaluator.primary_finished(finished_request(table, provider, "pii"), 200, Usage(10, 5), 0.001, 0.5, None)
+    await evaluator.settled()
+    evaluator.primary_finished(finished_request(table, provider, "public"), 200, Usage(10, 5), 0.001, 0.5, None)
+    await evaluator.settled()
+    await evaluator.close()
+    assert len(provider.sent) == 3  # the pii request was compared on qwen-local (its rule keeps it off son)...
+    pairs = [orjson.loads(line) for line in record.read_bytes().splitlines()]
+    assert sorted(p["target"] for p in pairs) == ["qwen-local", "son"]  # ...but only the public one's were written
+    assert {p["primary_text"] for p in pairs} == {"the same answer"} and pairs[0]["similarity"] == 1.0
