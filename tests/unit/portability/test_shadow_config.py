@@ -60,3 +60,9 @@ def test_an_unknown_shadow_target_is_named_with_its_path() -> None:
 def test_bad_shadow_values_are_refused_at_their_path(written: str, field: str) -> None:
     [problem] = problems(SHADOWED.replace(written, field))
     assert problem.startswith("aliases.coder.shadow.")
+
+
+def test_sensitive_data_classes_must_be_a_list_of_names() -> None:
+    [problem] = problems(POLICY + "sensitive_data_classes: {pii: true}\n")
+    assert problem.startswith("sensitive_data_classes")
+    assert load(POLICY + "sensitive_data_classes: pii\n").sensitive_data_classes == frozenset({"pii"})
