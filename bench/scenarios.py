@@ -109,4 +109,9 @@ POLYROUTE_SQLITE = Scenario(
     "polyroute-sqlite", "polyroute, full pipeline, SQLite store (what workers share)", model="bench", key=TENANT_KEY,
     command=_polyroute_sqlite, is_polyroute=True,
 )
-ALL = (DIRECT, PASSTHROUGH, LITELLM, POLYROUTE, POLYROUTE_SQLITE, POLYROUTE_REDIS)
+# Shadow evaluation on (sample 0.1, see bench/policy.yaml): primary-path throughput should stay >= 0.9x polyroute's.
+POLYROUTE_SHADOW = Scenario(
+    "polyroute-shadow", "polyroute, full pipeline, shadow sample 0.1", model="bench-shadow", key=TENANT_KEY,
+    command=_polyroute, is_polyroute=True,
+)
+ALL = (DIRECT, PASSTHROUGH, LITELLM, POLYROUTE, POLYROUTE_SQLITE, POLYROUTE_REDIS, POLYROUTE_SHADOW)

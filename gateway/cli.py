@@ -1,4 +1,4 @@
-"""The `polyroute` command: serve, demo, policy check, route explain, usage, lockin, drill, what-if."""
+"""The `polyroute` command: serve, demo, policy check, route explain, usage, lockin, drill, what-if, shadow."""
 
 from __future__ import annotations
 
@@ -94,6 +94,19 @@ def main(argv: list[str] | None = None) -> int:
         "--max-stranded", type=float, default=0.0, help="share of a critical alias's traffic it may lose (default: 0)"
     )
 
+    shadow = sub.add_parser(
+        "shadow",
+        help="shadow evaluation: how other deployments answered copies of sampled requests",
+        description="Per alias and shadow target (the alias's `shadow:` in the policy): copies compared, dropped "
+        "(budget, concurrency), excluded by the request's rules, failed; agreement with the primary's answers, "
+        "latency and cost. Results are kept in the gateway's memory: asked of the gateway at --url (default: "
+        "POLYROUTE_HOST/PORT).",
+    )
+    shadow.add_argument("action", choices=["report"], help="report: print the results so far")
+    shadow.add_argument("--alias", help="only this alias")
+    shadow.add_argument("--url", help="the gateway to ask (its /admin/shadow)")
+    shadow.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     whatif = sub.add_parser(
         "what-if",
         help="recorded usage priced (and, with routing facts, routed) under another policy: spend then vs now",
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             return _policy_check(args.file)
         if args.command == "route":
             return _route_explain(args)
-        if args.command in ("lockin", "drill", "what-if"):
+        if args.command in ("lockin", "drill", "what-if", "shadow"):
             return _portability(args)
         from gateway.observability.usage_cli import run_usage
 
@@ -136,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _portability(args: argparse.Namespace) -> int:
-    from gateway.portability.commands import run_drill, run_lockin, run_whatif
+    from gateway.portability.commands import run_drill, run_lockin, run_shadow, run_whatif
 
+    if args.command == "shadow":
+        return asyncio.run(run_shadow(Settings(), args.alias, args.url, args.json))
     if args.command == "what-if":
         return asyncio.run(run_whatif(Settings(), args.policy, args.days, args.url, args.json))
     if args.command == "lockin":

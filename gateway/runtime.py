@@ -23,6 +23,7 @@ from gateway.policy.loader import load_policy
 from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import Deployment, PolicyTable
 from gateway.policy.table import Provider as ProviderConfig
+from gateway.portability.shadow import ShadowEvaluator
 from gateway.providers.base import Provider
 from gateway.providers.http1 import UpstreamLimits
 from gateway.providers.registry import ProviderFactory, build_providers, close_shared_clients
@@ -158,6 +159,7 @@ class Runtime:
         self.load = LoadTracker(metrics, lambda: self.health.inflight)  # engine load pollers (spill-over, affinity)
         self.executor = Executor(store, self.health, _MetricsObserver(metrics))
         self.accountant = Accountant(store, metrics)
+        self.shadow = ShadowEvaluator(metrics)  # copies of sampled requests (portability/shadow.py)
         self.drain = Drain(settings.shutdown_grace_seconds)
         self.active = self._activate(table, None)
         self._watcher: asyncio.Task[None] | None = None
@@ -215,6 +217,7 @@ class Runtime:
             steps.push_async_callback(self.health.close)
             steps.push_async_callback(self.load.close)
             steps.push_async_callback(self.accountant.close)
+            steps.push_async_callback(self.shadow.close)
             steps.push_async_callback(self._stop_background)
 
     async def _stop_background(self) -> None:

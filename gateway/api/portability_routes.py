@@ -1,4 +1,4 @@
-"""Portability admin endpoints (admin key only): GET /admin/lockin, /admin/drill and /admin/recorded."""
+"""Portability admin endpoints (admin key only): GET /admin/lockin, /admin/drill, /admin/recorded, /admin/shadow."""
 
 from __future__ import annotations
 
@@ -29,13 +29,17 @@ def portability_routes(runtime: Runtime) -> list[Route]:
     runtime.accountant.every(runtime.settings.lockin_refresh_seconds, gauges)
     runtime.accountant.every(RETIREMENT_REFRESH_S, RetirementGauge(lambda: runtime.active.table, runtime.metrics))
 
-    def check(request: Request) -> int:
-        """The admin key (as every admin route), then `days`."""
+    def authorize(request: Request) -> None:
+        """The admin key, as every admin route."""
         if not is_admin(request.headers, runtime.settings.admin_key):
             raise AuthenticationError(
                 "Admin endpoints need 'Authorization: Bearer <POLYROUTE_ADMIN_KEY>'"
                 + ("" if runtime.settings.admin_key else " (no admin key is configured on this gateway)")
             )
+
+    def check(request: Request) -> int:
+        """The admin key, then `days`."""
+        authorize(request)
         try:
             days = int(request.query_params.get("days", "7"))
             check_days(days)
@@ -48,7 +52,8 @@ def portability_routes(runtime: Runtime) -> list[Route]:
     async def lockin(request: Request) -> Response:
         try:
             days = check(request)
-            report = await lockin_from_store(runtime.store, runtime.active.table, days)
+            proven = runtime.shadow.results.proven()
+            report = await lockin_from_store(runtime.store, runtime.active.table, days, proven)
         except PolyrouteError as err:  # includes an unreachable shared store: 503
             return error_response(err)
         return Response(orjson.dumps(report), media_type="application/json")
@@ -85,8 +90,20 @@ def portability_routes(runtime: Runtime) -> list[Route]:
             return error_response(err)
         return Response(orjson.dumps(report), media_type="application/json")
 
+    async def shadow(request: Request) -> Response:
+        """Shadow evaluation's results in this gateway process (`polyroute shadow report --url` prints them)."""
+        try:
+            authorize(request)
+            alias = request.query_params.get("alias") or None
+            if alias is not None and alias not in runtime.active.table.aliases:
+                raise BadRequestError(f"'{alias}' is not an alias of the policy.", param="alias")
+        except PolyrouteError as err:
+            return error_response(err)
+        return Response(orjson.dumps(runtime.shadow.results.report(alias)), media_type="application/json")
+
     return [
         Route("/admin/lockin", lockin, methods=["GET"]),
+        Route("/admin/shadow", shadow, methods=["GET"]),
         Route("/admin/drill", drill, methods=["GET"]),
         Route("/admin/recorded", recorded, methods=["GET"]),
     ]

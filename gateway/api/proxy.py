@@ -30,6 +30,7 @@ from gateway.runtime import Runtime
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _EVENT_STREAM = content_type("text/event-stream")
 _MEDIA_TYPES: dict[str, bytes] = {}  # upstream content types, as sent back
+SHADOW_CAPTURE_ITEMS = 20_000  # a sampled stream's relayed items kept for its shadow comparison, at most
 
 
 class ProxyService:
@@ -44,6 +45,7 @@ class ProxyService:
             accountant=runtime.accountant,
             metrics=runtime.metrics,
             load=runtime.load,
+            shadow=runtime.shadow,
         )
 
     def route(self, endpoint: Endpoint) -> ModelRoute:
@@ -157,13 +159,18 @@ async def _relay(job: ProxiedRequest, send: Send, stream: UpstreamStream, guard:
     status = 200
     sent = 1  # events relayed
     ending = b""
+    keep = job.shadow_capture  # None unless the request was sampled for shadow evaluation
     try:
         try:
             await send(response_start(200, _EVENT_STREAM, job.headers(), None))
             await send(body_chunk(stream.first_event))
+            if keep is not None:
+                keep.append(stream.first_event)
             events = stream.events()
             while (batch := await anext(events, None)) is not None:
                 sent += batch.count(b"\n\n")  # an item may carry several events, each ending in a blank line
+                if keep is not None and len(keep) < SHADOW_CAPTURE_ITEMS:
+                    keep.append(batch)
                 await send(body_chunk(batch))
         except asyncio.CancelledError:
             why = guard.reason()

@@ -26,7 +26,7 @@ from gateway.policy.plan import HealthSnapshot
 from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import PolicyTable
 from gateway.portability.commands import lockin_from_store
-from gateway.portability.render import render_lockin
+from gateway.portability.render import render_lockin, render_shadow
 from gateway.providers.base import Endpoint
 from gateway.settings import Settings, environment
 
@@ -101,6 +101,7 @@ async def run_demo(*, port: int = 0) -> int:
         base = f"http://127.0.0.1:{gateway_port}"
         print(f"polyroute is listening on {base}/v1\n")
         await _tour(base, cloud_port, table)
+        await app.state.runtime.shadow.settled()  # the copy of step 3 has been compared
     finally:
         server.should_exit = True
         await serving
@@ -110,6 +111,10 @@ async def run_demo(*, port: int = 0) -> int:
     report = await lockin_from_store(app.state.runtime.store, table, days=1)
     print("\n10. `polyroute lockin`: how locked-in the tour's traffic is (GET /admin/lockin has the same as JSON):")
     for line in render_lockin(report).splitlines():
+        print(f"    {line}")
+    shadow = app.state.runtime.shadow.results.report("chat")
+    print("\n11. `polyroute shadow report`: step 3 was also copied to the other target and the answers compared:")
+    for line in render_shadow(shadow).splitlines():
         print(f"    {line}")
     print("\nDemo finished. Next: `polyroute policy check policies/demo.yaml`, or `polyroute serve --policy FILE`.")
     return 0

@@ -29,6 +29,7 @@ STATE_STORE_OPS: Final = frozenset({"admit", "settle", "circuit", "usage", "ping
 HOSTINGS: Final = frozenset({"cloud", "self_hosted", NONE})
 LOCKIN_SHARE_BY: Final = frozenset({"requests", "tokens", "spend"})
 CURRENCIES: Final = frozenset({"USD", "CNY", "EUR"})
+SHADOW_RESULTS: Final = frozenset({"compared", "dropped_budget", "dropped_concurrency", "excluded", "error"})
 
 # Text format 0.0.4 is what generate_latest writes and what every Prometheus version scrapes.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -36,6 +37,8 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0)
 OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+SIMILARITY_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
+RATIO_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 10.0)
 
 _IDENTITY_CACHE: Final = 4096
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -92,6 +95,15 @@ _HELP: Final[Mapping[str, str]] = {
     names.SPILLS_TOTAL: f"Tier changes of a spill-over alias (from_tier, to_tier: 0 = first tier). {_ALIAS}.",
     names.AFFINITY_TOTAL: "Spill-over requests with an affinity key, by result: hit = sent to the deployment its "
     f"session hashes to, miss = moved off it (bounded load). Hit ratio = hit / (hit + miss). {_ALIAS}.",
+    names.SHADOW_REQUESTS_TOTAL: "Shadow copies of sampled requests per alias and shadow target (a deployment), by "
+    "result: compared, dropped_budget, dropped_concurrency, excluded (the request's rules exclude the target), error "
+    "(the primary or the copy failed).",
+    names.SHADOW_SIMILARITY: "Normalised text similarity (0-1) of a shadow target's answer to the primary's. "
+    f"{_ALIAS}; target = the shadow deployment.",
+    names.SHADOW_LATENCY_RATIO: "A shadow copy's latency divided by the primary's (non-stream copies: total time). "
+    f"{_ALIAS}; target = the shadow deployment.",
+    names.SHADOW_COST_RATIO: "A shadow copy's cost divided by the primary's. "
+    f"{_ALIAS}; target = the shadow deployment.",
 }
 
 
@@ -109,6 +121,7 @@ _HOSTINGS: Final = _bounded(HOSTINGS)
 _OUTCOMES: Final = _bounded(UPSTREAM_OUTCOMES)
 _ERROR_CLASSES: Final = _bounded(UPSTREAM_ERROR_CLASSES)
 _RATE_LIMIT_REASONS: Final = _bounded(RATE_LIMIT_REASONS)
+_SHADOW_RESULTS: Final = _bounded(SHADOW_RESULTS)
 _BUDGET_PERIODS: Final = _bounded(BUDGET_PERIODS)
 _RELOAD_RESULTS: Final = _bounded(POLICY_RELOAD_RESULTS)
 _STATE_STORE_OPS: Final = _bounded(STATE_STORE_OPS)
@@ -222,6 +235,10 @@ class Metrics:
         self._spill_active = gauge(names.SPILL_ACTIVE, "livemax", "alias")
         self._spills = counter(names.SPILLS_TOTAL, "alias", "from_tier", "to_tier")
         self._affinity = counter(names.AFFINITY_TOTAL, "alias", "result")
+        self._shadow = counter(names.SHADOW_REQUESTS_TOTAL, "alias", "target", "result")
+        self._shadow_similarity = histogram(names.SHADOW_SIMILARITY, SIMILARITY_BUCKETS, "alias", "target")
+        self._shadow_latency = histogram(names.SHADOW_LATENCY_RATIO, RATIO_BUCKETS, "alias", "target")
+        self._shadow_cost = histogram(names.SHADOW_COST_RATIO, RATIO_BUCKETS, "alias", "target")
         # Series that alerts use with rate() or increase() must exist before their first event.
         for result in sorted(POLICY_RELOAD_RESULTS):
             self._reloads(result)
@@ -434,6 +451,22 @@ class Metrics:
     def affinity(self, *, alias: str, hit: bool) -> None:
         """Record whether a request with an affinity key reached the deployment its key hashes to."""
         self._affinity(_clamp(alias, self._known.aliases), "hit" if hit else "miss").inc()
+
+    def shadow(self, *, alias: str, target: str, result: str) -> None:
+        """Count one shadow copy by result (see SHADOW_RESULTS)."""
+        labels = _clamp(alias, self._known.aliases), _clamp(target, self._known.deployments)
+        self._shadow(*labels, _clamp(result, _SHADOW_RESULTS)).inc()
+
+    def shadow_compared(
+        self, *, alias: str, target: str, similarity: float, latency_ratio: float | None, cost_ratio: float | None
+    ) -> None:
+        """Record one compared pair's agreement and its latency and cost relative to the primary."""
+        labels = _clamp(alias, self._known.aliases), _clamp(target, self._known.deployments)
+        self._shadow_similarity(*labels).observe(similarity)
+        if latency_ratio is not None:
+            self._shadow_latency(*labels).observe(latency_ratio)
+        if cost_ratio is not None:
+            self._shadow_cost(*labels).observe(cost_ratio)
 
     def rate_limited(self, *, tenant: str, reason: str) -> None:
         """Record a request refused with 429."""

@@ -32,6 +32,10 @@ ENGINE_SIGNAL_FALLBACK: Final = "polyroute_engine_signal_fallback"
 SPILL_ACTIVE: Final = "polyroute_spill_active"
 SPILLS_TOTAL: Final = "polyroute_spills_total"
 AFFINITY_TOTAL: Final = "polyroute_affinity_total"
+SHADOW_REQUESTS_TOTAL: Final = "polyroute_shadow_requests_total"
+SHADOW_SIMILARITY: Final = "polyroute_shadow_similarity"
+SHADOW_LATENCY_RATIO: Final = "polyroute_shadow_latency_ratio"
+SHADOW_COST_RATIO: Final = "polyroute_shadow_cost_ratio"
 
 ALL: Final[tuple[str, ...]] = (
     REQUESTS_TOTAL,
@@ -62,7 +66,14 @@ ALL: Final[tuple[str, ...]] = (
     SPILL_ACTIVE,
     SPILLS_TOTAL,
     AFFINITY_TOTAL,
+    SHADOW_REQUESTS_TOTAL,
+    SHADOW_SIMILARITY,
+    SHADOW_LATENCY_RATIO,
+    SHADOW_COST_RATIO,
 )
 
 # Histograms are exposed as <name>_bucket, <name>_sum and <name>_count series.
-HISTOGRAMS: Final[frozenset[str]] = frozenset({REQUEST_DURATION_SECONDS, TIME_TO_FIRST_TOKEN_SECONDS, OVERHEAD_SECONDS})
+HISTOGRAMS: Final[frozenset[str]] = frozenset(
+    {REQUEST_DURATION_SECONDS, TIME_TO_FIRST_TOKEN_SECONDS, OVERHEAD_SECONDS, SHADOW_SIMILARITY, SHADOW_LATENCY_RATIO,
+     SHADOW_COST_RATIO}
+)

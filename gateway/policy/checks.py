@@ -184,6 +184,12 @@ def _check_aliases(aliases: Mapping[str, AliasSpec], deployments: frozenset[str]
         elif not weighted and a.weights is not None:
             problems.append(Problem((*loc, "weights"), "only used with strategy weighted"))
         problems += _check_spill_tiers(a, loc)
+        if a.shadow is not None:
+            for index, target in enumerate(a.shadow.targets):
+                if target not in deployments:
+                    problems.append(Problem((*loc, "shadow", "targets", index), f"unknown deployment {target!r}"))
+            if not a.shadow.targets:
+                problems.append(Problem((*loc, "shadow", "targets"), "shadowing needs at least one target"))
     return problems
 
 

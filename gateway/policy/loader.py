@@ -23,6 +23,7 @@ from gateway.policy.schema import (
     Problem,
     ProviderSpec,
     RequireSpec,
+    ShadowSpec,
     ThinkingSpec,
     WhenSpec,
     key_hash,
@@ -47,6 +48,7 @@ from gateway.policy.table import (
     Requirement,
     Retries,
     Rule,
+    Shadow,
     Spillover,
     Strategy,
     Tenant,
@@ -308,6 +310,7 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
             critical=a.critical,
             tiers=_tiers(a, providers, spec) if a.strategy is Strategy.SPILLOVER else (),
             spillover=_spillover(a) if a.strategy is Strategy.SPILLOVER else None,
+            shadow=_shadow(a.shadow) if a.shadow is not None else None,
         )
         for name, a in spec.aliases.items()
     }
@@ -340,6 +343,7 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
         fallback=fallback,
         tenants=tenants,
         source=source,
+        sensitive_data_classes=frozenset(spec.sensitive_data_classes),
         key_index={digest: t.name for t in tenants.values() for digest in t.key_hashes},
     )
 
@@ -437,4 +441,11 @@ def _requirement(require: RequireSpec | None) -> Requirement | None:
         vendor_not=frozenset(v.lower() for v in require.vendor_not),
         deployments=_frozen(require.deployments),
         min_context_window=require.min_context_window,
+    )
+
+
+def _shadow(s: ShadowSpec) -> Shadow:
+    return Shadow(
+        targets=tuple(s.targets), sample=s.sample, max_concurrency=s.max_concurrency,
+        budget_usd_per_day=s.budget_usd_per_day, record=s.record,
     )

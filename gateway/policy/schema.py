@@ -220,6 +220,16 @@ class SpilloverSpec(SpecModel):
     balance: NonNegativeFloat = _SPILL.balance
 
 
+class ShadowSpec(SpecModel):
+    """Shadow evaluation: copies of sampled requests go to other deployments, compared with the primary's answer."""
+
+    targets: StrList
+    sample: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    max_concurrency: PositiveInt = 4
+    budget_usd_per_day: NonNegativeFloat = 5.0
+    record: str | None = None  # a JSONL file of compared pairs (never for sensitive data classes)
+
+
 class AliasSpec(SpecModel):
     targets: StrList
     strategy: Strategy = Strategy.PRIORITY
@@ -228,6 +238,7 @@ class AliasSpec(SpecModel):
     tiers: list[StrList] | None = None  # spillover: default self-hosted targets, then cloud ones
     spillover: SpilloverSpec | None = None
     on_saturation: OnSaturation | None = None
+    shadow: ShadowSpec | None = None
 
     @model_validator(mode="after")
     def _spillover_keys_need_spillover(self) -> AliasSpec:
@@ -334,6 +345,7 @@ class PolicySpec(SpecModel):
     rules: list[RuleSpec] = Field(default_factory=list)
     fallback: FallbackSpec = Field(default_factory=FallbackSpec)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
+    sensitive_data_classes: StrList = Field(default_factory=list)  # never written to shadow records
 
 
 SECTIONS: tuple[str, ...] = tuple(PolicySpec.model_fields)
@@ -461,12 +473,23 @@ def parse_policy(tree: object) -> ParsedPolicy:
         rules=list(rules.values()),
         fallback=fallback or FallbackSpec(),
         tenants=_section(tree, "tenants", TenantSpec, problems),
+        sensitive_data_classes=_sensitive(tree.get("sensitive_data_classes"), problems),
     )
     names = {section: _names(tree.get(section)) for section in NAMED_SECTIONS}
     return ParsedPolicy(spec, tuple(problems), tuple(rules), names)
 
 
 NAMED_SECTIONS = ("providers", "deployments", "aliases", "tenants")
+
+
+class _SensitiveSpec(SpecModel):
+    sensitive_data_classes: StrList = Field(default_factory=list)
+
+
+def _sensitive(raw: object, problems: list[Problem]) -> list[str]:
+    """`sensitive_data_classes`: the data classes whose request text polyroute never writes to a file."""
+    given = validate_entry(_SensitiveSpec, {} if raw is None else {"sensitive_data_classes": raw}, (), problems)
+    return given.sensitive_data_classes if given is not None else []
 
 
 def _names(section: object) -> tuple[str, ...]:

@@ -167,6 +167,17 @@ class Spillover:
 
 
 @dataclass(frozen=True)
+class Shadow:
+    """An alias's shadow evaluation: which deployments get copies of which share of its requests, within what."""
+
+    targets: tuple[str, ...]
+    sample: float
+    max_concurrency: int
+    budget_usd_per_day: float
+    record: str | None = None
+
+
+@dataclass(frozen=True)
 class Alias:
     """A name clients send as `model`, resolving to ordered targets and a strategy."""
 
@@ -177,6 +188,7 @@ class Alias:
     critical: bool = False  # a vendor drill fails when it would lose traffic
     tiers: tuple[tuple[str, ...], ...] = ()  # spillover only: every target in exactly one tier, first tier first
     spillover: Spillover | None = None
+    shadow: Shadow | None = None
 
 
 @dataclass(frozen=True)
@@ -311,6 +323,7 @@ class PolicyTable:
     fallback: FallbackPolicy
     tenants: dict[str, Tenant]
     source: str = "<embedded>"
+    sensitive_data_classes: frozenset[str] = frozenset()  # data classes whose text is never written to a file
     key_index: dict[str, str] = field(default_factory=dict, repr=False)  # sha256 hex of a key -> tenant name
 
     def __post_init__(self) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from gateway.errors import PolyrouteError
 from gateway.policy.table import PolicyTable
 from gateway.portability.drill import vendor_drill
 from gateway.portability.lockin import lockin_report
-from gateway.portability.render import render_drill, render_lockin, render_whatif
+from gateway.portability.render import render_drill, render_lockin, render_shadow, render_whatif
 from gateway.portability.whatif import what_if
 from gateway.settings import Settings
 from gateway.state.base import RoutingFactRow, RoutingFacts, StateStore, UsageRow
@@ -44,10 +45,12 @@ async def read_usage(store: StateStore, days: int) -> tuple[list[UsageRow], Rout
     return await store.usage(since, until), await store.routing_facts(since, until), since, until
 
 
-async def lockin_from_store(store: StateStore, table: PolicyTable, days: int) -> dict[str, Any]:
+async def lockin_from_store(
+    store: StateStore, table: PolicyTable, days: int, proven: Mapping[str, list[str]] | None = None
+) -> dict[str, Any]:
     usage, facts, since, until = await read_usage(store, days)
     # Up to a few thousand engine decisions: in a thread, so that a gateway's event loop keeps serving meanwhile.
-    report = await asyncio.to_thread(lockin_report, table, usage, facts)
+    report = await asyncio.to_thread(lockin_report, table, usage, facts, proven)
     return {"since": since, "until": until, **report}
 
 
@@ -116,6 +119,15 @@ async def run_lockin(settings: Settings, days: int, url: str | None, as_json: bo
     check_days(days)
     report = await _report(settings, url, "/admin/lockin", {"days": str(days)}, days, None, 0.0)
     print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json else render_lockin(report))
+    return 0
+
+
+async def run_shadow(settings: Settings, alias: str | None, url: str | None, as_json: bool) -> int:
+    """Shadow results live in each gateway process's memory: they are always asked of a gateway."""
+    params = {"alias": alias} if alias else {}
+    report = await _from_gateway(url or f"http://{settings.host}:{settings.port}", "/admin/shadow", params,
+                                 settings.admin_key)
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if as_json else render_shadow(report))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gateway.policy.table import Hosting, PolicyTable
@@ -48,8 +48,11 @@ def shares(rows: Sequence[UsageRow], dim: str) -> dict[str, dict[str, float]]:
     }
 
 
-def lockin_report(table: PolicyTable, usage: Sequence[UsageRow], facts: RoutingFacts) -> dict[str, Any]:
-    """The whole report as JSON-ready data (GET /admin/lockin and `polyroute lockin --json` print it as is)."""
+def lockin_report(
+    table: PolicyTable, usage: Sequence[UsageRow], facts: RoutingFacts, proven: Mapping[str, list[str]] | None = None
+) -> dict[str, Any]:
+    """The whole report as JSON-ready data (GET /admin/lockin and `polyroute lockin --json` print it as is);
+    `proven`: per alias, the deployments that passed shadow evaluation (portability/shadow_results.py)."""
     by_vendor = shares(usage, "vendor")
     replayer = Replayer(table)
     by_alias: dict[str, list[RoutingFactRow]] = {}
@@ -67,7 +70,11 @@ def lockin_report(table: PolicyTable, usage: Sequence[UsageRow], facts: RoutingF
             "tokens": hhi(v["tokens"] for v in by_vendor.values()),
         },
         "aliases": {
-            name: alias_lockin(table, name, by_alias.get(name, []), replayer) for name in sorted(table.aliases)
+            name: {
+                **alias_lockin(table, name, by_alias.get(name, []), replayer),
+                "proven_alternatives": sorted((proven or {}).get(name, [])),
+            }
+            for name in sorted(table.aliases)
         },
         "facts": {"requests": sum(r.requests for r in facts.rows), "dropped": facts.dropped},
     }
@@ -130,7 +137,7 @@ def alias_lockin(table: PolicyTable, name: str, rows: Sequence[RoutingFactRow], 
                 for p, n in sorted(params.items())
             },
         },
-        "proven_alternatives": [],  # deployments that passed shadow evaluation: none until shadowing exists
+        "proven_alternatives": [],  # filled in by lockin_report from shadow evaluation
     }
 
 

@@ -105,3 +105,34 @@ def _spend(s: dict[str, Any]) -> str:
     if s["refused_requests"]:
         notes.append(f"{s['refused_requests']} refused")
     return f"${s['then_usd']:.6f} -> ${s['now_usd']:.6f} ({s['change_usd']:+.6f}); " + ", ".join(notes)
+
+
+def render_shadow(report: dict[str, Any]) -> str:
+    """`polyroute shadow report` as text: per alias and shadow target, results, agreement, latency and cost."""
+    limits = report["thresholds"]
+    lines = [
+        f"shadow evaluation (passed = at least {limits['min_pairs']} compared pairs, mean similarity >= "
+        f"{limits['min_similarity']}, no more errors than the primary)"
+    ]
+    if not report["aliases"]:
+        lines.append("  no shadow copies yet")
+    for alias, targets in report["aliases"].items():
+        lines.append(f"alias {alias}")
+        for target, t in targets.items():
+            agree, lat, cost = t["agreement"], t["latency_s"], t["cost_usd"]
+            counts = ", ".join(f"{k} {v}" for k, v in t["results"].items() if v)
+            lines.append(f"  {target}: {'PASSED' if t['passed'] else 'not passed'} ({counts or 'nothing yet'})")
+            if t["compared"]:
+                lines.append(
+                    f"    similarity {agree['similarity']:.3f}, exact {agree['exact']:.0%}, latency "
+                    f"{lat['shadow']:.3f}s vs {lat['primary']:.3f}s, "
+                    f"cost ${cost['shadow']:.6f} vs ${cost['primary']:.6f}"
+                )
+            if agree["json_valid"] is not None:
+                lines.append(f"    JSON valid {agree['json_valid']:.0%}, same keys {agree['json_same_keys']:.0%}")
+            if agree["tool_names"] is not None:
+                lines.append(f"    tool names {agree['tool_names']:.0%}, arguments {agree['tool_arguments']:.0%}")
+            errors = t["errors"]
+            if errors["primary"] or errors["shadow"]:
+                lines.append(f"    errors: primary {errors['primary']}, shadow {errors['shadow']} {errors['classes']}")
+    return "\n".join(lines)

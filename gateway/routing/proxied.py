@@ -23,7 +23,7 @@ from gateway.observability.accounting import (
 )
 from gateway.observability.metrics import Metrics
 from gateway.policy.plan import RequestFacts, RoutePlan
-from gateway.policy.table import Deployment, PolicyTable, Tenant, Timeouts
+from gateway.policy.table import Alias, Deployment, PolicyTable, Tenant, Timeouts
 from gateway.providers.base import Endpoint, Provider, UpstreamCall, UpstreamReply, UpstreamStream, Usage
 from gateway.routing.admission import Admission, Admitted
 from gateway.routing.executor import Executor, Outcome
@@ -63,6 +63,18 @@ class Translation(Protocol):
     def stream_error(self, stream: UpstreamStream, err: PolyrouteError) -> bytes: ...
 
 
+class ShadowHook(Protocol):
+    """Shadow evaluation (portability/shadow.py): samples a request once when admitted, and is handed the sampled
+    ones when they finish."""
+
+    def sampled(self, alias: Alias | None, endpoint: Endpoint) -> bool: ...
+
+    def primary_finished(
+        self, request: ProxiedRequest, status: int, usage: Usage | None, cost_usd: float, duration_s: float,
+        first_token_s: float | None,
+    ) -> None: ...
+
+
 class RequestFlow:
     """One per app: admits requests and records those refused before they were carried out."""
 
@@ -75,8 +87,10 @@ class RequestFlow:
         accountant: Accountant,
         metrics: Metrics,
         load: LoadTracker,
+        shadow: ShadowHook | None = None,
     ) -> None:
         self.executor = executor
+        self.shadow = shadow
         self.health = health
         self.load = load
         self.admission = admission
@@ -100,8 +114,11 @@ class RequestFlow:
         if proto is not None:
             proto.refuse_unless_reachable(plan.attempts)
         admitted = await self.admission.admit(tenant, plan, facts)
+        shadowed = self.shadow is not None and proto is None and self.shadow.sampled(
+            table.aliases.get(plan.alias), parsed.endpoint
+        )
         request = ProxiedRequest(self, table, providers, parsed, plan, tenant.name, admitted, request_id, started,
-                                 proto=proto, facts=facts)
+                                 proto=proto, facts=facts, shadow_capture=[] if shadowed else None)
         self.metrics.inflight(alias=plan.alias, delta=1)
         return request
 
@@ -138,10 +155,12 @@ class ProxiedRequest:
         *,
         proto: Translation | None = None,
         facts: RequestFacts | None = None,
+        shadow_capture: list[bytes] | None = None,
     ) -> None:
         self.flow, self.table, self.providers, self.parsed, self.plan = flow, table, providers, parsed, plan
         self.tenant, self.admitted, self.request_id, self.started = tenant, admitted, request_id, started
         self.proto, self.facts = proto, facts
+        self.shadow_capture = shadow_capture  # a sampled request's answer (body, or stream events) to compare
         self.outcome = Outcome()
         self.upstream_s = 0.0
 
@@ -219,6 +238,8 @@ class ProxiedRequest:
     def answered(self, reply: UpstreamReply) -> tuple[Usage, float]:
         """The usage of a non-stream answer (reported, else estimated) and its cost."""
         usage = reply.usage or self._estimated_usage(output_tokens_in_body(reply.body))
+        if self.shadow_capture is not None:
+            self.shadow_capture.append(reply.body)
         deployment = self.outcome.deployment
         return usage, request_cost(deployment, usage) if deployment else 0.0
 
@@ -245,7 +266,7 @@ class ProxiedRequest:
         flow.metrics.inflight(alias=self.plan.alias, delta=-1)
         duration = time.perf_counter() - self.started
         gateway_time = (first_token_s if first_token_s is not None else duration) - self.upstream_s
-        return flow.accountant.finish(
+        cost = flow.accountant.finish(
             FinishedRequest(
                 tenant=self.tenant,
                 alias=self.plan.alias,
@@ -267,3 +288,6 @@ class ProxiedRequest:
                 body=self.parsed.body,
             )
         )
+        if self.shadow_capture is not None and flow.shadow is not None:
+            flow.shadow.primary_finished(self, status, usage, cost, duration, first_token_s)
+        return cost

@@ -1,4 +1,5 @@
-"""`polyroute demo` as a newcomer runs it: it ends by itself, with the lock-in report of the tour's traffic."""
+"""`polyroute demo` as a newcomer runs it: it ends by itself, with the lock-in report of the tour's traffic and one
+shadow comparison."""
 
 from __future__ import annotations
 
@@ -18,4 +19,6 @@ def test_the_demo_ends_by_itself_with_the_lockin_report() -> None:
     assert "vendor concentration (HHI, 0-10000)" in report
     assert "coder: 6 requests, dominant vendor self" in report
     assert "embed: 0 requests, dominant vendor alibaba, vendors alibaba; stranded 100.0%" in report
+    shadow = done.stdout[done.stdout.index("`polyroute shadow report`"):]
+    assert "alias chat" in shadow and "(compared 1)" in shadow and "similarity " in shadow
     assert done.stdout.rstrip().splitlines()[-1].startswith("Demo finished.")
