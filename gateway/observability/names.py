@@ -32,6 +32,7 @@ ENGINE_SIGNAL_FALLBACK: Final = "polyroute_engine_signal_fallback"
 SPILL_ACTIVE: Final = "polyroute_spill_active"
 SPILLS_TOTAL: Final = "polyroute_spills_total"
 AFFINITY_TOTAL: Final = "polyroute_affinity_total"
+TRACE_SPANS_DROPPED_TOTAL: Final = "polyroute_trace_spans_dropped_total"
 
 ALL: Final[tuple[str, ...]] = (
     REQUESTS_TOTAL,
@@ -62,6 +63,7 @@ ALL: Final[tuple[str, ...]] = (
     SPILL_ACTIVE,
     SPILLS_TOTAL,
     AFFINITY_TOTAL,
+    TRACE_SPANS_DROPPED_TOTAL,
 )
 
 # Histograms are exposed as <name>_bucket, <name>_sum and <name>_count series.

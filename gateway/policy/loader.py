@@ -341,6 +341,7 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
         tenants=tenants,
         source=source,
         key_index={digest: t.name for t in tenants.values() for digest in t.key_hashes},
+        sensitive_data_classes=frozenset(spec.sensitive_data_classes),
     )
 
 

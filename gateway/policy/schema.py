@@ -334,6 +334,8 @@ class PolicySpec(SpecModel):
     rules: list[RuleSpec] = Field(default_factory=list)
     fallback: FallbackSpec = Field(default_factory=FallbackSpec)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
+    # Data classes whose prompt and completion text are never recorded outside the request (e.g. in traces).
+    sensitive_data_classes: StrList = Field(default_factory=list)
 
 
 SECTIONS: tuple[str, ...] = tuple(PolicySpec.model_fields)
@@ -420,6 +422,17 @@ def _section(
     return valid
 
 
+def _sensitive(raw: object, problems: list[Problem]) -> list[str]:
+    """`sensitive_data_classes`: a list of data class names (or one name)."""
+    if raw is None:
+        return []
+    names = _as_list(raw)
+    if isinstance(names, list) and all(isinstance(n, str) for n in names):
+        return names
+    problems.append(Problem(("sensitive_data_classes",), "expected a list of data class names"))
+    return []
+
+
 @dataclass(frozen=True)
 class ParsedPolicy:
     """The valid part of a policy and every problem found so far, with what the cross-entry checks need."""
@@ -455,6 +468,7 @@ def parse_policy(tree: object) -> ParsedPolicy:
     raw_fallback = tree.get("fallback")
     fallback = validate_entry(FallbackSpec, {} if raw_fallback is None else raw_fallback, ("fallback",), problems)
     spec = PolicySpec(
+        sensitive_data_classes=_sensitive(tree.get("sensitive_data_classes"), problems),
         providers=_section(tree, "providers", ProviderSpec, problems),
         deployments=_section(tree, "deployments", DeploymentSpec, problems),
         aliases=_section(tree, "aliases", AliasSpec, problems),

@@ -312,6 +312,7 @@ class PolicyTable:
     tenants: dict[str, Tenant]
     source: str = "<embedded>"
     key_index: dict[str, str] = field(default_factory=dict, repr=False)  # sha256 hex of a key -> tenant name
+    sensitive_data_classes: frozenset[str] = frozenset()  # their text is never recorded (traces)
 
     def __post_init__(self) -> None:
         if not self.key_index and self.tenants:
