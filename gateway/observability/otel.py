@@ -7,6 +7,7 @@ Imported only when the settings turn tracing on (observability/tracing.py's `bui
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -92,9 +93,10 @@ class OtelAttempt(AttemptTrace):
 
     def __init__(self, span: Span) -> None:
         self.span = span
-        carrier: dict[str, str] = {}
-        _W3C.inject(carrier, context=set_span_in_context(span))
-        self._headers = tuple(carrier.items())
+        # W3C traceparent written directly (what TraceContextTextMapPropagator.inject writes, without its lookups);
+        # tracestate is not sent: polyroute adds no entries, and the client's stays with the client's span.
+        ctx = span.get_span_context()
+        self._headers = (("traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"),)
 
     @property
     def headers(self) -> tuple[tuple[str, str], ...]:
@@ -240,6 +242,9 @@ class OtelTracer(Tracer):
         self._processor = _CountingProcessor(_CountingExporter(exporter, metrics), metrics,
                                              settings.otel_bsp_max_queue_size)
         self._provider.add_span_processor(self._processor)
+        # A full queue is counted in polyroute_trace_spans_dropped_total; the SDK's warning per dropped span would
+        # only add logging work to every request while a collector is down.
+        logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
         self.tracer = self._provider.get_tracer("polyroute")
         self._servers: dict[str, dict[str, Any]] = {}
 
@@ -251,7 +256,7 @@ class OtelTracer(Tracer):
         return found
 
     def request(self, headers: Headers, endpoint: Endpoint, started: float) -> RequestTrace:
-        parent: Context = _W3C.extract(headers)
+        parent: Context | None = _W3C.extract(headers) if "traceparent" in headers else None
         start_ns = time.time_ns() - int((time.perf_counter() - started) * 1e9)
         op = _OPERATIONS.get(endpoint, "chat")
         span = self.tracer.start_span(op, context=parent, kind=SpanKind.SERVER, start_time=start_ns,
