@@ -25,11 +25,15 @@ providers:
   modelstudio: {{type: openai, base_url: "{cloud}", api_key: "${{SIM_CLOUD_KEY}}", hosting: cloud,
                  jurisdiction: sg, vendor: alibaba}}
   vllm: {{type: openai, base_url: "{vllm}", hosting: self_hosted, jurisdiction: onprem, vendor: self}}
+  vllm-litellm: {{type: litellm, litellm_prefix: openai, base_url: "{vllm}", api_key: unused,
+                  hosting: self_hosted, jurisdiction: onprem, vendor: self}}
 deployments:
   primary: {{provider: modelstudio, model: qwen3.6-plus}}
   backup:  {{provider: vllm, model: Qwen/Qwen3-32B}}
+  translated: {{provider: vllm-litellm, model: Qwen/Qwen3-32B}}
 aliases:
   chain: {{targets: [primary, backup], strategy: priority}}
+  via-litellm: {{targets: [translated], strategy: priority}}
 fallback:
   on: [rate_limit, timeout, server_error, connection_error]
   retries: {{attempts: 0, backoff: 10ms, max_backoff: 50ms}}
@@ -188,6 +192,19 @@ def test_content_is_not_captured_by_default(traced: Traced) -> None:
     server = _server_span(traced.receiver, trace_id)
     assert server.attributes["gen_ai.request.model"] == "chain"
     assert all(PROMPT not in str(v) for s in traced.receiver.trace(trace_id) for v in s.attributes.values())
+
+
+def test_a_litellm_provider_sends_the_trace_context_upstream_too(traced: Traced) -> None:
+    trace_id = "9bf92f3577b34da6a3ce929d0e0e4741"
+    traced.vllm.reset_stats()
+    traced.client(traced.plain).chat.completions.create(
+        model="via-litellm", messages=[{"role": "user", "content": "hi"}], extra_headers=_traceparent(trace_id),
+    )
+    server = _server_span(traced.receiver, trace_id)
+    traced.receiver.wait_for(lambda: any(s.kind == CLIENT for s in traced.receiver.trace(trace_id)), "client span")
+    attempt = next(s for s in traced.receiver.trace(trace_id) if s.kind == CLIENT)
+    assert attempt.parent_span_id == server.span_id
+    assert traced.vllm.stats()["traceparents"] == [f"00-{trace_id}-{attempt.span_id}-01"]
 
 
 def test_a_dead_collector_fails_no_request_and_drops_are_counted(policy: tuple[Path, Upstream, Upstream]) -> None:
