@@ -11,7 +11,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.support.otlp import OtlpReceiver, ReceivedSpan, until
+from tests.support.otlp import OtlpGrpcReceiver, OtlpReceiver, ReceivedSpan, until
 from tests.support.processes import GatewayProcess, Upstream, free_port, start_gateway, start_simulated
 from tests.support.resilience import metric
 
@@ -224,3 +224,19 @@ def _dropped(gateway: GatewayProcess) -> float:
     with urllib.request.urlopen(gateway.url("/metrics"), timeout=5) as resp:
         return metric(resp.read().decode(), "polyroute_trace_spans_dropped_total")
 
+
+
+def test_spans_go_over_grpc_when_asked(policy: tuple[Path, Upstream, Upstream]) -> None:
+    path, _, _ = policy
+    trace_id = "abf92f3577b34da6a3ce929d0e0e4742"
+    with OtlpGrpcReceiver() as receiver:
+        gateway = start_gateway(path, env=_env(receiver.endpoint, OTEL_EXPORTER_OTLP_PROTOCOL="grpc"))
+        try:
+            with openai.OpenAI(base_url=gateway.url("/v1"), api_key=TEAM_KEY, max_retries=0) as client:
+                client.chat.completions.create(model="chain", messages=[{"role": "user", "content": "hi"}],
+                                               extra_headers=_traceparent(trace_id))
+            server = _server_span(receiver, trace_id)
+            assert server.name == "chat chain"
+            assert server.attributes["polyroute.deployment"] == "primary"
+        finally:
+            gateway.stop()

@@ -5,11 +5,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 HOST = "127.0.0.1"
@@ -66,6 +72,9 @@ class OtlpReceiver:
     def _take(self, body: bytes) -> None:
         request = ExportTraceServiceRequest()
         request.ParseFromString(body)
+        self.take(request)
+
+    def take(self, request: ExportTraceServiceRequest) -> None:
         found: list[ReceivedSpan] = []
         for resource_spans in request.resource_spans:
             resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
@@ -96,6 +105,33 @@ class OtlpReceiver:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
+
+
+class OtlpGrpcReceiver(OtlpReceiver):
+    """The same receiver over OTLP/gRPC (grpcio): `endpoint` is `http://127.0.0.1:PORT`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        receiver = self
+
+        class Service(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: ExportTraceServiceRequest, context: Any) -> ExportTraceServiceResponse:
+                receiver.take(request)
+                return ExportTraceServiceResponse()
+
+        self._grpc = grpc.server(ThreadPoolExecutor(max_workers=2))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), self._grpc)
+        port = self._grpc.add_insecure_port(f"{HOST}:0")
+        self.endpoint = f"http://{HOST}:{port}"
+
+    def __enter__(self) -> OtlpReceiver:
+        super().__enter__()
+        self._grpc.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._grpc.stop(grace=None).wait()
+        super().__exit__(*exc)
 
 
 def until(condition: Callable[[], bool], what: str, limit_s: float = 15.0) -> None:
