@@ -94,6 +94,18 @@ def _polyroute_sqlite(ctx: Context, port: int) -> tuple[list[str], dict[str, str
     return argv, {**env, "POLYROUTE_STATE_DIR": str(state_dir)}
 
 
+def _polyroute_traced(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    """polyroute with every request traced: the spans go over OTLP/HTTP to the bench upstream, which answers 404
+    (exporting costs what it costs against a collector: encoding and one POST per batch; no collector to run)."""
+    argv, env = _polyroute(ctx, port)
+    env.update({
+        "OTEL_EXPORTER_OTLP_ENDPOINT": ctx.upstream_url,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "always_on",
+    })
+    return argv, env
+
+
 DIRECT = Scenario("direct", "direct to the upstream (floor)")
 PASSTHROUGH = Scenario("passthrough", "FastAPI + aiohttp pass-through", command=_passthrough)
 LITELLM = Scenario("litellm", "LiteLLM proxy 1.106.2", key=LITELLM_KEY, command=_litellm)
@@ -114,4 +126,10 @@ POLYROUTE_SHADOW = Scenario(
     "polyroute-shadow", "polyroute, full pipeline, shadow sample 0.1", model="bench-shadow", key=TENANT_KEY,
     command=_polyroute, is_polyroute=True,
 )
-ALL = (DIRECT, PASSTHROUGH, LITELLM, POLYROUTE, POLYROUTE_SQLITE, POLYROUTE_REDIS, POLYROUTE_SHADOW)
+POLYROUTE_TRACED = Scenario(
+    "polyroute-traced", "polyroute, full pipeline, in-process store, 100% of requests traced (OTLP)", model="bench",
+    key=TENANT_KEY, command=_polyroute_traced, is_polyroute=True,
+)
+ALL = (
+    DIRECT, PASSTHROUGH, LITELLM, POLYROUTE, POLYROUTE_SQLITE, POLYROUTE_REDIS, POLYROUTE_SHADOW, POLYROUTE_TRACED,
+)

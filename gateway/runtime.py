@@ -19,6 +19,7 @@ from gateway.errors import PolicyError
 from gateway.load.tracker import LoadTracker
 from gateway.observability.accounting import Accountant
 from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import build_tracer
 from gateway.policy.loader import load_policy
 from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import Deployment, PolicyTable
@@ -160,6 +161,7 @@ class Runtime:
         self.executor = Executor(store, self.health, _MetricsObserver(metrics))
         self.accountant = Accountant(store, metrics)
         self.shadow = ShadowEvaluator(metrics)  # copies of sampled requests (portability/shadow.py)
+        self.tracer = build_tracer(settings, metrics)
         self.drain = Drain(settings.shutdown_grace_seconds)
         self.active = self._activate(table, None)
         self._watcher: asyncio.Task[None] | None = None
@@ -211,6 +213,7 @@ class Runtime:
         self._stop_signals()
         async with contextlib.AsyncExitStack() as steps:  # callbacks run last-pushed first
             steps.push_async_callback(self.store.close)
+            steps.push_async_callback(asyncio.to_thread, self.tracer.shutdown)  # a dead collector blocks no loop
             steps.push_async_callback(close_shared_clients)
             for adapter in [*self._stale, *(adapter for _, adapter in self.active.adapters.values())]:
                 steps.push_async_callback(adapter.close)

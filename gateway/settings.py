@@ -62,6 +62,29 @@ class Settings(BaseSettings):
     # Without a Redis URL, a directory here makes the workers of one machine share limits, budgets and usage through
     # one SQLite database in it (kept across restarts); `serve --workers N` uses a temporary one when it is unset.
     state_dir: Path | None = None
+    # Tracing (OpenTelemetry, README "Tracing"): on when an OTLP endpoint is set through the standard variables;
+    # the SDK reads the rest of OTEL_* itself. Prompt and completion text only with otel_capture_content.
+    otel_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"))
+    otel_protocol: str = Field(default="http/protobuf", validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"))
+    otel_traces_exporter: str = Field(default="otlp", validation_alias="OTEL_TRACES_EXPORTER")
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    otel_service_name: str | None = Field(default=None, validation_alias="OTEL_SERVICE_NAME")
+    otel_capture_content: bool = False
+    otel_bsp_max_queue_size: int = Field(default=2048, gt=0, validation_alias="OTEL_BSP_MAX_QUEUE_SIZE")
+
+    @property
+    def tracing(self) -> bool:
+        """Whether requests are traced: an OTLP endpoint is set and the SDK is not turned off."""
+        return bool(self.otel_endpoint) and not self.otel_sdk_disabled and self.otel_traces_exporter == "otlp"
+
+    @field_validator("otel_protocol")
+    @classmethod
+    def _otel_protocol(cls, value: str) -> str:
+        if value not in ("http/protobuf", "grpc"):
+            raise ValueError(f"OTEL_EXPORTER_OTLP_PROTOCOL: expected http/protobuf or grpc, not {value!r}")
+        return value
 
     @field_validator("cors_origins")
     @classmethod
@@ -106,7 +129,7 @@ def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
     for name in ("policy", "redis_url", "admin_key", "max_body_bytes", "state_failure_mode", "metrics_port",
                  "max_upstream_body_bytes", "max_sse_event_bytes", "cors_origins", "header_timeout_seconds",
                  "body_timeout_seconds", "max_connections", "routing_facts_per_day", "lockin_refresh_seconds", "docs",
-                 "state_dir"):
+                 "state_dir", "otel_capture_content"):
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))

@@ -62,6 +62,7 @@ class ProxyService:
         facts: RequestFacts | None = None
         adapter = CLIENT_PROTOCOLS.get(endpoint)  # Messages and Responses: translated to Chat for routing
         proto: ProtocolRequest | None = None
+        trace = self._rt.tracer.request(headers, endpoint, started)
         try:
             tenant = authenticate(headers, active.table)
             tenant_name = tenant.name
@@ -74,10 +75,11 @@ class ProxyService:
             facts = request_facts(parsed, tenant)
             job = await self._flow.admit(
                 active.table, active.providers, tenant, facts, parsed, request_id=request_id, started=started,
-                proto=proto,
+                proto=proto, trace=trace,
             )
         except PolyrouteError as err:
             self._flow.refused(tenant_name, alias, err.status, started, facts, parsed.body if facts else None)
+            trace.refused(err.status, err.error_type, tenant=tenant_name, alias=alias)
             if adapter is not None:
                 response = protocol_error_response(adapter, err, {"x-request-id": request_id})
             else:
@@ -150,6 +152,7 @@ async def _stream(
         return
     assert not isinstance(opened, UpstreamReply)
     job.outcome.first_token_s = time.perf_counter() - job.started
+    job.trace.first_token()
     await _relay(job, send, opened, guard)
 
 

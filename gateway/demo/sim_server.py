@@ -7,7 +7,7 @@ import itertools
 import socket
 import struct
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -53,6 +53,7 @@ class SimulatedUpstream:
         self.last_path: str | None = None
         self.last_headers: Mapping[str, str] = {}
         self.last_body: Any = None
+        self.traceparents: deque[str] = deque(maxlen=100)  # W3C trace context received, newest last
         self.engine_load: SimulatedEngineLoad | None = None  # set when the server serves engine metrics
 
     # ---- admin -------------------------------------------------------------------------------------------------
@@ -86,6 +87,7 @@ class SimulatedUpstream:
             "last_path": self.last_path,
             "last_headers": {_canonical(key): value for key, value in self.last_headers.items()},
             "last_body": self.last_body,
+            "traceparents": list(self.traceparents),
         }
         return web.Response(body=orjson.dumps(stats), content_type=_JSON)
 
@@ -96,6 +98,7 @@ class SimulatedUpstream:
         self.faults_served.clear()
         self.clients_gone = 0
         self.last_path, self.last_headers, self.last_body = None, {}, None
+        self.traceparents.clear()
         return web.json_response({"reset": True})
 
     # ---- OpenAI-compatible routes ------------------------------------------------------------------------------
@@ -105,6 +108,9 @@ class SimulatedUpstream:
         self.by_path[request.path] += 1
         self.last_path = request.path
         self.last_headers = request.headers  # canonicalized only when someone asks for stats
+        traceparent = request.headers.get("traceparent")
+        if traceparent is not None:
+            self.traceparents.append(traceparent)
         self.last_body = body
 
     def _error(self, error: SimError, retry_after: str | None = None) -> web.Response:

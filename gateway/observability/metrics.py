@@ -76,6 +76,8 @@ _HELP: Final[Mapping[str, str]] = {
     "was saturated.",
     names.BUDGET_REMAINING_USD: "US dollars a tenant may still spend in the current budget period (day or month).",
     names.POLICY_RELOADS_TOTAL: "Policy reloads; a failed reload keeps the previous policy.",
+    names.TRACE_SPANS_DROPPED_TOTAL: "Trace spans never exported (reason: queue_full = the batch queue was full, "
+    "export_failed = the collector did not take them).",
     names.STATE_STORE_ERRORS_TOTAL: "Failed state store operations (limits, budgets, shared circuits, usage records).",
     names.VENDOR_SHARE: "Each vendor's share (0-1) of the last day's requests, tokens or spend (by), from usage "
     "records; recomputed periodically.",
@@ -217,6 +219,7 @@ class Metrics:
         self._rate_limited = counter(names.RATE_LIMITED_TOTAL, "tenant", "reason")
         self._reloads = counter(names.POLICY_RELOADS_TOTAL, "result")
         self._state_errors = counter(names.STATE_STORE_ERRORS_TOTAL, "op")
+        self._spans_dropped = counter(names.TRACE_SPANS_DROPPED_TOTAL, "reason")
         # Computed from the shared usage by any worker: the latest computation wins.
         self._vendor_share = gauge(names.VENDOR_SHARE, "mostrecent", "by", "vendor")
         self._vendor_hhi = gauge(names.VENDOR_HHI, "mostrecent", "by")
@@ -483,6 +486,10 @@ class Metrics:
     def state_store_error(self, *, op: str) -> None:
         """Record a failed state store operation."""
         self._state_errors(_clamp(op, _STATE_STORE_OPS)).inc()
+
+    def spans_dropped(self, *, reason: str, count: int) -> None:
+        """Record trace spans that were never exported: "queue_full" or "export_failed"."""
+        self._spans_dropped("queue_full" if reason == "queue_full" else "export_failed").inc(count)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of this process, or of all workers in multi-process mode."""

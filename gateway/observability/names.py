@@ -36,6 +36,7 @@ SHADOW_REQUESTS_TOTAL: Final = "polyroute_shadow_requests_total"
 SHADOW_SIMILARITY: Final = "polyroute_shadow_similarity"
 SHADOW_LATENCY_RATIO: Final = "polyroute_shadow_latency_ratio"
 SHADOW_COST_RATIO: Final = "polyroute_shadow_cost_ratio"
+TRACE_SPANS_DROPPED_TOTAL: Final = "polyroute_trace_spans_dropped_total"
 
 ALL: Final[tuple[str, ...]] = (
     REQUESTS_TOTAL,
@@ -70,6 +71,7 @@ ALL: Final[tuple[str, ...]] = (
     SHADOW_SIMILARITY,
     SHADOW_LATENCY_RATIO,
     SHADOW_COST_RATIO,
+    TRACE_SPANS_DROPPED_TOTAL,
 )
 
 # Histograms are exposed as <name>_bucket, <name>_sum and <name>_count series.

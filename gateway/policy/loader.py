@@ -343,8 +343,8 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
         fallback=fallback,
         tenants=tenants,
         source=source,
-        sensitive_data_classes=frozenset(spec.sensitive_data_classes),
         key_index={digest: t.name for t in tenants.values() for digest in t.key_hashes},
+        sensitive_data_classes=frozenset(spec.sensitive_data_classes),
     )
 
 

@@ -345,7 +345,8 @@ class PolicySpec(SpecModel):
     rules: list[RuleSpec] = Field(default_factory=list)
     fallback: FallbackSpec = Field(default_factory=FallbackSpec)
     tenants: dict[str, TenantSpec] = Field(default_factory=dict)
-    sensitive_data_classes: StrList = Field(default_factory=list)  # never written to shadow records
+    # Data classes whose prompt and completion text are never recorded outside the request (shadow records, traces).
+    sensitive_data_classes: StrList = Field(default_factory=list)
 
 
 SECTIONS: tuple[str, ...] = tuple(PolicySpec.model_fields)
@@ -487,7 +488,7 @@ class _SensitiveSpec(SpecModel):
 
 
 def _sensitive(raw: object, problems: list[Problem]) -> list[str]:
-    """`sensitive_data_classes`: the data classes whose request text polyroute never writes to a file."""
+    """`sensitive_data_classes`: the data classes whose request text polyroute never records (files, traces)."""
     given = validate_entry(_SensitiveSpec, {} if raw is None else {"sensitive_data_classes": raw}, (), problems)
     return given.sensitive_data_classes if given is not None else []
 

@@ -323,8 +323,8 @@ class PolicyTable:
     fallback: FallbackPolicy
     tenants: dict[str, Tenant]
     source: str = "<embedded>"
-    sensitive_data_classes: frozenset[str] = frozenset()  # data classes whose text is never written to a file
     key_index: dict[str, str] = field(default_factory=dict, repr=False)  # sha256 hex of a key -> tenant name
+    sensitive_data_classes: frozenset[str] = frozenset()  # their text is never recorded (shadow files, traces)
 
     def __post_init__(self) -> None:
         if not self.key_index and self.tenants:

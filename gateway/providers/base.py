@@ -108,6 +108,7 @@ class UpstreamCall:
     client_wants_usage: bool = False  # the client itself asked for stream usage (else its chunk is hidden)
     request_id: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
+    trace_headers: tuple[tuple[str, str], ...] = ()  # W3C trace context of the attempt's span, when tracing is on
 
 
 @dataclass

@@ -170,8 +170,8 @@ class LiteLLMProvider:
             kwargs["api_key"] = self._api_key
         if self._api_base:
             kwargs["api_base"] = self._api_base
-        if self._headers:
-            kwargs["extra_headers"] = self._headers
+        if self._headers or call.trace_headers:  # litellm sends extra_headers as they are (traceparent)
+            kwargs["extra_headers"] = {**(self._headers or {}), **dict(call.trace_headers)}
         return kwargs
 
     async def send(self, call: UpstreamCall) -> UpstreamReply:

@@ -70,6 +70,7 @@ class OpenAICompatibleProvider:
             if protocol is Protocol.MESSAGES:
                 headers.update(self._anthropic_headers)
             headers.update((k, v) for k, v in call.extra_headers.items() if k.lower() not in self._own_names)
+            headers.update(call.trace_headers)
             block = HeaderBlock(headers)
             url = self._native_urls.get(protocol)
             if url is None:
@@ -79,6 +80,8 @@ class OpenAICompatibleProvider:
             block = self._blocks[stream]
             if call.request_id:  # always one of ours, or the client's when it matched a safe pattern
                 block = block.plus("x-request-id", call.request_id)
+            for name, value in call.trace_headers:  # empty unless tracing is on
+                block = block.plus(name, value)
             url = self._base + PATHS[call.endpoint]
         timeouts = call.timeouts
         return self._http.post(

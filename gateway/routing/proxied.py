@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from gateway.errors import PolyrouteError, error_event
+from gateway.errors import PolyrouteError, UpstreamError, error_event
 from gateway.load.placement import place
 from gateway.load.tracker import LoadTracker
 from gateway.observability.accounting import (
@@ -22,6 +22,7 @@ from gateway.observability.accounting import (
     request_cost,
 )
 from gateway.observability.metrics import Metrics
+from gateway.observability.tracing import NO_TRACE, FinishedTrace, RequestTrace
 from gateway.policy.plan import RequestFacts, RoutePlan
 from gateway.policy.table import Alias, Deployment, PolicyTable, Tenant, Timeouts
 from gateway.providers.base import Endpoint, Provider, UpstreamCall, UpstreamReply, UpstreamStream, Usage
@@ -108,6 +109,7 @@ class RequestFlow:
         request_id: str,
         started: float,
         proto: Translation | None = None,
+        trace: RequestTrace = NO_TRACE,
     ) -> ProxiedRequest:
         """The plan and admission (raises a PolyrouteError when either refuses), then the request to carry out."""
         plan = await place(facts, table, self.health.snapshot(), self.load, self.metrics)
@@ -118,7 +120,7 @@ class RequestFlow:
             table.aliases.get(plan.alias), parsed.endpoint
         )
         request = ProxiedRequest(self, table, providers, parsed, plan, tenant.name, admitted, request_id, started,
-                                 proto=proto, facts=facts, shadow_capture=[] if shadowed else None)
+                                 proto=proto, facts=facts, shadow_capture=[] if shadowed else None, trace=trace)
         self.metrics.inflight(alias=plan.alias, delta=1)
         return request
 
@@ -156,7 +158,9 @@ class ProxiedRequest:
         proto: Translation | None = None,
         facts: RequestFacts | None = None,
         shadow_capture: list[bytes] | None = None,
+        trace: RequestTrace = NO_TRACE,
     ) -> None:
+        self.trace = trace
         self.flow, self.table, self.providers, self.parsed, self.plan = flow, table, providers, parsed, plan
         self.tenant, self.admitted, self.request_id, self.started = tenant, admitted, request_id, started
         self.proto, self.facts = proto, facts
@@ -185,10 +189,18 @@ class ProxiedRequest:
     async def _execute(self, deployment: Deployment, stream: bool) -> UpstreamReply | UpstreamStream:
         provider = self.providers[deployment.provider.name]
         begun = time.perf_counter()
+        traced = self.trace.attempt(deployment)
         try:
             call = self._call(deployment)
+            call.trace_headers = traced.headers
             result = await (provider.open_stream(call) if stream else provider.send(call))
             return result if self.proto is None else await self.proto.adapt(call, result)
+        except UpstreamError as err:
+            traced.failed(err.error_class.value)
+            raise
+        except BaseException as err:  # the client left, the drain deadline passed: the span still ends
+            traced.failed(type(err).__name__)
+            raise
         finally:
             self.upstream_s += time.perf_counter() - begun
 
@@ -240,6 +252,8 @@ class ProxiedRequest:
         usage = reply.usage or self._estimated_usage(output_tokens_in_body(reply.body))
         if self.shadow_capture is not None:
             self.shadow_capture.append(reply.body)
+        if self.trace.on:
+            self.trace.answered(reply.body)
         deployment = self.outcome.deployment
         return usage, request_cost(deployment, usage) if deployment else 0.0
 
@@ -288,6 +302,19 @@ class ProxiedRequest:
                 body=self.parsed.body,
             )
         )
+        if self.trace.on:
+            self._trace_finished(status, usage, cost)
         if self.shadow_capture is not None and flow.shadow is not None:
             flow.shadow.primary_finished(self, status, usage, cost, duration, first_token_s)
         return cost
+
+    def _trace_finished(self, status: int, usage: Usage | None, cost_usd: float | None) -> None:
+        data_class = self.facts.data_class if self.facts is not None else None
+        failures = self.outcome.failures
+        self.trace.finish(status, FinishedTrace(
+            alias=self.plan.alias, route=self.plan.route, tenant=self.tenant, data_class=data_class,
+            deployment=self.outcome.deployment, attempts=self.outcome.attempts,
+            fallback_reason=self.outcome.fallback_reason, usage=usage, cost_usd=cost_usd,
+            error_type=failures[-1].error_class.value if failures and status >= 400 else None,
+            body=self.parsed.body, record_content=data_class not in self.table.sensitive_data_classes,
+        ))

@@ -351,3 +351,12 @@ def test_sovereignty_policy_keeps_team_b_out_of_cn() -> None:
     assert rule.when.tenant == frozenset({"team-b"})
     assert rule.require is not None and rule.require.jurisdiction_not == frozenset({"cn"})
     assert table.tenant_for_key_hash(hashlib.sha256(b"sk-b").hexdigest()) is table.tenants["team-b"]
+
+
+def test_sensitive_data_classes_are_a_top_level_list() -> None:
+    base = "version: 1\nproviders: {}\ndeployments: {}\naliases: {}\n"
+    assert load(base).sensitive_data_classes == frozenset()
+    assert load(base + "sensitive_data_classes: [pii, phi]\n").sensitive_data_classes == {"pii", "phi"}
+    assert problems(base + "sensitive_data_classes: {pii: true}\n") == [
+        "sensitive_data_classes: expected a list of data class names"
+    ]
