@@ -358,5 +358,5 @@ def test_sensitive_data_classes_are_a_top_level_list() -> None:
     assert load(base).sensitive_data_classes == frozenset()
     assert load(base + "sensitive_data_classes: [pii, phi]\n").sensitive_data_classes == {"pii", "phi"}
     assert problems(base + "sensitive_data_classes: {pii: true}\n") == [
-        "sensitive_data_classes: expected a list of data class names"
+        "sensitive_data_classes: expected a list"
     ]
