@@ -86,6 +86,12 @@ def _polyroute(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
+def _polyroute_two_workers(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    argv, env = _polyroute(ctx, port)
+    argv[argv.index("--workers") + 1] = "2"
+    return argv, env
+
+
 DIRECT = Scenario("direct", "direct to the upstream (floor)")
 PASSTHROUGH = Scenario("passthrough", "FastAPI + aiohttp pass-through", command=_passthrough)
 LITELLM = Scenario("litellm", "LiteLLM proxy 1.106.2", key=LITELLM_KEY, command=_litellm)
@@ -97,4 +103,16 @@ POLYROUTE_REDIS = Scenario(
     "polyroute-redis", "polyroute, full pipeline, Redis store", model="bench", key=TENANT_KEY,
     command=_polyroute, needs_redis=True, is_polyroute=True,
 )
-ALL = (DIRECT, PASSTHROUGH, LITELLM, POLYROUTE, POLYROUTE_REDIS)
+# Two workers on the one gateway core: CPU per request must not rise with workers (req/s cannot show scaling here).
+POLYROUTE_2W = Scenario(
+    "polyroute-2w", "polyroute, full pipeline, in-process store, --workers 2", model="bench", key=TENANT_KEY,
+    command=_polyroute_two_workers, is_polyroute=True,
+)
+ALL = (
+    DIRECT,
+    PASSTHROUGH,
+    LITELLM,
+    POLYROUTE,
+    POLYROUTE_REDIS,
+    POLYROUTE_2W,
+)
