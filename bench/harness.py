@@ -48,7 +48,7 @@ FULL = Plan(seconds=3, warmup_s=2, concurrency=(1, 16, 64), sequential=300)
 SMOKE = Plan(
     seconds=1, warmup_s=1, concurrency=(16,), sequential=20, rounds=1, agent_seconds=1, agent_warmup_s=0,
     agent_concurrency=(16,),
-    stream_levels=(50,), stream_tokens=30,
+    stream_levels=(50,), stream_tokens=20,
 )
 # The coding-agent workloads and the long-lived streams compare polyroute with the floor and the pass-through.
 AGENT_SCENARIOS = ("direct", "passthrough", "polyroute")
