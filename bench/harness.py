@@ -46,7 +46,7 @@ class Plan:
 
 FULL = Plan(seconds=3, warmup_s=2, concurrency=(1, 16, 64), sequential=300)
 SMOKE = Plan(
-    seconds=1, warmup_s=1, concurrency=(16,), sequential=20, rounds=1, agent_seconds=1, agent_warmup_s=0,
+    seconds=1, warmup_s=0, concurrency=(16,), sequential=20, rounds=1, agent_seconds=1, agent_warmup_s=0,
     agent_concurrency=(16,),
     stream_levels=(50,), stream_tokens=20,
 )
