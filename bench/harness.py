@@ -1,4 +1,4 @@
-"""The benchmark run: start the upstream (and Redis), then each scenario in turn, load it, measure it, report.
+"""The benchmark run: start the upstream (and Redis) and every gateway, load them in interleaved rounds, report.
 
 Run it through `bench/run`, which installs what is missing first. `python -m bench.harness --help` lists options.
 """
@@ -8,18 +8,21 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from bench import report
+from bench.longstreams import StreamsLevel
 from bench.measure import PATH, Latencies, LoadResult, Target, measure_sequential, run_wrk
 from bench.procs import HOST, Served, StartError, cores, free_port, rss_mb, start
 from bench.scenarios import ALL, BENCH, REPO, Context, Scenario
+from bench.workloads import AGENT, SMALL, Workload
 
 
 @dataclass(frozen=True)
@@ -32,10 +35,23 @@ class Plan:
     sequential: int
     leak_requests: int = 0
     leak_max_s: int = 300
+    rounds: int = 3  # interleaved: every scenario once per workload and concurrency, then the next round
+    agent_seconds: int = 2
+    agent_warmup_s: int = 1  # 0: no warm-up run for the coding-agent workloads
+    agent_concurrency: tuple[int, ...] = (1, 16)
+    stream_levels: tuple[int, ...] = (200, 500, 1000)  # concurrent long-lived streams
+    stream_interval_ms: float = 50.0  # 20 tokens/s
+    stream_tokens: int = 100
 
 
-FULL = Plan(seconds=8, warmup_s=2, concurrency=(1, 16, 64), sequential=300)
-SMOKE = Plan(seconds=1, warmup_s=1, concurrency=(1, 16, 64), sequential=20)
+FULL = Plan(seconds=3, warmup_s=2, concurrency=(1, 16, 64), sequential=300)
+SMOKE = Plan(
+    seconds=1, warmup_s=0, concurrency=(16,), sequential=20, rounds=1, agent_seconds=1, agent_warmup_s=0,
+    agent_concurrency=(16,),
+    stream_levels=(50,), stream_tokens=20,
+)
+# The coding-agent workloads and the long-lived streams compare polyroute with the floor and the pass-through.
+AGENT_SCENARIOS = ("direct", "passthrough", "polyroute")
 
 
 @dataclass
@@ -57,18 +73,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few seconds per scenario (CI); not for numbers")
     parser.add_argument("--skip-litellm", action="store_true", help="leave out LiteLLM's proxy")
     parser.add_argument("--long", action="store_true", help="also the leak check: 200,000 requests to polyroute")
-    parser.add_argument(
-        "--only", help="comma list of scenarios (direct,passthrough,litellm,polyroute,polyroute-sqlite,polyroute-redis)"
-    )
+    parser.add_argument("--only", help=f"comma list of scenarios ({','.join(s.name for s in ALL)})")
     parser.add_argument("--seconds", type=int, help="override the seconds per load run")
+    parser.add_argument("--rounds", type=int, help="override the number of interleaved rounds")
+    parser.add_argument("--no-agent", action="store_true", help="leave out the coding-agent workloads")
+    parser.add_argument("--no-streams", action="store_true", help="leave out the long-lived streams")
     parser.add_argument("--out", type=Path, help="where to write the report (default: bench/results, smoke: bench/out)")
     args = parser.parse_args(argv)
 
     plan = SMOKE if args.smoke else FULL
     if args.seconds:
-        plan = Plan(args.seconds, plan.warmup_s, plan.concurrency, plan.sequential)
+        plan = replace(plan, seconds=args.seconds)
+    if args.rounds:
+        plan = replace(plan, rounds=args.rounds)
     if args.long:
-        plan = Plan(plan.seconds, plan.warmup_s, plan.concurrency, plan.sequential, leak_requests=200_000)
+        plan = replace(plan, leak_requests=200_000)
     chosen = [s for s in ALL if not (args.skip_litellm and s.name == "litellm")]
     if args.only:
         wanted = {w.strip() for w in args.only.split(",")}
@@ -76,40 +95,54 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
         chosen = [s for s in chosen if s.name in wanted]
+    workloads = SMALL if args.no_agent else (*SMALL, *AGENT)
 
     began = time.monotonic()
     stamp = dt.datetime.now(dt.UTC)
     work_dir = Path(tempfile.mkdtemp(prefix="polyroute-bench-"))
-    results = run(chosen, plan, work_dir)
+    results = run(chosen, plan, work_dir, workloads)
+    streams = [] if args.no_streams else run_streams(chosen, plan, work_dir)
     elapsed = time.monotonic() - began
 
-    partial = args.smoke or args.only or args.seconds
+    partial = args.smoke or args.only or args.seconds or args.rounds or args.no_agent or args.no_streams
     out_dir = args.out or (BENCH / "out" if partial else BENCH / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     name = ("smoke-" if args.smoke else "") + stamp.strftime("%Y%m%dT%H%M%SZ")
-    text = report.render(results, plan_text(plan, args), stamp, elapsed, smoke=args.smoke)
+    text = report.render(results, streams, plan_text(plan, args), stamp, elapsed, smoke=args.smoke)
     md = out_dir / f"{name}.md"
     md.write_text(text)
-    (out_dir / f"{name}.json").write_text(json.dumps([asdict(r) for r in results], indent=1))
+    raw = {"scenarios": [asdict(r) for r in results], "long_streams": [asdict(s) for s in streams]}
+    (out_dir / f"{name}.json").write_text(json.dumps(raw, indent=1))
     if not partial and args.out is None:
-        shutil.copyfile(md, BENCH / "RESULTS.md")
-        print(f"bench: copied the table to {BENCH / 'RESULTS.md'}")
+        results_md = BENCH / "RESULTS.md"
+        old = results_md.read_text() if results_md.exists() else ""
+        results_md.write_text(report.merge(old, text))
+        print(f"bench: wrote the tables into {results_md} (other sections kept)")
     print(text)
     print(f"bench: wrote {md} in {elapsed:.0f}s")
     shutil.rmtree(work_dir, ignore_errors=True)
-    return 1 if any(r.error for r in results) else 0
+    failed = any(r.error for r in results) or any(s.failed for s in streams)
+    return 1 if failed else 0
 
 
 def plan_text(plan: Plan, args: argparse.Namespace) -> str:
     mode = "smoke" if args.smoke else "full"
     extra = f", leak check {plan.leak_requests:,} requests" if plan.leak_requests else ""
     return (
-        f"{mode} run: {plan.seconds}s per load run after {plan.warmup_s}s warm-up, concurrency "
-        f"{', '.join(map(str, plan.concurrency))}, {plan.sequential} sequential requests for TTFT{extra}"
+        f"{mode} run: {plan.rounds} interleaved round(s); per round {plan.seconds}s per load run at concurrency "
+        f"{', '.join(map(str, plan.concurrency))} and {plan.agent_seconds}s per coding-agent run at "
+        f"{', '.join(map(str, plan.agent_concurrency))}, after {plan.warmup_s}s warm-up per workload; "
+        f"{plan.sequential} sequential requests for TTFT; long-lived streams at "
+        f"{', '.join(map(str, plan.stream_levels))} concurrent streams of {plan.stream_tokens} tokens every "
+        f"{plan.stream_interval_ms:.0f} ms{extra}"
     )
 
 
-def run(chosen: list[Scenario], plan: Plan, work_dir: Path) -> list[ScenarioResult]:
+def run(
+    chosen: list[Scenario], plan: Plan, work_dir: Path, workloads: tuple[Workload, ...]
+) -> list[ScenarioResult]:
+    """Start every gateway, then load them in interleaved rounds: for each workload and concurrency every
+    scenario in turn (A, B, A, B ...), so a change in the machine's background load falls on all of them."""
     client_core, gateway_core = cores()
     upstream_port = free_port()
     upstream = start(
@@ -117,6 +150,8 @@ def run(chosen: list[Scenario], plan: Plan, work_dir: Path) -> list[ScenarioResu
         port=upstream_port, env={"PYTHONPATH": str(REPO)}, core=client_core, log_dir=work_dir, probe=None,
     )
     redis: Served | None = None
+    servers: dict[str, Served] = {}
+    results = {s.name: ScenarioResult(s.name, s.title) for s in chosen}
     try:
         if any(s.needs_redis for s in chosen):
             redis_port = free_port()
@@ -130,76 +165,186 @@ def run(chosen: list[Scenario], plan: Plan, work_dir: Path) -> list[ScenarioResu
             redis_url=f"redis://{HOST}:{redis.port}/0" if redis else None,
             work_dir=work_dir,
         )
-        results = []
+        targets: dict[str, tuple[Target, int | None, str | None]] = {}
         for scenario in chosen:
-            print(f"bench: {scenario.name} ...", flush=True)
-            results.append(_one(scenario, ctx, plan, upstream, client_core, gateway_core, work_dir))
-        return results
+            print(f"bench: starting {scenario.name} ...", flush=True)
+            try:
+                targets[scenario.name] = _start(scenario, ctx, upstream, servers, results[scenario.name],
+                                                client_core, gateway_core, work_dir)
+            except (StartError, OSError, subprocess.SubprocessError) as err:
+                _fail(results[scenario.name], err, servers.get(scenario.name))
+        for workload in workloads:
+            warmup = plan.agent_warmup_s if workload.agent else plan.warmup_s
+            for scenario in chosen:
+                if warmup and scenario.name in targets and _runs(scenario, workload):
+                    target, _, core = targets[scenario.name]
+                    _load(results, servers, targets, scenario, workload, 16, warmup, core, None, -1)
+        for round_no in range(plan.rounds):
+            print(f"bench: round {round_no + 1} of {plan.rounds}", flush=True)
+            for workload in workloads:
+                levels = plan.agent_concurrency if workload.agent else plan.concurrency
+                seconds = plan.agent_seconds if workload.agent else plan.seconds
+                for concurrency in levels:
+                    for scenario in chosen:
+                        if scenario.name in targets and _runs(scenario, workload):
+                            target, pid, core = targets[scenario.name]
+                            _load(results, servers, targets, scenario, workload, concurrency, seconds, core, pid,
+                                  round_no)
+        for scenario in chosen:
+            if scenario.name not in targets:
+                continue
+            target, pid, _ = targets[scenario.name]
+            result = results[scenario.name]
+            try:
+                result.plain = measure_sequential(target, stream=False, count=plan.sequential)
+                result.ttft = measure_sequential(target, stream=True, count=plan.sequential)
+                if pid is not None:
+                    result.rss_after_mb = rss_mb(pid)
+                    if plan.leak_requests and scenario.name == "polyroute":
+                        result.leak = _leak_check(target, plan, client_core, servers[scenario.name])
+            except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+                _fail(result, err, servers.get(scenario.name))
+        return list(results.values())
     finally:
+        for server in servers.values():
+            server.stop()
         if redis is not None:
             redis.stop()
         upstream.stop()
 
 
-def _one(
+def _runs(scenario: Scenario, workload: Workload) -> bool:
+    return not workload.agent or scenario.name in AGENT_SCENARIOS
+
+
+def _start(
     scenario: Scenario,
     ctx: Context,
-    plan: Plan,
     upstream: Served,
+    servers: dict[str, Served],
+    result: ScenarioResult,
     client_core: str | None,
     gateway_core: str | None,
     work_dir: Path,
-) -> ScenarioResult:
-    result = ScenarioResult(scenario.name, scenario.title)
-    server: Served | None = None
+) -> tuple[Target, int | None, str | None]:
+    """(where to send load, the gateway's pid, the core the load generator runs on)."""
+    if scenario.command is None:
+        # no gateway: the load generator takes the gateway's core
+        return Target(upstream.port, scenario.model, scenario.key), None, gateway_core
+    if ctx.redis_url and scenario.needs_redis:
+        _flush_redis(ctx.redis_url)
+    port = free_port()
+    argv, env = scenario.command(ctx if scenario.needs_redis else _no_redis(ctx), port)
+    target = Target(port, scenario.model, scenario.key, polyroute=scenario.is_polyroute)
+    server = start(
+        scenario.name, argv, port=port, env=env, core=gateway_core, log_dir=work_dir,
+        probe=(PATH, target.body(False), target.headers()),
+    )
+    servers[scenario.name] = server
+    result.startup_s = server.startup_s
+    time.sleep(1.0)
+    result.rss_idle_mb = rss_mb(server.pid)
+    return target, server.pid, client_core
+
+
+def _load(
+    results: dict[str, ScenarioResult],
+    servers: dict[str, Served],
+    targets: dict[str, tuple[Target, int | None, str | None]],
+    scenario: Scenario,
+    workload: Workload,
+    concurrency: int,
+    seconds: int,
+    core: str | None,
+    pid: int | None,
+    round_no: int,
+) -> None:
+    """One wrk run, kept in the scenario's results (round -1: warm-up, not kept); a failure takes the scenario out."""
+    target = targets[scenario.name][0]
     try:
-        if scenario.command is None:
-            target = Target(upstream.port, scenario.model, scenario.key)
-            load_core = gateway_core  # no gateway: the load generator takes the gateway's core
-            pid = None
-        else:
-            if ctx.redis_url and scenario.needs_redis:
-                _flush_redis(ctx.redis_url)
-            port = free_port()
-            argv, env = scenario.command(ctx if scenario.needs_redis else _no_redis(ctx), port)
-            target = Target(port, scenario.model, scenario.key)
-            server = start(
-                scenario.name, argv, port=port, env=env, core=gateway_core, log_dir=work_dir,
-                probe=(PATH, target.body(False), target.headers()),
-            )
-            result.startup_s = server.startup_s
-            time.sleep(1.0)
-            result.rss_idle_mb = rss_mb(server.pid)
-            load_core = client_core
-            pid = server.pid
-        for stream in (False, True):
-            run_wrk(target, stream=stream, concurrency=16, seconds=plan.warmup_s, core=load_core, gateway_pid=None)
-            for concurrency in plan.concurrency:
-                load = run_wrk(
-                    target, stream=stream, concurrency=concurrency, seconds=plan.seconds, core=load_core,
-                    gateway_pid=pid,
-                )
-                result.loads.append(load)
+        load = run_wrk(target, stream=workload.stream, concurrency=concurrency, seconds=seconds, core=core,
+                       gateway_pid=pid, workload=workload, round_no=round_no)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        _fail(results[scenario.name], err, servers.get(scenario.name))
+        del targets[scenario.name]
+        return
+    if round_no < 0:
+        return
+    results[scenario.name].loads.append(load)
+    print(
+        f"  {scenario.name:<16} {workload.name:<22} c={concurrency:<3} {load.rps:9.0f} req/s  "
+        f"p50 {load.p50_ms:7.2f} ms  p99 {load.p99_ms:7.2f} ms  "
+        f"CPU/req {load.cpu_us_per_req or 0:7.0f} us  non-2xx {load.non_2xx}",
+        flush=True,
+    )
+
+
+def _fail(result: ScenarioResult, err: BaseException, server: Served | None) -> None:
+    result.error = f"{type(err).__name__}: {err}"
+    print(f"  {result.name} failed: {result.error}", flush=True)
+    if server is not None:
+        print(server.log.read_text()[-3000:], flush=True)
+
+
+def run_streams(chosen: list[Scenario], plan: Plan, work_dir: Path) -> list[StreamsLevel]:
+    """Long-lived streams from a slow upstream: at each level, every gateway in turn (the floor first)."""
+    names = [s for s in chosen if s.name in AGENT_SCENARIOS]
+    if not names:
+        return []
+    client_core, gateway_core = cores()
+    port = free_port()
+    slow = start(
+        "slow-upstream",
+        [sys.executable, "-m", "bench.upstream", "--port", str(port), "--interval-ms", str(plan.stream_interval_ms),
+         "--tokens", str(plan.stream_tokens)],
+        port=port, env={"PYTHONPATH": str(REPO)}, core=client_core, log_dir=work_dir, probe=None,
+    )
+    ctx = Context(upstream_url=f"http://{HOST}:{port}", redis_url=None, work_dir=work_dir)
+    servers: dict[str, Served] = {}
+    targets: dict[str, tuple[Target, int | None, str | None]] = {}
+    levels: list[StreamsLevel] = []
+    duration = plan.stream_tokens * plan.stream_interval_ms / 1000
+    try:
+        for scenario in names:
+            try:
+                targets[scenario.name] = _start(scenario, ctx, slow, servers, ScenarioResult(scenario.name, ""),
+                                                client_core, gateway_core, work_dir)
+            except (StartError, OSError, subprocess.SubprocessError) as err:
+                print(f"  long streams: {scenario.name} failed to start: {err}", flush=True)
+        print("bench: long-lived streams", flush=True)
+        for streams in plan.stream_levels:
+            for scenario in names:
+                if scenario.name not in targets:
+                    continue
+                target, pid, _ = targets[scenario.name]
+                argv = [sys.executable, "-m", "bench.longstreams", "--port", str(target.port), "--streams",
+                        str(streams), "--model", target.model, "--key", target.key, "--duration", str(duration)]
+                if pid is not None:
+                    argv += ["--pid", str(pid)]
+                if client_core is not None:
+                    argv = ["taskset", "-c", client_core, *argv]
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=duration * 3 + 60, check=False,
+                                      env={**os.environ, "PYTHONPATH": str(REPO)})
+                line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_STREAMS ")), None)
+                if done.returncode != 0 or line is None:
+                    print(f"  long streams: {scenario.name} at {streams}: client failed: {done.stderr[-2000:]}",
+                          flush=True)
+                    levels.append(StreamsLevel(scenario.name, streams, 0, streams, 0, 0.0, 0.0, 0, None, 0.0))
+                    continue
+                level = StreamsLevel(scenario=scenario.name, streams=streams,
+                                     **json.loads(line.removeprefix("BENCH_STREAMS ")))
+                levels.append(level)
                 print(
-                    f"  {'stream' if stream else 'json  '} c={concurrency:<3} {load.rps:9.0f} req/s  "
-                    f"p50 {load.p50_ms:7.2f} ms  p99 {load.p99_ms:7.2f} ms  non-2xx {load.non_2xx}",
+                    f"  {scenario.name:<16} {streams:5d} streams  gaps p50 {level.gap_p50_ms:6.2f} ms  "
+                    f"p99 {level.gap_p99_ms:6.2f} ms  CPU/chunk {level.cpu_us_per_chunk or 0:6.1f} us  "
+                    f"failed {level.failed}",
                     flush=True,
                 )
-        result.plain = measure_sequential(target, stream=False, count=plan.sequential)
-        result.ttft = measure_sequential(target, stream=True, count=plan.sequential)
-        if server is not None:
-            result.rss_after_mb = rss_mb(server.pid)
-            if plan.leak_requests and scenario.name == "polyroute":
-                result.leak = _leak_check(target, plan, client_core, server)
-    except (StartError, RuntimeError, OSError, subprocess.SubprocessError) as err:
-        result.error = f"{type(err).__name__}: {err}"
-        print(f"  failed: {result.error}", flush=True)
-        if server is not None:
-            print(server.log.read_text()[-3000:], flush=True)
+        return levels
     finally:
-        if server is not None:
+        for server in servers.values():
             server.stop()
-    return result
+        slow.stop()
 
 
 def _leak_check(target: Target, plan: Plan, core: str | None, server: Served) -> list[tuple[int, float]]:

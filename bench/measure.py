@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.procs import HOST, cpu_seconds
+from bench.workloads import NON_STREAM, STREAM, Workload
 
 LUA = Path(__file__).with_name("post.lua")
 PATH = "/v1/chat/completions"
+NATIVE_MODEL = "bench-messages"  # polyroute's alias whose provider speaks Messages itself (bench/policy.yaml)
 
 
 @dataclass(frozen=True)
@@ -25,16 +27,13 @@ class Target:
     port: int
     model: str
     key: str = ""
+    polyroute: bool = False
 
     def body(self, stream: bool) -> bytes:
-        data: dict[str, object] = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": "Say a few words for the benchmark."}],
-            "max_tokens": 32,
-        }
-        if stream:
-            data["stream"] = True
-        return json.dumps(data, separators=(",", ":")).encode()
+        return self.workload_body(STREAM if stream else NON_STREAM)
+
+    def workload_body(self, workload: Workload) -> bytes:
+        return workload.body(NATIVE_MODEL if workload.native and self.polyroute else self.model)
 
     def headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.key}"} if self.key else {}
@@ -54,22 +53,38 @@ class LoadResult:
     socket_errors: int
     cpu_cores: float | None  # gateway CPU time / wall time (1.0 = one core busy)
     cpu_us_per_req: float | None
+    workload: str = ""
+    round: int = 0
 
 
 def run_wrk(
-    target: Target, *, stream: bool, concurrency: int, seconds: int, core: str | None, gateway_pid: int | None
+    target: Target,
+    *,
+    stream: bool,
+    concurrency: int,
+    seconds: int,
+    core: str | None,
+    gateway_pid: int | None,
+    workload: Workload | None = None,
+    round_no: int = 0,
 ) -> LoadResult:
     """A bounded wrk run (one thread, `concurrency` keep-alive connections), the gateway's CPU measured around it."""
+    work = workload or (STREAM if stream else NON_STREAM)
+    body_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"polyroute-bench-{os.getpid()}-{target.port}-{work.name}.json"
+    body_file.write_bytes(target.workload_body(work))
     argv = [
         "wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "30s", "--latency", "-s", str(LUA),
-        f"http://{HOST}:{target.port}{PATH}",
+        f"http://{HOST}:{target.port}{work.path}",
     ]
     if core is not None:
         argv = ["taskset", "-c", core, *argv]
-    env = {**os.environ, "BENCH_BODY": target.body(stream).decode(), "BENCH_AUTH": target.key}
+    env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTH": target.key}
     cpu_before = cpu_seconds(gateway_pid) if gateway_pid else None
     began = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    try:
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    finally:
+        body_file.unlink(missing_ok=True)
     wall = time.perf_counter() - began
     cpu_used = cpu_seconds(gateway_pid) - cpu_before if gateway_pid and cpu_before is not None else None
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -79,8 +94,10 @@ def run_wrk(
     requests = int(data["requests"])
     duration_s = data["duration_us"] / 1e6
     return LoadResult(
+        workload=work.name,
+        round=round_no,
         concurrency=concurrency,
-        stream=stream,
+        stream=work.stream,
         requests=requests,
         rps=requests / duration_s if duration_s else 0.0,
         p50_ms=data["p50_us"] / 1000,

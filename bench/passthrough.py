@@ -14,12 +14,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 
 UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:9000")
+# As many upstream connections as polyroute's bench policy allows (`max_connections`), so long-lived streams queue
+# in neither.
+MAX_CONNECTIONS = 4096
 session: dict[str, aiohttp.ClientSession] = {}
 
 
 @asynccontextmanager
 async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-    session["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200))
+    session["s"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS))
     yield
     await session["s"].close()
 
@@ -28,9 +31,10 @@ app = FastAPI(lifespan=lifespan)
 
 
 @app.post("/v1/chat/completions")
+@app.post("/v1/messages")
 async def chat(request: Request) -> Response:
     body = await request.body()
-    resp = await session["s"].post(UPSTREAM + "/v1/chat/completions", data=body,
+    resp = await session["s"].post(UPSTREAM + request.url.path, data=body,
                                    headers={"content-type": "application/json"})
     if not resp.headers.get("content-type", "").startswith("text/event-stream"):
         data = await resp.read()

@@ -1,8 +1,11 @@
--- wrk script: POST one OpenAI chat-completion body (BENCH_BODY, with an optional key in BENCH_AUTH) and print the
--- run's numbers as one JSON line for bench/run to read.
+-- wrk script: POST one request body (read from the file BENCH_BODY_FILE, with an optional key in BENCH_AUTH) and
+-- print the run's numbers as one JSON line for bench/run to read.
+local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
 wrk.method = "POST"
-wrk.body = os.getenv("BENCH_BODY")
+wrk.body = f:read("*a")
+f:close()
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["anthropic-version"] = "2023-06-01"
 local auth = os.getenv("BENCH_AUTH")
 if auth ~= nil and auth ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. auth

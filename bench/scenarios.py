@@ -106,6 +106,12 @@ def _polyroute_traced(ctx: Context, port: int) -> tuple[list[str], dict[str, str
     return argv, env
 
 
+def _polyroute_two_workers(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    argv, env = _polyroute(ctx, port)
+    argv[argv.index("--workers") + 1] = "2"
+    return argv, env
+
+
 DIRECT = Scenario("direct", "direct to the upstream (floor)")
 PASSTHROUGH = Scenario("passthrough", "FastAPI + aiohttp pass-through", command=_passthrough)
 LITELLM = Scenario("litellm", "LiteLLM proxy 1.106.2", key=LITELLM_KEY, command=_litellm)
@@ -130,6 +136,19 @@ POLYROUTE_TRACED = Scenario(
     "polyroute-traced", "polyroute, full pipeline, in-process store, 100% of requests traced (OTLP)", model="bench",
     key=TENANT_KEY, command=_polyroute_traced, is_polyroute=True,
 )
+# Two workers on the one gateway core: CPU per request must not rise with workers (req/s cannot show scaling here).
+POLYROUTE_2W = Scenario(
+    "polyroute-2w", "polyroute, full pipeline, in-process store, --workers 2", model="bench", key=TENANT_KEY,
+    command=_polyroute_two_workers, is_polyroute=True,
+)
 ALL = (
-    DIRECT, PASSTHROUGH, LITELLM, POLYROUTE, POLYROUTE_SQLITE, POLYROUTE_REDIS, POLYROUTE_SHADOW, POLYROUTE_TRACED,
+    DIRECT,
+    PASSTHROUGH,
+    LITELLM,
+    POLYROUTE,
+    POLYROUTE_SQLITE,
+    POLYROUTE_REDIS,
+    POLYROUTE_SHADOW,
+    POLYROUTE_TRACED,
+    POLYROUTE_2W,
 )

@@ -270,7 +270,7 @@ def report(seed: int, latency: str = SPILL_LATENCY, fill: str = SPILL_FILL) -> s
     ]
     results = [Simulation(table, alias, name, affinity=aff, seed=seed).run() for name, alias, aff in runs]
     rows = [r.row() for r in results]
-    lat, lat_random, fill, _, _, cloud = results[:6]
+    lat, lat_random, filled, _, _, cloud = results[:6]
     weighted = results[6]
     scenario = (
         f"{DURATION_S / 60:.0f} simulated minutes; 2 local replicas x {SLOTS} slots (prefill {PREFILL_TOK_S:.0f} tok/s,"
@@ -288,8 +288,8 @@ def report(seed: int, latency: str = SPILL_LATENCY, fill: str = SPILL_FILL) -> s
         "Against the issue's targets: "
         f"latency marks cost {100 * (1 - lat.cost_usd / cloud.cost_usd):.0f}% less than cloud only "
         f"(target >= 30%) at a p95 TTFT {100 * slower:.0f}% above it (target <= 10%: {verdict}); "
-        f"fill marks use the local GPUs {100 * fill.utilisation:.0f}% (target >= 80%) "
-        f"with p95 {fill.p95():.2f}s (SLO {SLO_TTFT_P95_S}s); spill transitions per minute are in the table "
+        f"fill marks use the local GPUs {100 * filled.utilisation:.0f}% (target >= 80%) "
+        f"with p95 {filled.p95():.2f}s (SLO {SLO_TTFT_P95_S}s); spill transitions per minute are in the table "
         "(target <= 1); session affinity raises the local "
         f"prefix-cache hit rate {lat.hit_rate() / lat_random.hit_rate():.1f}x over least-loaded placement without a "
         f"key and {lat.hit_rate() / weighted.hit_rate():.1f}x over weighted random placement (target >= 2x)."

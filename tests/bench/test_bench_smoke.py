@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = ("direct", "passthrough", "polyroute", "polyroute-redis")
+SCENARIOS = ("direct", "passthrough", "polyroute", "polyroute-redis", "polyroute-2w")
+AGENT_WORKLOADS = {"chat-100k", "chat-1m", "messages-100k", "messages-100k-relayed", "stream-2000"}
 
 
 @pytest.mark.timeout(420)
@@ -34,15 +35,25 @@ def test_smoke_run_reports_every_scenario_without_failed_requests(tmp_path: Path
     for name in SCENARIOS:
         assert name in rows, f"no summary row for {name}:\n{summary}"
         assert rows[name].rstrip().endswith("| 0 / 0 |"), rows[name]
-    assert "## Targets" in text
+    for section in ("## Coding-agent workloads", "## Long-lived streams", "## Targets"):
+        assert section in text
 
     [raw] = tmp_path.glob("smoke-*.json")
     results = json.loads(raw.read_text())
-    assert [r["name"] for r in results] == list(SCENARIOS)
-    for result in results:
+    scenarios = results["scenarios"]
+    assert [r["name"] for r in scenarios] == list(SCENARIOS)
+    for result in scenarios:
         assert result["error"] is None
-        assert len(result["loads"]) == 6  # concurrency 1, 16, 64 x non-stream and stream
+        workloads = {load["workload"] for load in result["loads"]}
+        assert {"non-stream", "stream"} <= workloads
+        if result["name"] in ("direct", "passthrough", "polyroute"):
+            assert workloads >= AGENT_WORKLOADS, workloads
         for load in result["loads"]:
             assert load["requests"] > 0
-            assert load["non_2xx"] == 0 and load["socket_errors"] == 0
+            assert load["non_2xx"] == 0 and load["socket_errors"] == 0, load
         assert result["ttft"]["failures"] == 0 and result["ttft"]["samples"] > 0
+    streams = results["long_streams"]
+    assert {s["scenario"] for s in streams} == {"direct", "passthrough", "polyroute"}
+    for level in streams:
+        assert level["failed"] == 0 and level["completed"] == level["streams"], level
+        assert level["chunks"] > 0

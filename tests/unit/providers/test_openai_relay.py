@@ -72,3 +72,25 @@ async def test_a_stream_split_anywhere_is_relayed_as_the_same_events(
         assert await exchange(provider, call_for(endpoint, stream=True)) == relayed
     finally:
         await provider.close()
+
+
+COMPACT_CONTENT = b'data: {"choices":[{"index":0,"delta":{"content":"w "},"finish_reason":null}]}\n\n'
+MANY_TOKENS = (
+    COMPACT_CONTENT * 50
+    + b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason": null}]}\n\n'
+    + COMPACT_CONTENT * 3
+    + b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n'
+    + b"data: [DONE]\n\n"
+)
+
+
+@pytest.mark.parametrize("piece", [5, 100, 1 << 20], ids=lambda n: f"{n}-bytes-a-write")
+async def test_many_tokens_in_one_read_are_relayed_as_they_came_and_the_stream_still_ends(
+    serve: Serve, piece: int
+) -> None:
+    up = await serve(split_stream(MANY_TOKENS, piece))
+    provider = provider_for(up)
+    try:
+        assert await exchange(provider, call_for(Endpoint.CHAT, stream=True)) == MANY_TOKENS
+    finally:
+        await provider.close()
