@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = ("direct", "passthrough", "polyroute", "polyroute-redis", "polyroute-2w")
+SCENARIOS = (
+    "direct", "passthrough", "polyroute", "polyroute-sqlite", "polyroute-redis", "polyroute-shadow", "polyroute-traced",
+    "polyroute-2w",
+)
 AGENT_WORKLOADS = {"chat-100k", "chat-1m", "messages-100k", "messages-100k-relayed", "stream-2000"}
 
 
