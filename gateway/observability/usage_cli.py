@@ -13,7 +13,7 @@ from gateway.observability.usage_report import MAX_DAYS, summarize
 from gateway.settings import Settings
 from gateway.state.factory import create_state_store
 
-_TIMEOUT = aiohttp.ClientTimeout(total=30)
+_TIMEOUT_S = 30.0
 _COLUMNS = (
     "requests",
     "errors",
@@ -33,7 +33,10 @@ async def run_usage(settings: Settings, days: int, group_by: str, url: str | Non
     if url is None and settings.redis_url is None:
         url = f"http://{settings.host}:{settings.port}"
     if url is not None:
-        report = await _from_gateway(url, settings.admin_key, days, group_by)
+        params = {"days": str(days), "group_by": group_by}
+        report = await fetch_admin(
+            url, "/admin/usage", params, settings.admin_key, total_s=_TIMEOUT_S, direct="POLYROUTE_REDIS_URL"
+        )
     else:
         report = await _from_store(settings, days, group_by)
     if as_json:
@@ -60,20 +63,28 @@ async def _from_store(settings: Settings, days: int, group_by: str) -> dict[str,
     return report
 
 
-async def _from_gateway(url: str, admin_key: str | None, days: int, group_by: str) -> dict[str, Any]:
+async def fetch_admin(
+    url: str,
+    path: str,
+    params: dict[str, str],
+    admin_key: str | None,
+    *,
+    total_s: float,
+    direct: str,
+) -> dict[str, Any]:
+    """GET an admin report from a running gateway (the CLI's `--url`); `direct` names what reads the store instead."""
     headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
-    params = {"days": str(days), "group_by": group_by}
-    endpoint = f"{url.rstrip('/')}/admin/usage"
+    endpoint = f"{url.rstrip('/')}{path}"
     try:
         async with (
-            aiohttp.ClientSession(timeout=_TIMEOUT) as session,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=total_s)) as session,
             session.get(endpoint, params=params, headers=headers) as resp,
         ):
             body = await resp.read()
             status = resp.status
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise PolyrouteError(
-            f"cannot reach a gateway at {url} ({type(exc).__name__}); pass --url, or set POLYROUTE_REDIS_URL "
+            f"cannot reach a gateway at {url} ({type(exc).__name__}); pass --url, or set {direct} "
             "to read the shared store directly"
         ) from None
     if status != 200:

@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.errors import PolyrouteError
+from gateway.observability.usage_cli import fetch_admin
 from gateway.policy.table import PolicyTable
 from gateway.portability.drill import vendor_drill
 from gateway.portability.lockin import lockin_report
@@ -24,7 +24,7 @@ from gateway.settings import Settings
 from gateway.state.base import RoutingFactRow, RoutingFacts, StateStore, UsageRow
 from gateway.state.facts import FACT_RETENTION_DAYS
 
-_TIMEOUT = aiohttp.ClientTimeout(total=60)
+_TIMEOUT_S = 60.0
 DRILL_FAILED = 3  # the exit status of a drill in which a critical alias loses too much: a CI step fails on it
 
 
@@ -172,29 +172,6 @@ async def _report(
 
 
 async def _from_gateway(url: str, path: str, params: dict[str, str], admin_key: str | None) -> dict[str, Any]:
-    headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
-    endpoint = f"{url.rstrip('/')}{path}"
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=_TIMEOUT) as session,
-            session.get(endpoint, params=params, headers=headers) as resp,
-        ):
-            body = await resp.read()
-            status = resp.status
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise PolyrouteError(
-            f"cannot reach a gateway at {url} ({type(exc).__name__}); pass --url, or set POLYROUTE_REDIS_URL and "
-            "POLYROUTE_POLICY to read the shared store directly"
-        ) from None
-    if status != 200:
-        raise PolyrouteError(f"{endpoint} answered {status}: {_error_message(body)}")
-    data: dict[str, Any] = orjson.loads(body)
-    return data
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        message = orjson.loads(body)["error"]["message"]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        return body[:300].decode(errors="replace")
-    return str(message)
+    return await fetch_admin(
+        url, path, params, admin_key, total_s=_TIMEOUT_S, direct="POLYROUTE_REDIS_URL and POLYROUTE_POLICY"
+    )
