@@ -15,7 +15,7 @@ from gateway.api.session import leading_key, session_key
 from gateway.errors import BadRequestError
 from gateway.policy.plan import RequestFacts
 from gateway.policy.table import Tenant
-from gateway.providers.base import Endpoint
+from gateway.providers.base import Endpoint, Upload, Usage
 
 _HINT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_TAGS = 16
@@ -54,6 +54,8 @@ class ParsedRequest:
     data_class: str | None
     tags: frozenset[str]
     session: str | None = None  # affinity key (gateway.api.session)
+    upload: Upload | None = None  # a transcription's audio file (its other fields are in `body`)
+    metered: Usage | None = None  # what the request itself tells of its use: seconds of a WAV, characters to speak
 
 
 def json_object(raw: bytes) -> dict[str, Any]:

@@ -32,6 +32,7 @@ def check_policy(parsed: ParsedPolicy) -> list[Problem]:
     found += _check_deployments(spec.deployments, names["providers"], names["deployments"])
     found += _check_aliases(spec.aliases, names["deployments"])
     found += _check_alias_kinds(spec.aliases, spec.deployments)
+    found += _check_audio_providers(spec.deployments, spec.providers)
     found += _check_rules(dict(zip(parsed.rule_index, spec.rules, strict=True)), names)
     found += _check_fallback(spec.fallback)
     found += _check_tenants(spec.tenants, names["aliases"])
@@ -185,6 +186,17 @@ def _check_alias_kinds(aliases: Mapping[str, AliasSpec], deployments: Mapping[st
                     f"deployment {target!r} is kind {d.kind}, the alias's first target is kind {first}",
                 ))
     return problems
+
+
+def _check_audio_providers(
+    deployments: Mapping[str, DeploymentSpec], providers: Mapping[str, ProviderSpec]
+) -> list[Problem]:
+    """Transcription and speech are relayed to OpenAI-compatible servers; litellm's translation is chat-only here."""
+    return [
+        Problem(("deployments", name, "kind"), f"{d.kind} is served only by a provider of type openai")
+        for name, d in deployments.items()
+        if d.kind in ("transcription", "speech") and d.provider in providers and providers[d.provider].type != "openai"
+    ]
 
 
 def _check_aliases(aliases: Mapping[str, AliasSpec], deployments: frozenset[str]) -> list[Problem]:

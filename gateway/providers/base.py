@@ -118,6 +118,15 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file a client uploaded (a transcription's audio), sent on in a multipart body beside the JSON fields."""
+
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
 @dataclass
 class UpstreamCall:
     """One attempt: which deployment, which endpoint, the JSON body to send (model already rewritten)."""
@@ -131,6 +140,7 @@ class UpstreamCall:
     request_id: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
     trace_headers: tuple[tuple[str, str], ...] = ()  # W3C trace context of the attempt's span, when tracing is on
+    upload: Upload | None = None  # sent as multipart/form-data with `body`'s fields (transcription)
 
 
 @dataclass
