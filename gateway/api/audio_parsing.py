@@ -10,7 +10,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import Headers
 
-from gateway.api.parsing import ParsedRequest, json_object, read_hints
+from gateway.api.parsing import ParsedRequest, json_object, parse_request, read_hints
 from gateway.errors import BadRequestError
 from gateway.providers.base import Endpoint, Upload, Usage
 
@@ -28,6 +28,20 @@ def parse_transcription(raw: bytes, headers: Headers) -> ParsedRequest:
     fields, upload = _read_form(raw, headers.get("content-type", ""))
     if upload is None:
         raise BadRequestError("'file' is required: the audio file to transcribe, as a file part.", param="file")
+    return _transcription(fields, headers, upload)
+
+
+def explained_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedRequest:
+    """A body as `route explain` reads it: as served, except a transcription's, which is a JSON object of its form's
+    text fields (routing never reads the audio file)."""
+    if endpoint is Endpoint.SPEECH:
+        return parse_speech(raw, headers)
+    if endpoint is Endpoint.TRANSCRIPTION:
+        return _transcription(json_object(raw), headers, None)
+    return parse_request(raw, endpoint, headers)
+
+
+def _transcription(fields: dict[str, Any], headers: Headers, upload: Upload | None) -> ParsedRequest:
     model = fields.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("You must provide a model parameter (a non-empty string).", param="model")
@@ -40,7 +54,7 @@ def parse_transcription(raw: bytes, headers: Headers) -> ParsedRequest:
         _number(fields["temperature"], "temperature", 0.0, 1.0)
     if fields.get("stream") not in (None, "false", "False"):
         raise BadRequestError("Streamed transcriptions are not relayed; leave 'stream' out.", param="stream")
-    seconds = wav_seconds(upload.data)
+    seconds = wav_seconds(upload.data) if upload is not None else None
     prompt = fields.get("prompt")
     return _parsed(Endpoint.TRANSCRIPTION, fields, model, headers, len(prompt) if isinstance(prompt, str) else 0,
                    upload=upload, metered=None if seconds is None else Usage(audio_seconds=seconds))

@@ -287,3 +287,20 @@ def test_bad_uploads_are_400s_naming_the_field(audio: Audio) -> None:
         with pytest.raises(openai.BadRequestError) as missing:
             client.audio.speech.create(model="tts", voice="alloy", input="")
         assert missing.value.param == "input"
+
+
+def explain(audio: Audio, endpoint: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        audio.gateway.url(f"/admin/routes/explain?endpoint={endpoint}&tenant=team"), data=json.dumps(body).encode(),
+        method="POST", headers={"authorization": "Bearer adm", "content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_route_explain_knows_audio(audio: Audio) -> None:
+    assert explain(audio, "transcription", {"model": "stt", "language": "en"})["attempts"] == ["whisper-a", "whisper-b"]
+    assert explain(audio, "speech", {"model": "tts", "input": "hi", "voice": "alloy"})["attempts"] == ["voice"]
+    spoken = explain(audio, "chat", {"model": "talk", "modalities": ["text", "audio"],
+                                     "messages": [{"role": "user", "content": "hi"}]})
+    assert spoken["attempts"] == ["omni"]
+    assert spoken["excluded"] == [{"deployment": "text-local", "reason": "capabilities (lacks audio_out)"}]
