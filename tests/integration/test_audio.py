@@ -154,6 +154,21 @@ def test_input_audio_goes_to_a_target_that_hears(audio: Audio) -> None:
     assert audio.cloud.stats()["last_body"]["messages"][0]["content"][0]["input_audio"]["data"] == clip
 
 
+def test_video_parts_go_unchanged_to_a_target_that_sees_video(audio: Audio) -> None:
+    frames = {"type": "video", "video": ["http://127.0.0.1:9/f1.jpg", "http://127.0.0.1:9/f2.jpg"]}
+    clip = {"type": "video_url", "video_url": {"url": "http://127.0.0.1:9/clip.mp4"}}
+    with audio.client() as client:
+        for part in (frames, clip):
+            messages: Any = [{"role": "user", "content": [part, {"type": "text", "text": "what happens?"}]}]
+            raw = client.chat.completions.with_raw_response.create(model="talk", messages=messages, stream=True)
+            with raw.parse() as stream:
+                assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices).endswith("what happens?")
+            assert raw.headers["x-polyroute-deployment"] == "omni"
+            assert audio.cloud.stats()["last_body"]["messages"][0]["content"][0] == part
+        with pytest.raises(openai.BadRequestError, match="no target of alias plain supports video_in"):
+            client.chat.completions.create(model="plain", messages=messages)
+
+
 def test_no_capable_target_is_a_400_naming_the_capability(audio: Audio) -> None:
     with audio.client() as client, pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="plain", messages=[{"role": "user", "content": "hi"}],
