@@ -11,6 +11,8 @@ from gateway.policy.loader import load_policy_text
 from gateway.policy.plan import HealthSnapshot, RequestFacts
 from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import PolicyTable
+from gateway.portability.whatif import price_change
+from gateway.state.base import UsageRow
 
 FX = CurrencyRates(usd_per_cny=0.14, usd_per_eur=1.08)
 
@@ -93,3 +95,15 @@ def test_audio_token_prices_need_text_prices() -> None:
     bad = POLICY.replace("input_per_mtok: 1.0, output_per_mtok: 4.0, ", "")
     with pytest.raises(PolicyError, match=r"deployments\.omni\.price: give input_per_mtok and output_per_mtok"):
         load_policy_text(bad, {}, fx=FX)
+
+
+def test_what_if_prices_recorded_audio_at_the_new_prices(table: PolicyTable) -> None:
+    recorded = [
+        UsageRow(day="2026-12-01", tenant="t", alias="stt", deployment="whisper", provider="gpu", vendor="self",
+                 hosting="self_hosted", jurisdiction="onprem", requests=3, cost_usd=0.0, audio_seconds=120.0),
+        UsageRow(day="2026-12-01", tenant="t", alias="tts", deployment="voice", provider="cloud", vendor="alibaba",
+                 hosting="cloud", jurisdiction="sg", requests=1, cost_usd=0.0, characters=1000),
+    ]
+    report = price_change(table, recorded, now=0.0)
+    assert report["aliases"]["stt"]["now_usd"] == pytest.approx(0.012)
+    assert report["aliases"]["tts"]["now_usd"] == pytest.approx(0.015)
