@@ -182,7 +182,7 @@ class _Form:
         data = b"".join(self._data)
         if field == "file" and b"filename" in options:
             if self.upload is not None:
-                raise MultipartParseError("more than one 'file' part")
+                raise BadRequestError("Only one 'file' part may be sent.", param="file")
             ctype = self._headers.get(b"content-type", b"application/octet-stream").decode("latin-1")
             self.upload = Upload(filename=options[b"filename"].decode("utf-8", "replace"), content_type=ctype,
                                  data=data)
@@ -190,7 +190,7 @@ class _Form:
         try:
             value = data.decode("utf-8")
         except UnicodeDecodeError:
-            raise MultipartParseError(f"field '{field[:64]}' is not UTF-8 text") from None
+            raise BadRequestError(f"'{field[:64]}' is not UTF-8 text.", param=field[:64]) from None
         if len(self.fields) >= MAX_FIELDS and field not in self.fields:
             raise MultipartParseError(f"more than {MAX_FIELDS} fields")
         known = self.fields.get(field)

@@ -27,5 +27,12 @@ def test_a_second_file_part_is_refused() -> None:
     boundary = content_type.split("=")[1].encode()
     extra = (b'--%s\r\nContent-Disposition: form-data; name="file"; filename="b.wav"\r\n\r\n2\r\n' % boundary)
     doubled = body.replace(b"--%s--" % boundary, extra + b"--%s--" % boundary)
-    with pytest.raises(BadRequestError, match="more than one 'file' part"):
+    with pytest.raises(BadRequestError, match="Only one 'file' part"):
         parse_transcription(doubled, Headers({"content-type": content_type}))
+
+
+def test_a_field_that_is_not_text_is_a_400_naming_it() -> None:
+    body = b'--b\r\nContent-Disposition: form-data; name="language"\r\n\r\n\xff\xfe\r\n--b--\r\n'
+    with pytest.raises(BadRequestError) as caught:
+        parse_transcription(body, Headers({"content-type": "multipart/form-data; boundary=b"}))
+    assert caught.value.param == "language"
