@@ -40,6 +40,15 @@ def decide(
         raise PermissionDeniedError(
             f"Tenant '{facts.tenant}' may not use the model '{facts.alias}'.", param="model"
         )
+    kind = ENDPOINT_KINDS.get(facts.endpoint, "chat")
+    served = _kind(alias, table)
+    if served != kind:
+        raise BadRequestError(
+            f"The model '{alias.name}' is a {served} model (its deployments are `kind: {served}`); it cannot serve "
+            f"{facts.endpoint} requests.",
+            param="model",
+            code="model_kind_mismatch",
+        )
     applied: list[Rule] = []
     route_alias = alias
     route_name = f"alias:{alias.name}"
@@ -47,17 +56,12 @@ def decide(
         if not matches(rule.when, facts):
             continue
         applied.append(rule)
-        if rule.route is not None and route_name.startswith("alias:"):
+        # A rule routes only requests of its alias's kind (a transcription never goes to a chat alias).
+        if rule.route is not None and route_name.startswith("alias:") and (
+            _kind(table.aliases[rule.route], table) == kind
+        ):
             route_alias = table.aliases[rule.route]
             route_name = rule.name
-    kind = table.deployments[route_alias.targets[0]].kind  # one kind per alias (policy checks)
-    if kind != ENDPOINT_KINDS.get(facts.endpoint, "chat"):
-        raise BadRequestError(
-            f"The model '{route_alias.name}' is a {kind} model (its deployments are `kind: {kind}`); "
-            f"it cannot serve {facts.endpoint} requests.",
-            param="model",
-            code="model_kind_mismatch",
-        )
 
     eligible: list[Deployment] = []
     excluded: list[Exclusion] = []
@@ -115,6 +119,11 @@ def decide(
         estimated_cost_usd=costs,
         affinity_hit=None if spill is None else spill.affinity_hit,
     )
+
+
+def _kind(alias: Alias, table: PolicyTable) -> str:
+    """The kind of request an alias serves: its targets' (one kind per alias, as policy checks ensure)."""
+    return table.deployments[alias.targets[0]].kind
 
 
 def _unsupported(needs: frozenset[str], alias: Alias, table: PolicyTable) -> list[str]:

@@ -206,9 +206,9 @@ class DeploymentSpec(SpecModel):
     capabilities: StrList = Field(default_factory=list)
     max_output_tokens: PositiveInt | None = None
     thinking: ThinkingSpec | None = None
-    kind: Literal["chat", "image", "transcription", "speech"] = "chat"
     retires_on: date | None = None  # the vendor's announced retirement date (UTC)
     replaced_by: str | None = None  # the deployment to move to before then
+    kind: Literal["chat", "image", "transcription", "speech"] = "chat"  # the endpoints it serves
 
 
 _SPILL = Spillover()

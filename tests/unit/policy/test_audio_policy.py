@@ -34,6 +34,10 @@ aliases:
   plain: {targets: [text]}
   stt:   {targets: [whisper]}
   tts:   {targets: [voice]}
+rules:
+  - name: team-b-stays-local
+    when: {tenant: [team-b]}
+    route: plain
 """
 
 
@@ -60,17 +64,25 @@ def test_no_capable_target_is_a_400_naming_the_capability(table: PolicyTable) ->
 def test_a_request_to_an_alias_of_another_kind_is_a_400_naming_its_kind(table: PolicyTable) -> None:
     with pytest.raises(BadRequestError) as caught:
         decide(RequestFacts(alias="stt", tenant="t", endpoint="chat"), table, HealthSnapshot())
-    assert caught.value.status == 400
-    assert "is a transcription model" in caught.value.message
-    with pytest.raises(BadRequestError, match="is a chat model"):
+    assert caught.value.status == 400 and caught.value.code == "model_kind_mismatch"
+    assert "'stt'" in caught.value.message and "transcription" in caught.value.message
+    with pytest.raises(BadRequestError) as other:
         decide(RequestFacts(alias="talk", tenant="t", endpoint="speech"), table, HealthSnapshot())
+    assert other.value.code == "model_kind_mismatch" and "speech" in other.value.message
     plan = decide(RequestFacts(alias="tts", tenant="t", endpoint="speech"), table, HealthSnapshot())
     assert [d.name for d in plan.attempts] == ["voice"]
 
 
+def test_a_rule_routing_to_a_chat_alias_leaves_audio_requests_alone(table: PolicyTable) -> None:
+    chat = decide(RequestFacts(alias="talk", tenant="team-b"), table, HealthSnapshot())
+    assert chat.route == "team-b-stays-local"
+    spoken = decide(RequestFacts(alias="stt", tenant="team-b", endpoint="transcription"), table, HealthSnapshot())
+    assert [d.name for d in spoken.attempts] == ["whisper"]
+
+
 def test_an_alias_mixing_kinds_is_a_load_error() -> None:
     mixed = POLICY.replace("plain: {targets: [text]}", "plain: {targets: [text, whisper]}")
-    with pytest.raises(PolicyError, match=r"aliases\.plain\.targets\[1\]: deployment 'whisper' is kind transcription"):
+    with pytest.raises(PolicyError, match=r"aliases\.plain\.targets\[1\]: deployment 'whisper' is .*kind transcri"):
         load_policy_text(mixed, {}, fx=FX)
 
 
