@@ -9,7 +9,7 @@ import asyncio
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
@@ -31,8 +31,9 @@ from gateway.runtime import Runtime
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _EVENT_STREAM = content_type("text/event-stream")
 _MEDIA_TYPES: dict[str, bytes] = {}  # upstream content types, as sent back
-RequestParser = Callable[[bytes, Headers], ParsedRequest]
 SHADOW_CAPTURE_ITEMS = 20_000  # a sampled stream's relayed items kept for its shadow comparison, at most
+# A route's own reader of its body (images: JSON checked against the Images API, or multipart).
+BodyParser = Callable[[bytes, Headers], Awaitable[ParsedRequest]]
 
 
 class ProxyService:
@@ -50,12 +51,12 @@ class ProxyService:
             shadow=runtime.shadow,
         )
 
-    def route(self, endpoint: Endpoint, parse: RequestParser | None = None) -> ModelRoute:
-        """The ASGI app of one model route; `parse` reads a body that is not Chat-like JSON (an audio upload)."""
+    def route(self, endpoint: Endpoint, parse: BodyParser | None = None) -> ModelRoute:
+        """The ASGI app of one model route; `parse` reads its body (default: an OpenAI JSON body)."""
         return ModelRoute(self, endpoint, parse)
 
     async def handle(
-        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, parse: RequestParser | None = None
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, parse: BodyParser | None = None
     ) -> None:
         started = time.perf_counter()
         headers = Headers(scope=scope)
@@ -72,7 +73,7 @@ class ProxyService:
             tenant_name = tenant.name
             raw = await read_body(receive, headers, self._rt.settings.max_body_bytes)
             if parse is not None:
-                parsed = parse(raw, headers)
+                parsed = await parse(raw, headers)
             elif adapter is None:
                 parsed = parse_request(raw, endpoint, headers)
             else:
@@ -106,7 +107,7 @@ class ProxyService:
 class ModelRoute:
     """A model route as a plain ASGI app (a class, so that Starlette's router does not wrap it in a Request)."""
 
-    def __init__(self, proxy: ProxyService, endpoint: Endpoint, parse: RequestParser | None = None) -> None:
+    def __init__(self, proxy: ProxyService, endpoint: Endpoint, parse: BodyParser | None = None) -> None:
         self._proxy = proxy
         self._endpoint = endpoint
         self._parse = parse
