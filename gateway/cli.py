@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("file", type=Path, help="policy file or directory")
     explain.add_argument("--request", type=Path, required=True, help="request body JSON file ('-' for stdin)")
     explain.add_argument("--tenant", help="route as this tenant")
-    explain.add_argument("--endpoint", choices=["chat", "completion", "embedding"], default="chat")
+    explain.add_argument("--endpoint", choices=["chat", "completion", "embedding", "transcription", "speech"],
+                         default="chat", help="transcription: the body is a JSON object of the upload's text fields")
     explain.add_argument("--header", action="append", default=[], metavar="K=V", help="a request header")
 
     usage = sub.add_parser(
@@ -305,7 +306,8 @@ def _policy_check(path: Path) -> int:
 def _route_explain(args: argparse.Namespace) -> int:
     from starlette.datastructures import Headers
 
-    from gateway.api.parsing import parse_request, request_facts
+    from gateway.api.audio_parsing import explained_request
+    from gateway.api.parsing import request_facts
     from gateway.policy.engine import decide
     from gateway.policy.plan import HealthSnapshot
     from gateway.providers.base import Endpoint
@@ -326,7 +328,7 @@ def _route_explain(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(table.tenants)) or "none"
         print(f"error: unknown tenant {args.tenant!r} (tenants: {known}); pass --tenant", file=sys.stderr)
         return 2
-    parsed = parse_request(raw, Endpoint(args.endpoint), headers)
+    parsed = explained_request(raw, Endpoint(args.endpoint), headers)
     facts = request_facts(parsed, tenant)
     try:
         plan = decide(facts, table, HealthSnapshot(open_circuits=_shared_open_circuits(table), random_seed=0.0))

@@ -233,6 +233,7 @@ TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED, E
 
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 CONTENT_POLICY_VIOLATION = "content_policy_violation"
+UNSUPPORTED_CAPABILITY = "unsupported_capability"  # no target of the alias can do what the request needs (audio_out)
 # The OpenAI codes of the refusals a client can act on itself (shorten or compact the prompt, change its content).
 REQUEST_FAULT_CODES = {
     ErrorClass.CONTEXT_WINDOW: CONTEXT_LENGTH_EXCEEDED,

@@ -14,9 +14,10 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 
 from gateway.api.asgi_io import read_body
+from gateway.api.audio_parsing import explained_request
 from gateway.api.openapi import OPENAI_ERROR, error_responses, ref
 from gateway.api.openapi_security import admin_only
-from gateway.api.parsing import parse_request, request_facts
+from gateway.api.parsing import request_facts
 from gateway.errors import BadRequestError, NotFoundError, PolicyError, PolicyRejectedError
 from gateway.observability.usage_report import MAX_DAYS, dimensions, summarize
 from gateway.policy.engine import decide
@@ -67,6 +68,8 @@ class ExplainedEndpoint(StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     EMBEDDING = "embedding"
+    TRANSCRIPTION = "transcription"  # the body: a JSON object of the upload's text fields (no file)
+    SPEECH = "speech"
 
 
 EXPLAIN_BODY = {
@@ -119,7 +122,7 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
     ) -> RouteExplanation:
         """Dry-run a request body (and optional tenant/hints) through the same decision code, no upstream call."""
         raw = await read_body(request.receive, request.headers, runtime.settings.max_body_bytes)
-        parsed = parse_request(raw, Endpoint(endpoint.value), request.headers)
+        parsed = explained_request(raw, Endpoint(endpoint.value), request.headers)
         table = runtime.active.table
         caller = table.tenants.get(tenant) if tenant else table.anonymous_tenant()
         if caller is None:

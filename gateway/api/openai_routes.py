@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from starlette.routing import BaseRoute, Route
 
 from gateway.api.agent_routes import agent_routes
+from gateway.api.audio_routes import audio_routes
 from gateway.api.openapi import OPENAI_ERROR, error_responses
 from gateway.api.openapi_security import tenant_of
 from gateway.api.proxy import ProxyService
@@ -61,6 +62,7 @@ def model_routes(runtime: Runtime) -> list[BaseRoute]:
         Route("/v1/embeddings", proxy.route(Endpoint.EMBEDDING), methods=["POST"]),
         *router.routes,
         *agent_routes(runtime, proxy),
+        *audio_routes(proxy),
     ]
 
 

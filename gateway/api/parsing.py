@@ -15,11 +15,18 @@ from gateway.api.session import leading_key, session_key
 from gateway.errors import BadRequestError
 from gateway.policy.plan import RequestFacts
 from gateway.policy.table import Tenant
-from gateway.providers.base import Endpoint
+from gateway.providers.base import Endpoint, Upload, Usage
 
 _HINT = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_TAGS = 16
-IMAGE_TOKEN_ESTIMATE = 1000
+IMAGE_TOKEN_ESTIMATE = 1000  # also the estimate of one audio or video part
+# Content parts that are not text: the capability each needs (Model Studio's Omni takes `video_url` parts and
+# `video` parts, a list of frame URLs).
+_MEDIA_NEEDS = {
+    "image_url": "vision", "input_image": "vision", "image": "vision",
+    "input_audio": "audio_in", "video_url": "video_in", "video": "video_in",
+}
+CAPABILITIES = ("tools", "vision", "audio_in", "audio_out", "video_in")  # the vocabulary a request may need
 _REQUIRED = {Endpoint.CHAT: "messages", Endpoint.COMPLETION: "prompt", Endpoint.EMBEDDING: "input"}
 # `metadata` follows OpenAI's documented limits, so that a request a self-hosted target accepts is not refused by a
 # cloud target it falls back to; polyroute's own `tags` hint may also be an array.
@@ -47,6 +54,8 @@ class ParsedRequest:
     data_class: str | None
     tags: frozenset[str]
     session: str | None = None  # affinity key (gateway.api.session)
+    upload: Upload | None = None  # a transcription's audio file (its other fields are in `body`)
+    metered: Usage | None = None  # what the request itself tells of its use: seconds of a WAV, characters to speak
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -104,7 +113,8 @@ def read_request(body: dict[str, Any], endpoint: Endpoint, headers: Headers) -> 
 
 
 def estimate_prompt(body: dict[str, Any], endpoint: Endpoint) -> tuple[int, frozenset[str]]:
-    """About four characters a token; images at a flat estimate. Also which capabilities the body needs."""
+    """About four characters a token; images, audio and video parts at a flat estimate. Also which capabilities the
+    body needs (of CAPABILITIES)."""
     chars = 0
     images = 0
     needs: set[str] = set()
@@ -121,14 +131,17 @@ def estimate_prompt(body: dict[str, Any], endpoint: Endpoint) -> tuple[int, froz
             elif isinstance(content, list):
                 for part in content:
                     if isinstance(part, dict):
-                        if part.get("type") == "text":
+                        kind = part.get("type")
+                        if kind == "text":
                             chars += len(str(part.get("text", "")))
-                        elif part.get("type") in ("image_url", "input_image", "image"):
+                        elif isinstance(kind, str) and kind in _MEDIA_NEEDS:
                             images += 1
+                            needs.add(_MEDIA_NEEDS[kind])
             if message.get("tool_calls"):
                 chars += len(orjson.dumps(message["tool_calls"]))
-        if images:
-            needs.add("vision")
+        modalities = body.get("modalities")
+        if isinstance(modalities, list) and "audio" in modalities:
+            needs.add("audio_out")
         if body.get("tools") or body.get("functions"):
             needs.add("tools")
             chars += len(orjson.dumps(body.get("tools") or body.get("functions")))

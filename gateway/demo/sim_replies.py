@@ -293,7 +293,11 @@ class FrameWriter:
         return self._head + orjson.dumps(choice) + tail
 
     def usage_frame(self, reply: Reply) -> bytes:
-        return self._head + b'],"usage":' + orjson.dumps(self._env.usage(reply)) + b"}\n\n"
+        return self.usage_chunk(self._env.usage(reply))
+
+    def usage_chunk(self, usage: Mapping[str, Any]) -> bytes:
+        """The final `choices: []` chunk carrying `usage`."""
+        return self._head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
 
 
 def _delta(delta: Mapping[str, Any], finish: str | None = None) -> dict[str, Any]:

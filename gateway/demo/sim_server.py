@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.demo import sim_audio as audio
 from gateway.demo import sim_native as native
 from gateway.demo import sim_replies as replies
 from gateway.demo.sim_engine import SimulatedEngineLoad
@@ -142,6 +143,39 @@ class SimulatedUpstream:
     async def responses(self, request: web.Request) -> web.StreamResponse:
         return await self._serve(request, "responses")
 
+    async def transcriptions(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        fields = {key: value for key, value in form.items() if isinstance(value, str)}
+        self._record(request, fields)
+        early = await self._audio_gate(request, fields.get("model"))
+        if early is not None:
+            return early
+        self.last_body, response = audio.transcribe(form, fields, self.name)
+        return response
+
+    async def speech(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        self._record(request, body)
+        if not isinstance(body, dict):
+            return audio.vllm_error(400, "The request body is not a valid JSON object.")
+        early = await self._audio_gate(request, body.get("model"))
+        return early if early is not None else await audio.speak(request, body)
+
+    async def _audio_gate(self, request: web.Request, model: Any) -> web.StreamResponse | None:
+        """Auth and queued faults of an audio request; None when it is answered."""
+        if self._auth is not None and request.headers.get("Authorization") != self._auth:
+            return self._error(self.flavor.errors["invalid_key"])
+        name = model if isinstance(model, str) and model else self.models[0]
+        self.by_model[name] += 1
+        fault = self.faults.take(name)
+        if fault is None:
+            return None
+        self.faults_served[fault.kind] += 1
+        return await self._early_fault(request, fault)
+
     async def _serve(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         if self.engine_load is None:
             return await self._serve_held(request, endpoint)
@@ -222,6 +256,8 @@ class SimulatedUpstream:
             known = replies.EMBEDDING_KEYS
             payload = replies.embeddings_body(model, body, replies.extra_keys(body, known))
             return await self._send(request, payload, fault)
+        if endpoint == "chat" and self.flavor.name == "modelstudio" and audio.is_omni(model):
+            return await self._omni(request, model, body, stream, fault, serial)
         if endpoint == "chat":
             call_id = f"call_sim_{serial:08x}"
             thinking = thinks(self.flavor, model, body, stream=stream)
@@ -247,6 +283,19 @@ class SimulatedUpstream:
             frames = replies.completion_frames(writer, reply, self.chunks)
         if include_usage and with_usage:
             frames.append(writer.usage_frame(reply))
+        return await self._stream(request, frames, fault)
+
+    async def _omni(
+        self, request: web.Request, model: str, body: dict[str, Any], stream: bool, fault: Fault | None, serial: int
+    ) -> web.StreamResponse:
+        """Model Studio's Omni: streamed only; speech in base64 PCM when `modalities` asks for audio."""
+        if not stream:
+            return self._error(audio.stream_only_error())
+        reply = replies.chat_reply(body, server=self.name, thinking=False, call_id="")
+        env = self._envelope(f"chatcmpl-sim-{serial:08x}", "chat.completion.chunk", model, body, replies.CHAT_KEYS)
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        frames = audio.omni_frames(replies.FrameWriter(env), env, reply, body, self.chunks, include_usage=include_usage)
         return await self._stream(request, frames, fault)
 
     async def _native(

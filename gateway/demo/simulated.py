@@ -37,7 +37,8 @@ def create_simulated_app(
     Replies are deterministic echoes naming `name`, labelled `system_fingerprint: polyroute-simulated`.
     Routes under the flavor's prefix (`/compatible-mode/v1` for modelstudio, `/v1` otherwise):
     `POST chat/completions`, `POST completions`, `POST embeddings`, `GET models`, `POST responses` (OpenAI
-    Responses, natively), and Anthropic Messages natively at the flavor's `messages_path` (Model Studio:
+    Responses, natively), `POST audio/transcriptions` and `POST audio/speech` (sim_audio.py), and Anthropic
+    Messages natively at the flavor's `messages_path` (Model Studio:
     `/apps/anthropic/v1/messages`, else `/v1/messages`); admin routes without auth:
     `POST|DELETE /_sim/faults`, `GET|DELETE /_sim/stats`. With `api_key`, the API routes require
     `Authorization: Bearer <api_key>`. With `models` given, other models get the flavor's 404; without, any
@@ -56,6 +57,8 @@ def create_simulated_app(
         f"{prefix}/embeddings": ("POST", upstream.embeddings),
         f"{prefix}/models": ("GET", upstream.list_models),
         f"{prefix}/responses": ("POST", upstream.responses),
+        f"{prefix}/audio/transcriptions": ("POST", upstream.transcriptions),
+        f"{prefix}/audio/speech": ("POST", upstream.speech),
         upstream.flavor.messages_path: ("POST", upstream.messages),
     }
     for path, (method, handler) in routes.items():

@@ -88,6 +88,10 @@ def request_charge(deployment: Deployment, usage: Usage, now: float | None = Non
         cached_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
         reasoning_tokens=usage.reasoning_tokens,
+        audio_input_tokens=usage.audio_input_tokens,
+        audio_output_tokens=usage.audio_output_tokens,
+        audio_seconds=usage.audio_seconds,
+        characters=usage.characters,
     )
 
 
@@ -167,6 +171,8 @@ class Accountant:
                 output=usage.output_tokens,
                 cached=usage.cached_tokens,
                 reasoning=usage.reasoning_tokens,
+                audio_input=usage.audio_input_tokens,
+                audio_output=usage.audio_output_tokens,
                 estimated=usage.estimated,
                 **labels,
             )
@@ -194,6 +200,10 @@ class Accountant:
                 tokens_estimated=u.estimated,
                 cost_usd=cost,
                 cache_write_tokens=u.cache_write_tokens,
+                audio_input_tokens=u.audio_input_tokens,
+                audio_output_tokens=u.audio_output_tokens,
+                audio_ms=round(u.audio_seconds * 1000),
+                characters=u.characters,
                 price_entry=price_entry,
                 latency_s=done.duration_s,
                 fallback=done.fallback,

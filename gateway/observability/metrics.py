@@ -42,7 +42,7 @@ RATIO_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 10.0)
 
 _IDENTITY_CACHE: Final = 4096
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
-_TOKEN_TYPES: Final = ("input", "output", "cached", "reasoning")
+_TOKEN_TYPES: Final = ("input", "output", "cached", "reasoning", "audio_input", "audio_output")
 
 _ALIAS = "alias = the model name the client sent (gen_ai.request.model as the client asked for it)"
 _DEPLOYMENT = "deployment = gen_ai.request.model on gen_ai.provider.name, as named in the policy"
@@ -59,7 +59,8 @@ _HELP: Final[Mapping[str, str]] = {
     names.UPSTREAM_REQUESTS_TOTAL: "Upstream attempts (a client request may make several), by outcome: success or "
     f"error class (error.type). {_DEPLOYMENT}; {_PROVIDER}.",
     names.TOKENS_TOTAL: "Tokens used; type = gen_ai.token.type (input, output; cached = the part of input served "
-    "from cache, reasoning = the part of output spent reasoning); estimated = true when the upstream reported no "
+    "from cache, reasoning = the part of output spent reasoning, audio_input and audio_output = the audio part of "
+    "input and output); estimated = true when the upstream reported no "
     f"usage. {_DEPLOYMENT}; {_PROVIDER}.",
     names.COST_USD_TOTAL: "Cost in US dollars: the deployment's policy price (CNY and EUR converted at "
     "POLYROUTE_USD_PER_CNY / POLYROUTE_USD_PER_EUR), its GPU-hour cost, or litellm's price map; from estimated "
@@ -344,11 +345,14 @@ class Metrics:
         cached: int,
         reasoning: int,
         estimated: bool,
+        audio_input: int = 0,
+        audio_output: int = 0,
     ) -> None:
         """Add one request's token usage; zero counts create no series."""
         identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
         flag = _flag(estimated)
-        for token_type, count in zip(_TOKEN_TYPES, (input, output, cached, reasoning), strict=True):
+        counts = (input, output, cached, reasoning, audio_input, audio_output)
+        for token_type, count in zip(_TOKEN_TYPES, counts, strict=True):
             if count > 0:
                 self._tokens(*identity, token_type, flag).inc(count)
 

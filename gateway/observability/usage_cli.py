@@ -24,6 +24,8 @@ _COLUMNS = (
     "reasoning_tokens",
     "cost_usd",
 )
+# Shown only when the report has some (a gateway serving only text keeps its table as it was).
+_AUDIO_COLUMNS = ("audio_input_tokens", "audio_output_tokens", "audio_seconds", "characters")
 
 
 async def run_usage(settings: Settings, days: int, group_by: str, url: str | None, as_json: bool) -> int:
@@ -110,11 +112,12 @@ def _cell(column: str, value: Any) -> str:
 def render_table(report: dict[str, Any]) -> str:
     """The report as an aligned text table, then each vendor's and hosting type's share of requests and spend."""
     dims: list[str] = report["group_by"]
-    cols = [*dims, *_COLUMNS]
-    rows = [[_cell(c, g.get(c, "")) for c in cols] for g in report["groups"]]
     total = report["total"]
+    columns = (*_COLUMNS, *(c for c in _AUDIO_COLUMNS if total.get(c)))
+    cols = [*dims, *columns]
+    rows = [[_cell(c, g.get(c, "")) for c in cols] for g in report["groups"]]
     label = ["TOTAL", *[""] * (len(dims) - 1)] if dims else []
-    rows.append([*label, *(_cell(c, total[c]) for c in _COLUMNS)])
+    rows.append([*label, *(_cell(c, total[c]) for c in columns)])
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     lines = [f"usage {report.get('since')} .. {report.get('until')} (UTC days)"]
     lines.append("  ".join(c.ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())

@@ -18,6 +18,10 @@ _SUMS = (
     "cached_tokens",
     "cache_write_tokens",
     "reasoning_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "audio_seconds",
+    "characters",
 )
 
 
@@ -68,6 +72,7 @@ def _finish(acc: dict[str, Any]) -> dict[str, Any]:
     requests = acc["requests"]
     acc["mean_latency_s"] = round(acc.pop("latency_s_sum") / requests, 6) if requests else 0.0
     acc["cost_usd"] = round(acc["cost_usd"], 8)
+    acc["audio_seconds"] = round(acc["audio_seconds"], 3)
     acc["cost_usd_by_price"] = {k: round(v, 8) for k, v in sorted(acc["cost_usd_by_price"].items())}
     return acc
 

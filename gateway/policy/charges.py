@@ -40,6 +40,10 @@ def charge(
     cache_write_tokens: int = 0,
     reasoning_tokens: int = 0,
     requests: int = 1,
+    audio_input_tokens: int = 0,
+    audio_output_tokens: int = 0,
+    audio_seconds: float = 0.0,
+    characters: int = 0,
 ) -> Charge:
     """The cost of `requests` requests whose usage counts cache reads and writes inside `input_tokens` (as OpenAI
     and Model Studio report them) and reasoning inside `output_tokens`.
@@ -47,13 +51,26 @@ def charge(
     The tier is chosen by the input of one request (the mean, when `requests` sums several). Cache reads and writes
     are billed at their own prices where the tier has them, else as input; when the request reasoned and the tier
     has a thinking-mode output price, all its output is billed at it (Model Studio prices a thinking request's
-    output, not only its reasoning tokens, at the thinking rate).
+    output, not only its reasoning tokens, at the thinking rate). Audio tokens, counted inside input and output
+    (as Model Studio's Omni reports them: the audio split is a detail of the totals), are billed at the audio prices
+    where the tier has them and then not again at the text price. Seconds of input audio (transcription) and
+    characters of input text (speech) are billed at `per_second` and `per_mchar`.
     """
     total_in = max(input_tokens, 0)
     tier = tier_for(price, total_in if requests <= 1 else -(-total_in // requests))
     cached = min(max(cached_tokens, 0), total_in)
     written = min(max(cache_write_tokens, 0), total_in - cached)
     fresh = total_in - cached - written
+    total_out = max(output_tokens, 0)
+    audio_in = audio_out = 0.0  # the audio part of the bill
+    if tier.audio_input_per_mtok is not None and audio_input_tokens > 0:
+        moved = min(audio_input_tokens, fresh)
+        fresh -= moved
+        audio_in = moved * tier.audio_input_per_mtok
+    if tier.audio_output_per_mtok is not None and audio_output_tokens > 0:
+        moved = min(audio_output_tokens, total_out)
+        total_out -= moved
+        audio_out = moved * tier.audio_output_per_mtok
     output_price = tier.output_per_mtok
     if reasoning_tokens > 0 and tier.thinking_output_per_mtok is not None:
         output_price = tier.thinking_output_per_mtok
@@ -63,8 +80,11 @@ def charge(
         fresh * tier.input_per_mtok
         + cached * cached_price
         + written * write_price
-        + max(output_tokens, 0) * output_price
-    ) / _PER_MTOK
+        + total_out * output_price
+        + audio_in
+        + audio_out
+        + max(characters, 0) * tier.per_mchar
+    ) / _PER_MTOK + max(audio_seconds, 0.0) * tier.per_second
     if not price.tiers:  # the `*_usd` fields: already US dollars
         return Charge(usd=amount, amount=amount, currency="USD", entry=price.entry or price.source)
     return Charge(

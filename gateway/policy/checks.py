@@ -31,6 +31,8 @@ def check_policy(parsed: ParsedPolicy) -> list[Problem]:
     found += _check_providers(spec.providers)
     found += _check_deployments(spec.deployments, names["providers"], names["deployments"])
     found += _check_aliases(spec.aliases, names["deployments"])
+    found += _check_alias_kinds(spec.aliases, spec.deployments)
+    found += _check_audio_providers(spec.deployments, spec.providers)
     found += _check_rules(dict(zip(parsed.rule_index, spec.rules, strict=True)), names)
     found += _check_fallback(spec.fallback)
     found += _check_tenants(spec.tenants, names["aliases"])
@@ -103,6 +105,12 @@ def _check_price(price: PriceSpec, loc: Loc) -> list[Problem]:
     gpu = {"gpu_hour": price.gpu_hour, "tokens_per_second": price.tokens_per_second}
     extras = (price.cached_input_per_mtok, price.cache_write_per_mtok, price.thinking_output_per_mtok)
     has_token = any(v is not None for v in (*token.values(), *extras))
+    if price.tiers is None and (price.audio_input_per_mtok is not None or price.audio_output_per_mtok is not None):
+        has_token = True  # audio token prices (which apply to every tier) come with text token prices
+    if not has_token and price.tiers is None and all(v is None for v in gpu.values()) and (
+        price.per_second is not None or price.per_mchar is not None
+    ):
+        return []  # a transcription or speech deployment's price: per second of audio, per million characters
     if price.tiers is not None:
         if has_token or any(v is not None for v in gpu.values()):
             return [Problem((*loc, "tiers"), "give the prices inside tiers, not beside them")]
@@ -112,7 +120,7 @@ def _check_price(price: PriceSpec, loc: Loc) -> list[Problem]:
     group = token if has_token else gpu
     if all(v is None for v in group.values()):
         return [Problem(loc, "give input_per_mtok and output_per_mtok, tiers, or gpu_hour and tokens_per_second")]
-    given = " and ".join(k for k, v in group.items() if v is not None) or "a cache or thinking price"
+    given = " and ".join(k for k, v in group.items() if v is not None) or "a cache, thinking or audio price"
     return [Problem((*loc, k), f"required with {given}") for k, v in group.items() if v is None]
 
 
@@ -163,6 +171,32 @@ def _check_deployments(
         if d.max_output_tokens and d.context_window and d.max_output_tokens > d.context_window:
             problems.append(Problem((*loc, "max_output_tokens"), "larger than context_window"))
     return problems
+
+
+def _check_alias_kinds(aliases: Mapping[str, AliasSpec], deployments: Mapping[str, DeploymentSpec]) -> list[Problem]:
+    """An alias serves one kind of request: its targets share one deployment `kind`."""
+    problems: list[Problem] = []
+    for name, a in aliases.items():
+        first = next((deployments[t].kind for t in a.targets if t in deployments), None)
+        for index, target in enumerate(a.targets):
+            d = deployments.get(target)
+            if d is not None and d.kind != first:
+                problems.append(Problem(
+                    ("aliases", name, "targets", index),
+                    f"deployment {target!r} is kind {d.kind}, the alias's first target is kind {first}",
+                ))
+    return problems
+
+
+def _check_audio_providers(
+    deployments: Mapping[str, DeploymentSpec], providers: Mapping[str, ProviderSpec]
+) -> list[Problem]:
+    """Transcription and speech are relayed to OpenAI-compatible servers; litellm's translation is chat-only here."""
+    return [
+        Problem(("deployments", name, "kind"), f"{d.kind} is served only by a provider of type openai")
+        for name, d in deployments.items()
+        if d.kind in ("transcription", "speech") and d.provider in providers and providers[d.provider].type != "openai"
+    ]
 
 
 def _check_aliases(aliases: Mapping[str, AliasSpec], deployments: frozenset[str]) -> list[Problem]:

@@ -6,7 +6,9 @@ from functools import partial
 
 from gateway.errors import (
     CONTEXT_LENGTH_EXCEEDED,
+    UNSUPPORTED_CAPABILITY,
     AllCircuitsOpenError,
+    BadRequestError,
     NoEligibleTargetError,
     NotFoundError,
     PermissionDeniedError,
@@ -19,6 +21,9 @@ from gateway.policy.trace_load import load_lines, saturation_error
 
 _RULE_REASON = "rule "
 _WINDOW_REASON = "context window "
+_CAPABILITY_REASON = "capabilities "
+# The deployment kind each endpoint needs (any endpoint not named here: `chat`).
+ENDPOINT_KINDS = {"transcription": "transcription", "speech": "speech"}
 
 
 def decide(
@@ -35,6 +40,15 @@ def decide(
         raise PermissionDeniedError(
             f"Tenant '{facts.tenant}' may not use the model '{facts.alias}'.", param="model"
         )
+    kind = ENDPOINT_KINDS.get(facts.endpoint, "chat")
+    served = _kind(alias, table)
+    if served != kind:
+        raise BadRequestError(
+            f"The model '{alias.name}' is a {served} model (its deployments are `kind: {served}`); it cannot serve "
+            f"{facts.endpoint} requests.",
+            param="model",
+            code="model_kind_mismatch",
+        )
     applied: list[Rule] = []
     route_alias = alias
     route_name = f"alias:{alias.name}"
@@ -42,7 +56,10 @@ def decide(
         if not matches(rule.when, facts):
             continue
         applied.append(rule)
-        if rule.route is not None and route_name.startswith("alias:"):
+        # A rule routes only requests of its alias's kind (a transcription never goes to a chat alias).
+        if rule.route is not None and route_name.startswith("alias:") and (
+            _kind(table.aliases[rule.route], table) == kind
+        ):
             route_alias = table.aliases[rule.route]
             route_name = rule.name
 
@@ -70,6 +87,13 @@ def decide(
             )
             err.context_window = max(too_small)
             raise err
+        if excluded and all(e.reason.startswith(_CAPABILITY_REASON) for e in excluded):
+            missing = _unsupported(facts.needs, route_alias, table)
+            raise NoEligibleTargetError(
+                f"no target of alias {route_alias.name} supports {', '.join(missing)} ({detail})",
+                param="model",
+                code=UNSUPPORTED_CAPABILITY,
+            )
         raise NoEligibleTargetError(
             f"No deployment may serve this request for model '{facts.alias}': {detail}", param="model"
         )
@@ -95,6 +119,18 @@ def decide(
         estimated_cost_usd=costs,
         affinity_hit=None if spill is None else spill.affinity_hit,
     )
+
+
+def _kind(alias: Alias, table: PolicyTable) -> str:
+    """The kind of request an alias serves: its targets' (one kind per alias, as policy checks ensure)."""
+    return table.deployments[alias.targets[0]].kind
+
+
+def _unsupported(needs: frozenset[str], alias: Alias, table: PolicyTable) -> list[str]:
+    """The capabilities the request needs that no target of the alias declares (else every one some target lacks)."""
+    declared = [table.deployments[name].capabilities for name in alias.targets]
+    nowhere = sorted(need for need in needs if not any(need in caps for caps in declared))
+    return nowhere or sorted(need for need in needs if any(need not in caps for caps in declared))
 
 
 def _windows_too_small(excluded: list[Exclusion], table: PolicyTable) -> list[int]:
@@ -175,7 +211,7 @@ def exclusion_reason(
     if deployment.capabilities:
         missing = facts.needs - deployment.capabilities
         if missing:
-            return f"capabilities (lacks {', '.join(sorted(missing))})"
+            return f"{_CAPABILITY_REASON}(lacks {', '.join(sorted(missing))})"
     if deployment.name in health.open_circuits:
         return "circuit open"
     return None

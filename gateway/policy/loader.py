@@ -298,6 +298,7 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
             thinking=_thinking(d.thinking),
             retires_on=d.retires_on,
             replaced_by=d.replaced_by,
+            kind=d.kind,
         )
         for name, d in spec.deployments.items()
     }

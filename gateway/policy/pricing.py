@@ -97,6 +97,14 @@ def _entry_price(spec: PriceSpec, label: str, fx: CurrencyRates) -> Price:
             thinking_output_per_mtok=spec.thinking_output_per_mtok,
         ),
     )
+    if _has_audio_prices(spec):
+        tiers = tuple(
+            replace(
+                t, audio_input_per_mtok=spec.audio_input_per_mtok, audio_output_per_mtok=spec.audio_output_per_mtok,
+                per_second=spec.per_second or 0.0, per_mchar=spec.per_mchar or 0.0,
+            )
+            for t in tiers
+        )
     first = tiers[0]
     cached = first.cached_input_per_mtok
     return Price(
@@ -110,6 +118,12 @@ def _entry_price(spec: PriceSpec, label: str, fx: CurrencyRates) -> Price:
         effective_from=since,
         entry=entry,
     )
+
+
+def _has_audio_prices(spec: PriceSpec) -> bool:
+    """Audio prices apply to every band of the entry (Model Studio prices audio tokens apart from text tokens)."""
+    units = (spec.audio_input_per_mtok, spec.audio_output_per_mtok, spec.per_second, spec.per_mchar)
+    return any(v is not None for v in units)
 
 
 def _day_start(day: date | None) -> float:

@@ -165,6 +165,12 @@ class PriceSpec(SpecModel):
     tiers: list[PriceTierSpec] | None = None
     gpu_hour: NonNegativeFloat | None = None
     tokens_per_second: PositiveFloat | None = None
+    # Audio: tokens of audio (Omni) at their own prices, not also at the text price; speech-to-text per second of
+    # input audio, text-to-speech per million characters of input.
+    audio_input_per_mtok: NonNegativeFloat | None = None
+    audio_output_per_mtok: NonNegativeFloat | None = None
+    per_second: NonNegativeFloat | None = None
+    per_mchar: NonNegativeFloat | None = None
     currency: Currency = "USD"
     effective_from: date | None = None
 
@@ -202,6 +208,7 @@ class DeploymentSpec(SpecModel):
     thinking: ThinkingSpec | None = None
     retires_on: date | None = None  # the vendor's announced retirement date (UTC)
     replaced_by: str | None = None  # the deployment to move to before then
+    kind: Literal["chat", "image", "transcription", "speech"] = "chat"  # the endpoints it serves
 
 
 _SPILL = Spillover()

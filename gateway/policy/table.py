@@ -90,6 +90,10 @@ class PriceTier:
     cached_input_per_mtok: float | None = None  # cache reads; None: billed as input
     cache_write_per_mtok: float | None = None  # cache writes; None: billed as input
     thinking_output_per_mtok: float | None = None  # all output of a request that reasoned; None: the output price
+    audio_input_per_mtok: float | None = None  # audio tokens (inside the input); None: billed as input
+    audio_output_per_mtok: float | None = None  # audio tokens (inside the output); None: billed as output
+    per_second: float = 0.0  # of input audio (transcription)
+    per_mchar: float = 0.0  # per million characters of input text (speech)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class Deployment:
     thinking: Thinking | None = None  # None: requests are translated without per-model thinking rules
     retires_on: date | None = None  # the vendor retires the model on this day (UTC)
     replaced_by: str | None = None
+    kind: str = "chat"  # chat | image | transcription | speech: which endpoints it serves
 
 
 @dataclass(frozen=True)

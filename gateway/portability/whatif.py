@@ -74,6 +74,10 @@ def price_change(table: PolicyTable, usage: Sequence[UsageRow], now: float) -> d
                 cache_write_tokens=row.cache_write_tokens,
                 reasoning_tokens=row.reasoning_tokens,
                 requests=row.requests,
+                audio_input_tokens=row.audio_input_tokens,
+                audio_output_tokens=row.audio_output_tokens,
+                audio_seconds=row.audio_seconds,
+                characters=row.characters,
             ).usd
             now_vendor = vendors.setdefault(deployment.provider.vendor, _Spend())
         by_alias.now += cost

@@ -42,6 +42,8 @@ UNTRANSLATABLE_KEYS = {
     "diagnostics": "diagnostics are Anthropic's",
     "workspace_id": "workspaces are Anthropic's",
     "user_profile_id": "user profiles are Anthropic's",
+    "modalities": "a Messages reply cannot carry audio output (ask /v1/chat/completions for it)",
+    "audio": "a Messages reply cannot carry audio output (ask /v1/chat/completions for it)",
 }
 _CHAT_NAMES = {"messages", "max_tokens", "stop", "tool_choice", "tools", "user", "response_format"}
 TOOL_ERROR_PREFIX = "[tool error] "  # Chat has no `is_error`: a failed tool's result says so in its text

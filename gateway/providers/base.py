@@ -16,6 +16,8 @@ class Endpoint(StrEnum):
     EMBEDDING = "embedding"
     RESPONSES = "responses"  # OpenAI Responses, relayed to a provider that speaks it natively
     MESSAGES = "messages"  # Anthropic Messages, relayed to a provider that speaks it natively
+    TRANSCRIPTION = "transcription"  # OpenAI audio transcriptions (multipart upload, text or JSON answer)
+    SPEECH = "speech"  # OpenAI text to speech (JSON request, binary audio answer)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class Usage:
     reasoning_tokens: int = 0  # counted inside output_tokens
     estimated: bool = False
     cache_write_tokens: int = 0  # cache writes (Anthropic, Model Studio's explicit cache), inside input_tokens
+    audio_input_tokens: int = 0  # audio (Omni's input_audio, a video's sound), inside input_tokens
+    audio_output_tokens: int = 0  # speech (Omni's audio output), inside output_tokens
+    audio_seconds: float = 0.0  # of input audio (transcription)
+    characters: int = 0  # of input text (speech)
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
@@ -64,15 +70,31 @@ class Usage:
         output_details = usage.get(output_details_key) or {}
         if not isinstance(input_details, dict):
             input_details = {}
+        if not isinstance(output_details, dict):
+            output_details = {}
         return cls(
             input_tokens=_int(usage.get(input_key)),
             output_tokens=_int(usage.get(output_key)),
             cached_tokens=_int(input_details.get("cached_tokens")),
             cache_write_tokens=_cache_writes(usage, input_details),
-            reasoning_tokens=_int(
-                output_details.get("reasoning_tokens") if isinstance(output_details, dict) else 0
-            ),
+            reasoning_tokens=_int(output_details.get("reasoning_tokens")),
+            audio_input_tokens=_int(input_details.get("audio_tokens")),
+            audio_output_tokens=_int(output_details.get("audio_tokens")),
         )
+
+    @classmethod
+    def from_transcription(cls, answer: Any) -> Usage | None:
+        """The seconds of audio a transcription answer reports: OpenAI's `usage: {"type": "duration", "seconds"}`,
+        else verbose_json's `duration`; None when it reports neither."""
+        if not isinstance(answer, dict):
+            return None
+        usage = answer.get("usage")
+        seconds = usage.get("seconds") if isinstance(usage, dict) and usage.get("type") == "duration" else None
+        if seconds is None:
+            seconds = answer.get("duration")
+        if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0:
+            return cls(audio_seconds=float(seconds))
+        return None
 
 
 _CHAT_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "prompt_tokens_details", "completion_tokens_details")
@@ -96,6 +118,15 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
+@dataclass(frozen=True)
+class Upload:
+    """A file a client uploaded (a transcription's audio), sent on in a multipart body beside the JSON fields."""
+
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
 @dataclass
 class UpstreamCall:
     """One attempt: which deployment, which endpoint, the JSON body to send (model already rewritten)."""
@@ -109,6 +140,7 @@ class UpstreamCall:
     request_id: str = ""
     extra_headers: dict[str, str] = field(default_factory=dict)
     trace_headers: tuple[tuple[str, str], ...] = ()  # W3C trace context of the attempt's span, when tracing is on
+    upload: Upload | None = None  # sent as multipart/form-data with `body`'s fields (transcription)
 
 
 @dataclass

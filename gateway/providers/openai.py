@@ -9,6 +9,7 @@ import orjson
 
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Protocol, Provider
+from gateway.providers.audio_relay import AudioRelay, multipart, transcription_reply
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, stream_event, transport_failure, upstream_error
 from gateway.providers.http1 import HeaderBlock, HTTPClient, Response, UpstreamLimits
@@ -19,6 +20,8 @@ PATHS = {
     Endpoint.CHAT: "/chat/completions",
     Endpoint.COMPLETION: "/completions",
     Endpoint.EMBEDDING: "/embeddings",
+    Endpoint.TRANSCRIPTION: "/audio/transcriptions",
+    Endpoint.SPEECH: "/audio/speech",
 }
 NATIVE = {Endpoint.RESPONSES: Protocol.RESPONSES, Endpoint.MESSAGES: Protocol.MESSAGES}
 ANTHROPIC_VERSION = "2023-06-01"  # sent when the client named none
@@ -45,6 +48,9 @@ class OpenAICompatibleProvider:
         self._headers = headers
         self._stream_headers = {**headers, "accept": "text/event-stream"}
         self._blocks = {False: HeaderBlock(self._headers), True: HeaderBlock(self._stream_headers)}
+        # Audio: an upload's content type names its boundary; a speech answer is audio, not JSON or events.
+        self._upload_block = HeaderBlock({k: v for k, v in headers.items() if k != "content-type"})
+        self._speech_block = HeaderBlock({**headers, "accept": "*/*"})
         self._native_urls = {protocol: url for protocol, url in provider.native_urls}
         # Anthropic-style servers read the key from x-api-key; Model Studio, vLLM and Ollama accept either header.
         self._anthropic_headers = {"anthropic-version": ANTHROPIC_VERSION}
@@ -63,6 +69,7 @@ class OpenAICompatibleProvider:
 
     def _request(self, call: UpstreamCall, stream: bool) -> Awaitable[Response]:
         protocol = NATIVE.get(call.endpoint)
+        payload: bytes | None = None  # None: the JSON body
         if protocol is not None:
             headers = {**(self._stream_headers if stream else self._headers)}
             if call.request_id:
@@ -78,6 +85,11 @@ class OpenAICompatibleProvider:
                                     error_class=ErrorClass.NOT_FOUND)
         else:
             block = self._blocks[stream]
+            if call.upload is not None:
+                payload, upload_type = multipart(call.body, call.upload)
+                block = self._upload_block.plus("content-type", upload_type)
+            elif call.endpoint is Endpoint.SPEECH:
+                block = self._speech_block
             if call.request_id:  # always one of ours, or the client's when it matched a safe pattern
                 block = block.plus("x-request-id", call.request_id)
             for name, value in call.trace_headers:  # empty unless tracing is on
@@ -85,7 +97,7 @@ class OpenAICompatibleProvider:
             url = self._base + PATHS[call.endpoint]
         timeouts = call.timeouts
         return self._http.post(
-            url, orjson.dumps(call.body), block,
+            url, orjson.dumps(call.body) if payload is None else payload, block,
             connect_timeout_s=timeouts.connect_s, total_timeout_s=timeouts.total_s,
         )
 
@@ -103,6 +115,8 @@ class OpenAICompatibleProvider:
         if resp.status >= 400:
             raise upstream_error(resp.status, body, resp.headers.get("retry-after"), deployment)
         content_type = resp.headers.get("content-type", "application/json")
+        if call.endpoint is Endpoint.TRANSCRIPTION:
+            return transcription_reply(body, content_type)
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -121,22 +135,26 @@ class OpenAICompatibleProvider:
         usage = Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
         return UpstreamReply(body=body, usage=usage, content_type=content_type.split(";")[0])
 
-    async def open_stream(self, call: UpstreamCall) -> SSERelay | NativeSSERelay:
+    async def open_stream(self, call: UpstreamCall) -> SSERelay | NativeSSERelay | AudioRelay:
         deployment = call.deployment.name
         first_token_s = min(call.timeouts.first_token_s, call.timeouts.total_s)
         try:
             async with asyncio.timeout(first_token_s):
                 resp = await self._request(call, True)
-                relay: SSERelay | NativeSSERelay = (
-                    NativeSSERelay(resp, call.endpoint)
-                    if call.endpoint in NATIVE
-                    else SSERelay(resp, hide_usage_chunk=not call.client_wants_usage)
-                )
+                relay: SSERelay | NativeSSERelay | AudioRelay
+                if call.endpoint in NATIVE:
+                    relay = NativeSSERelay(resp, call.endpoint)
+                elif call.endpoint is Endpoint.SPEECH:
+                    relay = AudioRelay(resp)
+                else:
+                    relay = SSERelay(resp, hide_usage_chunk=not call.client_wants_usage)
                 try:
                     if resp.status >= 400:
                         body = await resp.read()
                         raise upstream_error(resp.status, body, resp.headers.get("retry-after"), deployment)
-                    if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    if isinstance(relay, AudioRelay):
+                        pass  # any audio type: relayed as the upstream labels it
+                    elif not resp.headers.get("content-type", "").startswith("text/event-stream"):
                         raise await _non_stream_answer(resp, deployment)
                     await relay.read_first()
                 except BaseException:

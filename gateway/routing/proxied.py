@@ -25,12 +25,13 @@ from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import NO_TRACE, FinishedTrace, RequestTrace
 from gateway.policy.plan import RequestFacts, RoutePlan
 from gateway.policy.table import Alias, Deployment, PolicyTable, Tenant, Timeouts
-from gateway.providers.base import Endpoint, Provider, UpstreamCall, UpstreamReply, UpstreamStream, Usage
+from gateway.providers.base import Endpoint, Provider, Upload, UpstreamCall, UpstreamReply, UpstreamStream, Usage
 from gateway.routing.admission import Admission, Admitted
 from gateway.routing.executor import Executor, Outcome
 from gateway.routing.health import HealthTracker
 
 DONE_EVENT = b"data: [DONE]\n\n"
+_STREAM_USAGE = frozenset({Endpoint.CHAT, Endpoint.COMPLETION})  # streams whose usage is asked for upstream
 
 
 class Forwarded(Protocol):
@@ -48,6 +49,10 @@ class Forwarded(Protocol):
     def client_wants_usage(self) -> bool: ...
     @property
     def prompt_tokens(self) -> int: ...
+    @property
+    def upload(self) -> Upload | None: ...
+    @property
+    def metered(self) -> Usage | None: ...
 
 
 class Translation(Protocol):
@@ -173,7 +178,7 @@ class ProxiedRequest:
             return self.proto.call(deployment, timeouts=self.plan.timeouts, request_id=self.request_id)
         body = dict(self.parsed.body)
         body["model"] = deployment.model
-        if self.parsed.stream and self.parsed.endpoint is not Endpoint.EMBEDDING:
+        if self.parsed.stream and self.parsed.endpoint in _STREAM_USAGE:
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         return UpstreamCall(
@@ -184,6 +189,7 @@ class ProxiedRequest:
             stream=self.parsed.stream,
             client_wants_usage=self.parsed.client_wants_usage,
             request_id=self.request_id,
+            upload=self.parsed.upload,
         )
 
     async def _execute(self, deployment: Deployment, stream: bool) -> UpstreamReply | UpstreamStream:
@@ -257,8 +263,11 @@ class ProxiedRequest:
         deployment = self.outcome.deployment
         return usage, request_cost(deployment, usage) if deployment else 0.0
 
-    def stream_ending(self, stream: UpstreamStream, err: PolyrouteError) -> bytes:
-        """What ends a stream whose upstream failed after the first byte: the protocol's error event (and [DONE])."""
+    def stream_ending(self, stream: UpstreamStream, err: PolyrouteError) -> bytes | None:
+        """What ends a stream whose upstream failed after the first byte: the protocol's error event (and [DONE]);
+        None for audio, which has no error event: the response is cut off, so the client sees it is incomplete."""
+        if self.parsed.endpoint is Endpoint.SPEECH:
+            return None
         if self.proto is not None:
             return self.proto.stream_error(stream, err)
         return error_event(err) + DONE_EVENT
@@ -269,7 +278,11 @@ class ProxiedRequest:
         self.finish(status, usage, self.outcome.first_token_s)
 
     def _estimated_usage(self, output_tokens: int) -> Usage:
-        """The upstream reported no usage: the prompt as routing estimated it, the output as counted by the caller."""
+        """The upstream reported no usage: what the request itself tells (seconds of a WAV upload, characters to
+        speak), else the prompt as routing estimated it and the output as counted by the caller."""
+        metered = self.parsed.metered
+        if metered is not None:
+            return metered
         return estimated_usage(self.parsed.prompt_tokens, output_tokens)
 
     def finish(

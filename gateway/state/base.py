@@ -152,6 +152,10 @@ class UsageRecord:
     fact: RoutingFact | None = None  # None when the request's routing facts are unknown
     params: frozenset[str] = frozenset()  # provider-specific body parameters the request carried
     cache_write_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    audio_ms: int = 0  # input audio transcribed, in milliseconds
+    characters: int = 0  # input text spoken
     price_entry: str = ""  # the price book entry the cost came from (`policy[1] from 2027-01-01`, `litellm:...`)
 
 
@@ -178,6 +182,10 @@ class UsageRow:
     latency_s_sum: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
     cache_write_tokens: int = 0
+    audio_input_tokens: int = 0
+    audio_output_tokens: int = 0
+    audio_seconds: float = 0.0
+    characters: int = 0
     cost_usd_by_price: dict[str, float] = field(default_factory=dict)  # the part of cost_usd from each price entry
 
 

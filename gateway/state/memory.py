@@ -43,6 +43,10 @@ USAGE_COUNTERS = (
     "cost_micro_usd",
     "latency_us",
     "cache_write_tokens",
+    "audio_input_tokens",
+    "audio_output_tokens",
+    "audio_ms",
+    "characters",
 )
 PRICE_COST_PREFIX = "cost_micro_usd@"  # + a price entry: the cost billed under that entry (`cost_micro_usd@policy[1]`)
 
@@ -75,6 +79,10 @@ def tally_usage(records: Iterable[UsageRecord]) -> dict[str, dict[UsageKey, dict
             ("cost_micro_usd", to_micro(record.cost_usd)),
             ("latency_us", round(record.latency_s * 1_000_000)),
             ("cache_write_tokens", record.cache_write_tokens),
+            ("audio_input_tokens", record.audio_input_tokens),
+            ("audio_output_tokens", record.audio_output_tokens),
+            ("audio_ms", record.audio_ms),
+            ("characters", record.characters),
         ):
             counts[name] = counts.get(name, 0) + value
         if record.price_entry and record.cost_usd:
@@ -103,6 +111,10 @@ def usage_row(day: str, key: UsageKey, counts: Mapping[str, int]) -> UsageRow:
             if name not in USAGE_COUNTERS and not name.startswith(PRICE_COST_PREFIX)
         },
         cache_write_tokens=counts.get("cache_write_tokens", 0),
+        audio_input_tokens=counts.get("audio_input_tokens", 0),
+        audio_output_tokens=counts.get("audio_output_tokens", 0),
+        audio_seconds=counts.get("audio_ms", 0) / 1000,
+        characters=counts.get("characters", 0),
         cost_usd_by_price={
             name.removeprefix(PRICE_COST_PREFIX): from_micro(value)
             for name, value in counts.items()

@@ -78,3 +78,15 @@ def test_table_lists_groups_total_and_shares() -> None:
     assert lines[5].split()[0] == "TOTAL" and lines[5].split()[1] == "100"
     assert lines[6].startswith("share by vendor: alibaba 40.0% of requests, 100.0% of spend")
     assert lines[7].startswith("share by hosting: cloud 40.0% of requests")
+
+
+def test_the_table_shows_audio_columns_only_when_there_was_audio() -> None:
+    assert "audio" not in render_table({**summarize(ROWS, ["vendor"]), "since": "d", "until": "d"})
+    spoken = [*ROWS, UsageRow(day="2026-05-01", tenant="team-a", alias="talk", deployment="omni", provider="ms",
+                              vendor="alibaba", hosting="cloud", jurisdiction="sg", requests=2,
+                              audio_output_tokens=150, audio_seconds=12.5)]
+    report = summarize(spoken, ["deployment"])
+    assert report["total"]["audio_output_tokens"] == 150 and report["total"]["audio_seconds"] == 12.5
+    header, *_, total = render_table({**report, "since": "d", "until": "d"}).splitlines()[1:-2]
+    assert "audio_output_tokens" in header and "audio_seconds" in header and "audio_input_tokens" not in header
+    assert total.split()[-2:] == ["150", "12.5"]

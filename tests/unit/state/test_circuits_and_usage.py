@@ -150,6 +150,20 @@ async def test_usage_keeps_cache_writes_and_the_cost_of_each_price_entry(store: 
     assert row.extra == {}
 
 
+async def test_usage_keeps_audio_tokens_seconds_and_characters(store: StateStore) -> None:
+    await store.record_usage([
+        record(audio_input_tokens=50, audio_output_tokens=120),
+        record(audio_ms=1500, characters=17),
+        record(audio_ms=2250, audio_output_tokens=30),
+    ])
+
+    (row,) = await store.usage("2025-06-01", "2025-06-01")
+
+    assert (row.audio_input_tokens, row.audio_output_tokens, row.characters) == (50, 150, 17)
+    assert row.audio_seconds == 3.75
+    assert row.extra == {}
+
+
 async def test_usage_is_summed_per_day_and_row(store: StateStore) -> None:
     await store.record_usage([record(), record(status=502, cached_tokens=50), record(fallback=True)])
     await store.record_usage(
