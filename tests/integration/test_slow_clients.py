@@ -247,3 +247,17 @@ def test_a_client_that_waits_for_100_continue_gets_it_before_sending_the_body(ga
         sock.sendall(body)
         answer, reply, _ = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 200 ") and json.loads(reply)["object"] == "chat.completion"
+
+
+def test_an_answer_to_head_is_its_head_alone_and_the_next_answer_follows_it(gateway: GatewayProcess) -> None:
+    # A HEAD answer has no body for its head to leave with: it must still go out, before the next answer.
+    with raw_connection(gateway) as sock:
+        sock.sendall(f"HEAD /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode() + b"".join(chat_request("after")))
+        received = b""
+        while received.count(b"\r\n\r\n") < 2:
+            received += sock.recv(65536) or pytest.fail("closed before both answers")
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405 ") and b"content-length: " in head
+        answer, body, _ = read_answer(sock, rest)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"x-request-id: after" in answer
+    assert json.loads(body)["object"] == "chat.completion"
