@@ -71,6 +71,7 @@ class FinishedRequest:
     reserved_cost_usd: float = 0.0
     settle: bool = False  # admission reserved tokens/cost that must be corrected
     cost_usd: float | None = None  # already worked out for the response header (else computed here)
+    charge: Charge | None = None  # the charge that cost came from, if it was worked out already
     facts: RequestFacts | None = None  # what routing saw (recorded as the request's routing fact)
     body: Mapping[str, Any] | None = None  # the request body as parsed (its top-level keys name the extras it sent)
 
@@ -163,7 +164,7 @@ class Accountant:
         usage = done.usage
         price_entry = ""
         if dep is not None and usage is not None:
-            bill = request_charge(dep, usage)
+            bill = done.charge if done.charge is not None else request_charge(dep, usage)
             price_entry = bill.entry
             cost = done.cost_usd if done.cost_usd is not None else bill.usd
             self._metrics.tokens(

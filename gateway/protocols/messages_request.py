@@ -49,6 +49,14 @@ _CHAT_NAMES = {"messages", "max_tokens", "stop", "tool_choice", "tools", "user",
 TOOL_ERROR_PREFIX = "[tool error] "  # Chat has no `is_error`: a failed tool's result says so in its text
 _CUSTOM_TOOL_KEYS = frozenset({"name", "description", "input_schema", "type", "cache_control"})
 
+# The keys each kind of block may have (a block with any other cannot be translated).
+_TEXT_KEYS = frozenset({"type", "text", "cache_control"})
+_IMAGE_KEYS = frozenset({"type", "source", "cache_control"})
+_MESSAGE_KEYS = frozenset({"role", "content"})
+_TOOL_RESULT_KEYS = frozenset({"type", "tool_use_id", "content", "is_error", "cache_control"})
+_THINKING_KEYS = frozenset({"type", "thinking", "signature"})
+_TOOL_USE_KEYS = frozenset({"type", "id", "name", "input", "cache_control"})
+
 
 def messages_to_chat(body: dict[str, Any], *, require_max_tokens: bool = True) -> dict[str, Any]:
     """The Chat Completions body that asks the same of a Chat-only target (`count_tokens` has no max_tokens)."""
@@ -123,7 +131,7 @@ def _text_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     text = block.get("text")
     if not isinstance(text, str):
         raise BadRequestError(f"{where}.text: must be a string.", param=f"{where}.text")
-    _only(block, {"type", "text", "cache_control"}, where)
+    _only(block, _TEXT_KEYS, where)
     part: dict[str, Any] = {"type": "text", "text": text}
     if "cache_control" in block:
         part["cache_control"] = block["cache_control"]  # Model Studio's explicit cache reads the same marker
@@ -131,7 +139,7 @@ def _text_part(block: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
-    _only(block, {"type", "source", "cache_control"}, where)
+    _only(block, _IMAGE_KEYS, where)
     source = block.get("source")
     if not isinstance(source, dict):
         raise BadRequestError(f"{where}.source: must be an object.", param=f"{where}.source")
@@ -150,6 +158,8 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _only(block: dict[str, Any], allowed: set[str] | frozenset[str], where: str) -> None:
+    if block.keys() <= allowed:  # the usual case, checked in C; the message below is built only for a refusal
+        return
     extra = sorted(key for key in block if key not in allowed)
     if extra:
         raise BadRequestError(
@@ -168,8 +178,14 @@ def _blocks(content: Any, where: str) -> list[Any]:
 def _message(message: Any, where: str) -> list[dict[str, Any]]:
     if not isinstance(message, dict):
         raise BadRequestError(f"{where}: must be an object.", param=where)
-    _only(message, {"role", "content"}, where)
+    _only(message, _MESSAGE_KEYS, where)
     role = message.get("role")
+    content = message.get("content")
+    if isinstance(content, str):  # the usual turn of a long history: one text, nothing to check block by block
+        if role == "user":
+            return [{"role": "user", "content": content}]
+        if role == "assistant":
+            return [{"role": "assistant", "content": content}]
     if role == "user":
         return _user(_blocks(message.get("content"), where), where)
     if role == "assistant":
@@ -203,7 +219,7 @@ def _user(blocks: list[Any], where: str) -> list[dict[str, Any]]:
 
 
 def _tool_result(block: dict[str, Any], where: str) -> dict[str, Any]:
-    _only(block, {"type", "tool_use_id", "content", "is_error", "cache_control"}, where)
+    _only(block, _TOOL_RESULT_KEYS, where)
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
         raise BadRequestError(f"{where}.tool_use_id: required.", param=f"{where}.tool_use_id")
@@ -234,10 +250,10 @@ def _assistant(blocks: list[Any], where: str) -> dict[str, Any]:
             texts.append(_text_part(block, at)["text"])
         elif kind == "thinking":
             # The signature only Anthropic can check; the reasoning itself is what a Chat target reads back.
-            _only(block, {"type", "thinking", "signature"}, at)
+            _only(block, _THINKING_KEYS, at)
             reasoning.append(str(block.get("thinking", "")))
         elif kind == "tool_use":
-            _only(block, {"type", "id", "name", "input", "cache_control"}, at)
+            _only(block, _TOOL_USE_KEYS, at)
             if not isinstance(block.get("input"), dict):
                 raise BadRequestError(f"{at}.input: must be an object.", param=f"{at}.input")
             arguments = orjson.dumps(block["input"]).decode()

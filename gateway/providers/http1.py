@@ -230,7 +230,7 @@ class HTTPClient:
             origin = self._origins[url] = Origin(url, self._proxies)
         if origin.authorization and headers.authorization:
             raise InvalidHeader("the URL's user:password and an authorization header cannot both be sent")
-        request = b"%s%scontent-length: %d\r\n\r\n%s" % (origin.prefix, headers.data, len(body), body)
+        head = b"%s%scontent-length: %d\r\n\r\n" % (origin.prefix, headers.data, len(body))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total_timeout_s
         await self._acquire(deadline)
@@ -241,7 +241,7 @@ class HTTPClient:
                 conn = await self._connect(origin, min(connect_timeout_s, total_timeout_s))
             timer = loop.call_at(deadline, conn.timed_out)
             try:
-                conn.begin(request)
+                conn.begin(head, body)
                 while not conn.headers_done:
                     if conn.error is not None:
                         raise conn.error

@@ -304,12 +304,17 @@ class Connection(asyncio.Protocol):
 
     # used by the client and the response
 
-    def begin(self, request: bytes) -> None:
-        """Send one request; its answer is parsed from here on."""
+    def begin(self, head: bytes, body: bytes = b"") -> None:
+        """Send one request; its answer is parsed from here on.
+
+        Head and body go out in one system call without being joined first: a body of megabytes is not copied."""
         assert self.transport is not None
         self._reset_exchange()
         self._parser = httptools.HttpResponseParser(self)
-        self.transport.write(request)
+        if body:
+            self.transport.writelines((head, body))
+        else:
+            self.transport.write(head)
 
     def take(self) -> bytes:
         """Everything received and not yet read."""

@@ -19,10 +19,11 @@ from gateway.observability.accounting import (
     estimated_usage,
     output_tokens_in_body,
     output_tokens_in_stream,
-    request_cost,
+    request_charge,
 )
 from gateway.observability.metrics import Metrics
 from gateway.observability.tracing import NO_TRACE, FinishedTrace, RequestTrace
+from gateway.policy.charges import Charge
 from gateway.policy.plan import RequestFacts, RoutePlan
 from gateway.policy.table import Alias, Deployment, PolicyTable, Tenant, Timeouts
 from gateway.providers.base import Endpoint, Provider, Upload, UpstreamCall, UpstreamReply, UpstreamStream, Usage
@@ -172,6 +173,7 @@ class ProxiedRequest:
         self.shadow_capture = shadow_capture  # a sampled request's answer (body, or stream events) to compare
         self.outcome = Outcome()
         self.upstream_s = 0.0
+        self._charge: Charge | None = None  # a non-stream answer's, worked out once for its header and its record
 
     def _call(self, deployment: Deployment) -> UpstreamCall:
         if self.proto is not None:
@@ -261,7 +263,10 @@ class ProxiedRequest:
         if self.trace.on:
             self.trace.answered(reply.body)
         deployment = self.outcome.deployment
-        return usage, request_cost(deployment, usage) if deployment else 0.0
+        if deployment is None:
+            return usage, 0.0
+        self._charge = request_charge(deployment, usage)
+        return usage, self._charge.usd
 
     def stream_ending(self, stream: UpstreamStream, err: PolyrouteError) -> bytes | None:
         """What ends a stream whose upstream failed after the first byte: the protocol's error event (and [DONE]);
@@ -311,6 +316,7 @@ class ProxiedRequest:
                 reserved_cost_usd=self.admitted.cost_usd,
                 settle=self.admitted.counted,
                 cost_usd=cost_usd,
+                charge=self._charge if cost_usd is not None else None,
                 facts=self.facts,
                 body=self.parsed.body,
             )

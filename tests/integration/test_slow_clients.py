@@ -204,3 +204,60 @@ def test_the_bounds_hold_in_every_worker_of_a_multi_worker_gateway(policy: Path)
         with raw_connection(workers) as sock:
             sock.sendall(post_head("/v1/chat/completions", 100_000_000))
             assert status_and_body(read_until_closed(sock))[0] == 413
+
+
+def read_answer(sock: socket.socket, pending: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """One answer with a content-length: (head, body, what came after it)."""
+    while b"\r\n\r\n" not in pending:
+        pending += sock.recv(65536) or pytest.fail("closed before an answer")
+    head, _, rest = pending.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length"))
+    while len(rest) < length:
+        rest += sock.recv(65536) or pytest.fail("closed in the middle of an answer")
+    return head, rest[:length], rest[length:]
+
+
+def chat_request(request_id: str, extra: str = "") -> tuple[bytes, bytes]:
+    body = json.dumps({"model": "local", "messages": HELLO}).encode()
+    return post_head("/v1/chat/completions", len(body), f"x-request-id: {request_id}\r\n{extra}"), body
+
+
+def test_pipelined_requests_are_answered_whole_and_in_order(gateway: GatewayProcess) -> None:
+    # Each answer's head and body leave together; the next answer must never come between them or before them.
+    with raw_connection(gateway) as sock:
+        sock.sendall(b"".join(b"".join(chat_request(name)) for name in ("first", "second", "third")))
+        pending = b""
+        for name in ("first", "second", "third"):
+            head, body, pending = read_answer(sock, pending)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert f"x-request-id: {name}".encode() in head
+            assert json.loads(body)["choices"][0]["message"]["content"]
+        assert pending == b""
+
+
+def test_a_client_that_waits_for_100_continue_gets_it_before_sending_the_body(gateway: GatewayProcess) -> None:
+    head, body = chat_request("continued", "expect: 100-continue\r\n")
+    with raw_connection(gateway) as sock:
+        sock.sendall(head)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += sock.recv(65536) or pytest.fail("closed before 100 Continue")
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        answer, reply, _ = read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and json.loads(reply)["object"] == "chat.completion"
+
+
+def test_an_answer_to_head_is_its_head_alone_and_the_next_answer_follows_it(gateway: GatewayProcess) -> None:
+    # A HEAD answer has no body for its head to leave with: it must still go out, before the next answer.
+    with raw_connection(gateway) as sock:
+        sock.sendall(f"HEAD /healthz HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode() + b"".join(chat_request("after")))
+        received = b""
+        while received.count(b"\r\n\r\n") < 2:
+            received += sock.recv(65536) or pytest.fail("closed before both answers")
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 405 ") and b"content-length: " in head
+        answer, body, _ = read_answer(sock, rest)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"x-request-id: after" in answer
+    assert json.loads(body)["object"] == "chat.completion"

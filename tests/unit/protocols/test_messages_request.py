@@ -31,6 +31,19 @@ def test_string_system_and_content() -> None:
     }
 
 
+
+@pytest.mark.parametrize("text", ["", "one line", "two\nlines"])
+def test_a_plain_text_turn_translates_as_the_same_turn_written_as_one_text_block(text: str) -> None:
+    as_string = [{"role": "user", "content": text}, {"role": "assistant", "content": text}]
+    as_block = [{"role": role, "content": [{"type": "text", "text": text}]} for role in ("user", "assistant")]
+    assert translate(messages=as_string) == translate(messages=as_block)
+    assert translate(messages=as_string)["messages"] == as_string  # an empty reply stays "", not null
+
+
+def test_a_turn_with_a_key_messages_does_not_define_is_refused_naming_it() -> None:
+    err = refused(messages=[{"role": "user", "content": "hi", "name": "alice"}])
+    assert err.param == "messages[0].name"
+
 def test_tool_results_come_first_then_the_rest_of_the_user_turn() -> None:
     chat = translate(
         messages=[
