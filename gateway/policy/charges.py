@@ -40,6 +40,8 @@ def charge(
     cache_write_tokens: int = 0,
     reasoning_tokens: int = 0,
     requests: int = 1,
+    images: int = 0,
+    image_variant: str = "",
 ) -> Charge:
     """The cost of `requests` requests whose usage counts cache reads and writes inside `input_tokens` (as OpenAI
     and Model Studio report them) and reasoning inside `output_tokens`.
@@ -65,8 +67,24 @@ def charge(
         + written * write_price
         + max(output_tokens, 0) * output_price
     ) / _PER_MTOK
+    if images > 0 and price.per_image:
+        usd = images * image_price_usd(price, image_variant)
+        return Charge(usd=amount * price.usd_per_unit + usd, amount=amount + usd / price.usd_per_unit,
+                      currency=price.currency, entry=price.entry or price.source)
     if not price.tiers:  # the `*_usd` fields: already US dollars
         return Charge(usd=amount, amount=amount, currency="USD", entry=price.entry or price.source)
     return Charge(
         usd=amount * price.usd_per_unit, amount=amount, currency=price.currency, entry=price.entry or price.source
     )
+
+
+def image_price_usd(price: Price, variant: str) -> float:
+    """USD for one image asked at `variant` (`<size>/<quality>`, either part may be empty): the entry for both, else
+    for the size, else for the quality, else `default`; a book that lists none of them bills its highest price, so
+    that an image is never billed below what the policy says one may cost."""
+    prices = dict(price.per_image)
+    size, _, quality = variant.lower().partition("/")
+    for key in (f"{size}/{quality}", size, quality, "default"):
+        if key and key in prices:
+            return prices[key]
+    return max(prices.values(), default=0.0)

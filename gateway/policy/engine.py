@@ -7,6 +7,7 @@ from functools import partial
 from gateway.errors import (
     CONTEXT_LENGTH_EXCEEDED,
     AllCircuitsOpenError,
+    BadRequestError,
     NoEligibleTargetError,
     NotFoundError,
     PermissionDeniedError,
@@ -19,6 +20,8 @@ from gateway.policy.trace_load import load_lines, saturation_error
 
 _RULE_REASON = "rule "
 _WINDOW_REASON = "context window "
+# The kind of alias each endpoint needs (RequestFacts.endpoint); every endpoint not named here needs `chat`.
+ENDPOINT_KINDS = {"image": "image", "image_edit": "image"}
 
 
 def decide(
@@ -35,6 +38,9 @@ def decide(
         raise PermissionDeniedError(
             f"Tenant '{facts.tenant}' may not use the model '{facts.alias}'.", param="model"
         )
+    kind = ENDPOINT_KINDS.get(facts.endpoint, "chat")
+    if alias.kind != kind:
+        raise _kind_mismatch(alias, kind)
     applied: list[Rule] = []
     route_alias = alias
     route_name = f"alias:{alias.name}"
@@ -42,7 +48,8 @@ def decide(
         if not matches(rule.when, facts):
             continue
         applied.append(rule)
-        if rule.route is not None and route_name.startswith("alias:"):
+        # A rule routes only requests of its alias's kind (an image request never goes to a chat alias).
+        if rule.route is not None and route_name.startswith("alias:") and table.aliases[rule.route].kind == kind:
             route_alias = table.aliases[rule.route]
             route_name = rule.name
 
@@ -94,6 +101,14 @@ def decide(
         explain=partial(_trace, facts, tuple(applied), route_alias, tuple(excluded), tuple(ordered), spill, load),
         estimated_cost_usd=costs,
         affinity_hit=None if spill is None else spill.affinity_hit,
+    )
+
+
+def _kind_mismatch(alias: Alias, kind: str) -> BadRequestError:
+    return BadRequestError(
+        f"The model '{alias.name}' is an alias of kind {alias.kind}: it cannot serve a {kind} request. "
+        f"Send {kind} requests to an alias of kind {kind}.",
+        param="model", code="model_kind_mismatch",
     )
 
 

@@ -16,6 +16,8 @@ class Endpoint(StrEnum):
     EMBEDDING = "embedding"
     RESPONSES = "responses"  # OpenAI Responses, relayed to a provider that speaks it natively
     MESSAGES = "messages"  # Anthropic Messages, relayed to a provider that speaks it natively
+    IMAGE = "image"  # OpenAI Images: POST /v1/images/generations
+    IMAGE_EDIT = "image_edit"  # OpenAI Images: POST /v1/images/edits (multipart)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Usage:
     reasoning_tokens: int = 0  # counted inside output_tokens
     estimated: bool = False
     cache_write_tokens: int = 0  # cache writes (Anthropic, Model Studio's explicit cache), inside input_tokens
+    images: int = 0  # images an image endpoint returned (billed by a `per_image` price)
+    image_variant: str = ""  # the size and quality they were asked at (`1024x1024/hd`), which the price may read
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
