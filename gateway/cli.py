@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("file", type=Path, help="policy file or directory")
     explain.add_argument("--request", type=Path, required=True, help="request body JSON file ('-' for stdin)")
     explain.add_argument("--tenant", help="route as this tenant")
-    explain.add_argument("--endpoint", choices=["chat", "completion", "embedding"], default="chat")
+    explain.add_argument("--endpoint", choices=["chat", "completion", "embedding", "image"], default="chat")
     explain.add_argument("--header", action="append", default=[], metavar="K=V", help="a request header")
 
     usage = sub.add_parser(
@@ -305,6 +305,7 @@ def _policy_check(path: Path) -> int:
 def _route_explain(args: argparse.Namespace) -> int:
     from starlette.datastructures import Headers
 
+    from gateway.api.image_request import parse_generation
     from gateway.api.parsing import parse_request, request_facts
     from gateway.policy.engine import decide
     from gateway.policy.plan import HealthSnapshot
@@ -326,9 +327,10 @@ def _route_explain(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(table.tenants)) or "none"
         print(f"error: unknown tenant {args.tenant!r} (tenants: {known}); pass --tenant", file=sys.stderr)
         return 2
-    parsed = parse_request(raw, Endpoint(args.endpoint), headers)
-    facts = request_facts(parsed, tenant)
+    endpoint = Endpoint(args.endpoint)
+    parse = parse_generation if endpoint is Endpoint.IMAGE else parse_request
     try:
+        facts = request_facts(parse(raw, endpoint, headers), tenant)
         plan = decide(facts, table, HealthSnapshot(open_circuits=_shared_open_circuits(table), random_seed=0.0))
     except PolyrouteError as err:
         print(f"decision: rejected with HTTP {err.status}: {err.message}")

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 
 from gateway.api.asgi_io import read_body
+from gateway.api.image_request import parse_generation
 from gateway.api.openapi import OPENAI_ERROR, error_responses, ref
 from gateway.api.openapi_security import admin_only
 from gateway.api.parsing import parse_request, request_facts
@@ -67,6 +68,7 @@ class ExplainedEndpoint(StrEnum):
     CHAT = "chat"
     COMPLETION = "completion"
     EMBEDDING = "embedding"
+    IMAGE = "image"  # an images/generations body
 
 
 EXPLAIN_BODY = {
@@ -119,7 +121,10 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
     ) -> RouteExplanation:
         """Dry-run a request body (and optional tenant/hints) through the same decision code, no upstream call."""
         raw = await read_body(request.receive, request.headers, runtime.settings.max_body_bytes)
-        parsed = parse_request(raw, Endpoint(endpoint.value), request.headers)
+        if endpoint is ExplainedEndpoint.IMAGE:
+            parsed = parse_generation(raw, Endpoint.IMAGE, request.headers)
+        else:
+            parsed = parse_request(raw, Endpoint(endpoint.value), request.headers)
         table = runtime.active.table
         caller = table.tenants.get(tenant) if tenant else table.anonymous_tenant()
         if caller is None:

@@ -47,6 +47,8 @@ class ParsedRequest:
     data_class: str | None
     tags: frozenset[str]
     session: str | None = None  # affinity key (gateway.api.session)
+    images: int = 0  # an image request: how many it asks for, and at which `<size>/<quality>`
+    image_variant: str = ""
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -248,4 +250,6 @@ def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
         allowed_aliases=tenant.models,
         session=parsed.session,
         leading_key=_leading(parsed),
+        images=parsed.images,
+        image_variant=parsed.image_variant,
     )

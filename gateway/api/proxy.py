@@ -9,6 +9,7 @@ import asyncio
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
@@ -16,7 +17,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.api.asgi_io import body_chunk, content_type, read_body, response_start, send_whole
 from gateway.api.auth import authenticate
 from gateway.api.lifetime import Guard
-from gateway.api.parsing import parse_request, request_facts
+from gateway.api.parsing import ParsedRequest, parse_request, request_facts
 from gateway.api.protocol_request import ProtocolRequest, parse_protocol_request, protocol_error_response
 from gateway.api.responses import error_response
 from gateway.errors import PolyrouteError, ShuttingDownError, UpstreamError
@@ -31,6 +32,8 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 _EVENT_STREAM = content_type("text/event-stream")
 _MEDIA_TYPES: dict[str, bytes] = {}  # upstream content types, as sent back
 SHADOW_CAPTURE_ITEMS = 20_000  # a sampled stream's relayed items kept for its shadow comparison, at most
+# A route's own reader of its body (images: JSON checked against the Images API, or multipart).
+BodyParser = Callable[[bytes, Headers], Awaitable[ParsedRequest]]
 
 
 class ProxyService:
@@ -48,11 +51,13 @@ class ProxyService:
             shadow=runtime.shadow,
         )
 
-    def route(self, endpoint: Endpoint) -> ModelRoute:
-        """The ASGI app of one model route."""
-        return ModelRoute(self, endpoint)
+    def route(self, endpoint: Endpoint, parse: BodyParser | None = None) -> ModelRoute:
+        """The ASGI app of one model route; `parse` reads its body (default: an OpenAI JSON body)."""
+        return ModelRoute(self, endpoint, parse)
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint) -> None:
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, parse: BodyParser | None = None
+    ) -> None:
         started = time.perf_counter()
         headers = Headers(scope=scope)
         given_id = headers.get("x-request-id")
@@ -67,7 +72,9 @@ class ProxyService:
             tenant = authenticate(headers, active.table)
             tenant_name = tenant.name
             raw = await read_body(receive, headers, self._rt.settings.max_body_bytes)
-            if adapter is None:
+            if parse is not None:
+                parsed = await parse(raw, headers)
+            elif adapter is None:
                 parsed = parse_request(raw, endpoint, headers)
             else:
                 parsed, proto = parse_protocol_request(raw, adapter, headers)
@@ -100,12 +107,13 @@ class ProxyService:
 class ModelRoute:
     """A model route as a plain ASGI app (a class, so that Starlette's router does not wrap it in a Request)."""
 
-    def __init__(self, proxy: ProxyService, endpoint: Endpoint) -> None:
+    def __init__(self, proxy: ProxyService, endpoint: Endpoint, parse: BodyParser | None = None) -> None:
         self._proxy = proxy
         self._endpoint = endpoint
+        self._parse = parse
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._proxy.handle(scope, receive, send, self._endpoint)
+        await self._proxy.handle(scope, receive, send, self._endpoint, self._parse)
 
 
 async def _failed(

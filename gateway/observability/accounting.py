@@ -88,6 +88,8 @@ def request_charge(deployment: Deployment, usage: Usage, now: float | None = Non
         cached_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
         reasoning_tokens=usage.reasoning_tokens,
+        images=usage.images,
+        image_variant=usage.image_variant,
     )
 
 
@@ -170,6 +172,8 @@ class Accountant:
                 estimated=usage.estimated,
                 **labels,
             )
+            if usage.images:
+                self._metrics.images(count=usage.images, **labels)
             if cost:
                 self._metrics.cost(usd=cost, **labels)
                 self._metrics.cost_in_currency(amount=bill.amount, currency=bill.currency, **labels)

@@ -12,6 +12,7 @@ from gateway.policy.table import Protocol, Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, stream_event, transport_failure, upstream_error
 from gateway.providers.http1 import HeaderBlock, HTTPClient, Response, UpstreamLimits
+from gateway.providers.images import IMAGE_ENDPOINTS, image_usage, multipart_body
 from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
 from gateway.providers.upstream_proxy import UpstreamProxy
 
@@ -19,6 +20,8 @@ PATHS = {
     Endpoint.CHAT: "/chat/completions",
     Endpoint.COMPLETION: "/completions",
     Endpoint.EMBEDDING: "/embeddings",
+    Endpoint.IMAGE: "/images/generations",
+    Endpoint.IMAGE_EDIT: "/images/edits",
 }
 NATIVE = {Endpoint.RESPONSES: Protocol.RESPONSES, Endpoint.MESSAGES: Protocol.MESSAGES}
 ANTHROPIC_VERSION = "2023-06-01"  # sent when the client named none
@@ -84,9 +87,19 @@ class OpenAICompatibleProvider:
                 block = block.plus(name, value)
             url = self._base + PATHS[call.endpoint]
         timeouts = call.timeouts
+        if call.endpoint is Endpoint.IMAGE_EDIT:  # relayed as it came: multipart, the files as they were sent
+            body = call.body
+            files = {"image": body["image"], **({"mask": [body["mask"]]} if body.get("mask") else {})}
+            payload, content_type = multipart_body(body, files)
+            headers = {**self._headers, "content-type": content_type}
+            if call.request_id:
+                headers["x-request-id"] = call.request_id
+            headers.update(call.trace_headers)
+            block = HeaderBlock(headers)
+        else:
+            payload = orjson.dumps(call.body)
         return self._http.post(
-            url, orjson.dumps(call.body), block,
-            connect_timeout_s=timeouts.connect_s, total_timeout_s=timeouts.total_s,
+            url, payload, block, connect_timeout_s=timeouts.connect_s, total_timeout_s=timeouts.total_s,
         )
 
     async def send(self, call: UpstreamCall) -> UpstreamReply:
@@ -118,6 +131,8 @@ class OpenAICompatibleProvider:
             failure = inband_error(data)
             if failure is not None:
                 raise failure
+        if call.endpoint in IMAGE_ENDPOINTS:
+            return UpstreamReply(body=body, usage=image_usage(data, call.body), content_type=content_type.split(";")[0])
         usage = Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
         return UpstreamReply(body=body, usage=usage, content_type=content_type.split(";")[0])
 

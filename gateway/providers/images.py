@@ -1,0 +1,131 @@
+"""What every image provider shares: which options each kind of target can honour, the usage an Images answer
+reports, and an edit's multipart body for a relay."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any, Protocol
+
+import orjson
+
+from gateway.errors import BadRequestError
+from gateway.policy.plan import Exclusion, RoutePlan
+from gateway.policy.table import Deployment
+from gateway.providers.base import Endpoint, Usage
+
+IMAGE_ENDPOINTS = frozenset({Endpoint.IMAGE, Endpoint.IMAGE_EDIT})
+# The OpenAI options Model Studio's image API has no counterpart for (its own extras pass through); a `quality` of
+# `auto` or `standard` asks for nothing and is accepted.
+DASHSCOPE_UNSUPPORTED = ("style", "background", "output_format", "output_compression", "moderation",
+                         "partial_images", "input_fidelity", "mask")
+_NEUTRAL_QUALITY = frozenset({"auto", "standard"})
+DASHSCOPE_MAX_EDIT_IMAGES = 3  # qwen-image-edit takes 1 to 3 input images
+
+
+class EditFile(Protocol):
+    """One file of an edit request (api/image_request.py's ImageFile)."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+
+
+def image_variant(body: Mapping[str, Any]) -> str:
+    """`<size>/<quality>` as asked (either may be empty): what a `per_image` price reads."""
+    return f"{body.get('size') or ''}/{body.get('quality') or ''}".lower()
+
+
+def image_usage(data: Any, body: Mapping[str, Any]) -> Usage:
+    """The images an OpenAI-shaped ImagesResponse returned (and its token usage, when the server reports one)."""
+    images = data.get("data") if isinstance(data, dict) else None
+    count = len(images) if isinstance(images, list) else 0
+    usage = data.get("usage") if isinstance(data, dict) else None
+    tokens = Usage.from_responses(usage) if isinstance(usage, dict) else None  # gpt-image: input/output tokens
+    return Usage(
+        input_tokens=tokens.input_tokens if tokens else 0, output_tokens=tokens.output_tokens if tokens else 0,
+        images=count, image_variant=image_variant(body),
+    )
+
+
+def unsupported_option(deployment: Deployment, endpoint: Endpoint, body: Mapping[str, Any]) -> str | None:
+    """The first option of this request the deployment's provider cannot honour, with why; None when it can.
+
+    An OpenAI-compatible server is relayed everything (it answers for itself); Model Studio's image API lacks some
+    of OpenAI's options; litellm relays no edits.
+    """
+    kind = deployment.provider.type
+    if kind == "dashscope":
+        for name in DASHSCOPE_UNSUPPORTED:
+            if body.get(name) is not None:
+                return name
+        quality = body.get("quality")
+        if quality is not None and quality not in _NEUTRAL_QUALITY:
+            return "quality"
+        images = body.get("image")
+        if endpoint is Endpoint.IMAGE_EDIT and isinstance(images, list) and len(images) > DASHSCOPE_MAX_EDIT_IMAGES:
+            return "image"
+        return None
+    if kind == "litellm" and endpoint is Endpoint.IMAGE_EDIT:
+        return "image"
+    return None
+
+
+def multipart_body(body: Mapping[str, Any], files: Mapping[str, list[EditFile]]) -> tuple[bytes, str]:
+    """An edit re-encoded as multipart/form-data for an OpenAI-compatible server: text fields, then the files.
+
+    Written here rather than with a library because the dependencies offer only parsers (python-multipart) or an
+    encoder tied to a client's stream writer (aiohttp); the format needs no more than this (RFC 7578).
+    """
+    boundary = "polyroute-" + os.urandom(12).hex()
+    parts: list[bytes] = []
+    for name, value in body.items():
+        if value is None or name in files:
+            continue
+        text = value if isinstance(value, str) else orjson.dumps(value).decode()
+        parts.append(_part_head(boundary, name) + b"\r\n" + text.encode() + b"\r\n")
+    for name, items in files.items():
+        field = f"{name}[]" if len(items) > 1 else name
+        for item in items:
+            head = _part_head(boundary, field, item.filename)
+            head += f"content-type: {_header_safe(item.content_type)}\r\n".encode()
+            parts.append(head + b"\r\n" + item.data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def _part_head(boundary: str, name: str, filename: str | None = None) -> bytes:
+    disposition = f'form-data; name="{_quoted(name)}"'
+    if filename is not None:
+        disposition += f'; filename="{_quoted(filename)}"'
+    return f"--{boundary}\r\ncontent-disposition: {disposition}\r\n".encode()
+
+
+def _quoted(value: str) -> str:
+    """A name inside a quoted header parameter (RFC 7578 section 4.2: quotes and line breaks percent-encoded)."""
+    return _header_safe(value).replace('"', "%22")
+
+
+def _header_safe(value: str) -> str:
+    return value.replace("\r", "%0D").replace("\n", "%0A")
+
+
+def capable_plan(plan: RoutePlan, endpoint: Endpoint, body: Mapping[str, Any]) -> RoutePlan:
+    """The plan without the targets that cannot honour an option of this image request (each excluded with the
+    option named, as route explain shows it); a 400 naming the option when no target can."""
+    refused = [(d, option) for d in plan.attempts if (option := unsupported_option(d, endpoint, body)) is not None]
+    if not refused:
+        return plan
+    if len(refused) == len(plan.attempts):
+        detail = "; ".join(f"{d.name} ({d.provider.type}) does not support '{option}'" for d, option in refused)
+        raise BadRequestError(
+            f"No target of model '{plan.alias}' supports an option of this request: {detail}.",
+            param=refused[0][1], code="unsupported_option",
+        )
+    left = tuple(d for d in plan.attempts if all(d is not r for r, _ in refused))
+    excluded = plan.excluded + tuple(Exclusion(d.name, f"option '{option}' (unsupported)") for d, option in refused)
+    return replace(plan, attempts=left, excluded=excluded)
