@@ -106,7 +106,7 @@ def decide(
 
 def _kind_mismatch(alias: Alias, kind: str) -> BadRequestError:
     return BadRequestError(
-        f"The model '{alias.name}' is an alias of kind {alias.kind}: it cannot serve a {kind} request. "
+        f"The model '{alias.name}' is an alias of kind {alias.kind}: it cannot serve {kind} requests. "
         f"Send {kind} requests to an alias of kind {kind}.",
         param="model", code="model_kind_mismatch",
     )
