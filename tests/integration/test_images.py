@@ -29,6 +29,8 @@ providers:
   ms-images: {{type: dashscope, base_url: "{cloud}/api/v1", api_key: "${{SIM_CLOUD_KEY}}",
               hosting: cloud, jurisdiction: sg, vendor: alibaba}}
   local:     {{type: openai, base_url: "{local}", hosting: self_hosted, jurisdiction: onprem, vendor: self}}
+  via-litellm: {{type: litellm, litellm_prefix: openai, base_url: "{local}", api_key: unused,
+                hosting: self_hosted, jurisdiction: onprem, vendor: self}}
 deployments:
   wan-async:   {{provider: ms-images, model: wan2.2-t2i-flash, kind: image, price: {{per_image: 0.02}}}}
   qwen-preset: {{provider: ms-images, model: qwen-image-plus, kind: image,
@@ -37,6 +39,7 @@ deployments:
   qwen-edit:   {{provider: ms-images, model: qwen-image-edit-plus, kind: image, price: {{per_image: 0.03}}}}
   local-image: {{provider: local, model: sd-turbo, kind: image, price: {{per_image: 0.001}}}}
   local-chat:  {{provider: local, model: Qwen/Qwen3-32B}}
+  litellm-image: {{provider: via-litellm, model: sd-turbo, kind: image, price: {{per_image: 0.002}}}}
 aliases:
   paint:        {{targets: [wan-async, local-image]}}
   paint-cloud:  {{targets: [wan-async]}}
@@ -46,6 +49,7 @@ aliases:
   edit:         {{targets: [qwen-edit]}}
   edit-local:   {{targets: [local-image]}}
   chat:         {{targets: [local-chat]}}
+  paint-litellm: {{targets: [litellm-image]}}
 fallback:
   on: [rate_limit, timeout, server_error, connection_error, content_policy]
   retries: {{attempts: 0}}
@@ -198,6 +202,21 @@ def test_a_stuck_task_fails_over_within_the_request(stack: Stack) -> None:
     assert raw.headers["x-polyroute-fallback-reason"] == "timeout"
 
 
+def test_litellm_generates_images_for_other_clouds(stack: Stack) -> None:
+    raw = stack.client.images.with_raw_response.generate(model="paint-litellm", prompt="a kite", n=2)
+    images = raw.parse()
+    assert images.data is not None and len(images.data) == 2
+    assert all(image.url and "/_sim/images/" in image.url for image in images.data)
+    assert float(raw.headers["x-polyroute-cost-usd"]) == pytest.approx(2 * 0.002)
+    assert stack.local.stats()["last_path"] == "/v1/images/generations"
+
+
+def test_litellm_takes_only_the_images_api_parameters(stack: Stack) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        stack.client.images.generate(model="paint-litellm", prompt="x", extra_body={"api_base": "http://evil"})
+    assert error_of(caught.value)["param"] == "api_base"
+
+
 # --- bad requests ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("extra", "param"), [
@@ -278,6 +297,13 @@ def test_an_edit_option_model_studio_lacks_is_a_400(stack: Stack) -> None:
         stack.client.images.edit(model="edit", image=("in.png", png, "image/png"), mask=("m.png", png, "image/png"),
                                  prompt="x")
     assert error_of(caught.value)["param"] == "mask"
+
+
+def test_an_edit_to_a_litellm_target_is_a_400(stack: Stack) -> None:
+    png = _sim_png(stack)
+    with pytest.raises(openai.BadRequestError) as caught:
+        stack.client.images.edit(model="paint-litellm", image=("in.png", png, "image/png"), prompt="x")
+    assert error_of(caught.value)["param"] == "image" and "litellm-image" in error_of(caught.value)["message"]
 
 
 def test_a_body_that_is_not_multipart_is_a_400(stack: Stack) -> None:
