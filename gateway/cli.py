@@ -310,6 +310,7 @@ def _route_explain(args: argparse.Namespace) -> int:
     from gateway.policy.engine import decide
     from gateway.policy.plan import HealthSnapshot
     from gateway.providers.base import Endpoint
+    from gateway.providers.images import capable_plan
     from gateway.runtime import load_table
 
     table = load_table(Settings(), args.file)
@@ -330,12 +331,17 @@ def _route_explain(args: argparse.Namespace) -> int:
     endpoint = Endpoint(args.endpoint)
     parse = parse_generation if endpoint is Endpoint.IMAGE else parse_request
     try:
-        facts = request_facts(parse(raw, endpoint, headers), tenant)
-        plan = decide(facts, table, HealthSnapshot(open_circuits=_shared_open_circuits(table), random_seed=0.0))
+        parsed = parse(raw, endpoint, headers)
+        plan = decide(request_facts(parsed, tenant), table,
+                      HealthSnapshot(open_circuits=_shared_open_circuits(table), random_seed=0.0))
+        if endpoint is Endpoint.IMAGE:
+            plan = capable_plan(plan, endpoint, parsed.body)
     except PolyrouteError as err:
         print(f"decision: rejected with HTTP {err.status}: {err.message}")
         return 1
     print(plan.render())
+    for unsupported in (e for e in plan.excluded if e.reason.startswith("option ")):
+        print(f"excluded: {unsupported.deployment} ({unsupported.reason})")
     print(f"decision: route={plan.route} attempts={' > '.join(d.name for d in plan.attempts)}")
     if plan.estimated_cost_usd:
         costs = ", ".join(f"{k}=${v:.6f}" for k, v in plan.estimated_cost_usd.items())

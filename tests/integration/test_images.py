@@ -358,3 +358,19 @@ aliases:
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
     assert "aliases.mixed.targets[1]: deployment 'painter' is of kind image" in result.stdout + result.stderr
+
+
+def test_route_explain_cli_shows_a_target_excluded_by_an_option(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(cloud="http://127.0.0.1:9", local="http://127.0.0.1:9/v1"))
+    body = tmp_path / "body.json"
+    body.write_text(json.dumps({"model": "paint", "prompt": "x", "style": "vivid", "n": 2}))
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "route", "explain", str(policy), "--request", str(body),
+         "--endpoint", "image"],
+        capture_output=True, text=True, timeout=60, check=False, env={"SIM_CLOUD_KEY": "k", "PATH": ""},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "decision: route=alias:paint attempts=local-image" in result.stdout
+    assert "excluded: wan-async (option 'style' (unsupported))" in result.stdout
+    assert "local-image=$0.002000" in result.stdout  # 2 images at 0.001
