@@ -186,6 +186,10 @@ def _check_kinds(
     for name, a in aliases.items():
         kinds = {target: deployments[target].kind for target in a.targets if target in deployments}
         first = next(iter(kinds.values()), "chat")
+        for index, target in enumerate(a.shadow.targets if a.shadow else ()):
+            if target in deployments and deployments[target].kind != first:
+                problems.append(Problem(("aliases", name, "shadow", "targets", index),
+                                        f"deployment {target!r} is of kind {deployments[target].kind}, not {first}"))
         for index, target in enumerate(a.targets):
             if kinds.get(target, first) != first:
                 problems.append(Problem(

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.errors import BadRequestError, PolicyError
 from gateway.observability.accounting import request_charge
+from gateway.policy.describe import describe_policy
 from gateway.policy.engine import decide
 from gateway.policy.loader import load_policy_text
 from gateway.policy.plan import HealthSnapshot, RequestFacts
@@ -106,3 +107,16 @@ def test_image_api_is_for_image_deployments_and_per_image_needs_a_price() -> Non
                                     "model: qwen, image_api: async, price: {per_image: {}}"))
     assert "deployments.talker.image_api: only used by `kind: image` deployments" in found
     assert "deployments.talker.price.per_image: give at least one price" in found
+
+
+def test_shadow_targets_share_the_aliases_kind() -> None:
+    shadowed = "chat:  {targets: [talker], shadow: {targets: [flat]}}"
+    found = problems(POLICY.replace("chat:  {targets: [talker]}", shadowed))
+    assert found == ["aliases.chat.shadow.targets[0]: deployment 'flat' is of kind image, not chat"]
+
+
+def test_policy_check_shows_kinds_and_image_prices(table: PolicyTable) -> None:
+    text = describe_policy(table)
+    assert "ms: dashscope (Model Studio native image API)" in text
+    assert "sized: ms / qwen-image-plus, context unknown, per image: 1328x1328 $0.03, 1664x928/hd $0.09" in text
+    assert "kind image (sync API)" in text and "  paint (image): priority -> flat, sized, dear" in text
