@@ -7,7 +7,6 @@ from urllib.parse import urlsplit
 from gateway.policy.durations import format_duration
 from gateway.policy.table import Condition, FallbackPolicy, PolicyTable, Price, Rule, Thinking
 
-
 _API = {"dashscope": "Model Studio native image API"}
 
 
