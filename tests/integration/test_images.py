@@ -374,3 +374,41 @@ def test_route_explain_cli_shows_a_target_excluded_by_an_option(tmp_path: Path) 
     assert "decision: route=alias:paint attempts=local-image" in result.stdout
     assert "excluded: wan-async (option 'style' (unsupported))" in result.stdout
     assert "local-image=$0.002000" in result.stdout  # 2 images at 0.001
+
+
+BUDGET_POLICY = """
+version: 1
+providers:
+  local: {{type: openai, base_url: "{local}", hosting: self_hosted, jurisdiction: onprem, vendor: self}}
+deployments:
+  local-image: {{provider: local, model: sd-turbo, kind: image, price: {{per_image: 0.02}}}}
+aliases:
+  paint: {{targets: [local-image]}}
+tenants:
+  team:
+    api_keys: ["sk-images-team"]
+    limits: {{tpm: 1}}
+    budget: {{usd_per_day: 0.05}}
+"""
+
+
+def test_budgets_see_image_costs_and_tpm_limits_do_not_apply(stack: Stack, tmp_path: Path) -> None:
+    policy = tmp_path / "budget.yaml"
+    policy.write_text(BUDGET_POLICY.format(local=stack.local.base_url))
+    gateway = start_gateway(policy)
+    try:
+        with openai.OpenAI(base_url=gateway.url("/v1"), api_key="sk-images-team", max_retries=0) as client:
+            raw = client.images.with_raw_response.generate(model="paint", prompt="x", n=2)  # a tpm of 1: no matter
+            assert float(raw.headers["x-polyroute-cost-usd"]) == pytest.approx(0.04)
+            deadline = time.monotonic() + 10
+            while True:  # the cost is settled against the budget off the response path
+                try:
+                    client.images.generate(model="paint", prompt="x", n=1)  # 0.04 + 0.02 > 0.05
+                except openai.RateLimitError as exc:
+                    refusal = error_of(exc)
+                    break
+                assert time.monotonic() < deadline, "the budget never saw the images' cost"
+                time.sleep(0.1)
+        assert refusal["code"] == "insufficient_quota" and "budget of $0.05" in refusal["message"]
+    finally:
+        gateway.stop()
