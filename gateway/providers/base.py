@@ -100,6 +100,17 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and value > 0 else 0
 
 
+class EditFile(Protocol):
+    """One file of an image edit request (api/image_request.py's ImageFile), in an UpstreamCall's body."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
+
+
 @dataclass
 class UpstreamCall:
     """One attempt: which deployment, which endpoint, the JSON body to send (model already rewritten)."""

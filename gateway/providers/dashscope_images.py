@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.errors import BadRequestError
-from gateway.providers.images import EditFile
+from gateway.providers.base import EditFile
 
 SYNTHESIS_PATH = "/services/aigc/text2image/image-synthesis"
 GENERATION_PATH = "/services/aigc/multimodal-generation/generation"
@@ -47,24 +47,29 @@ def image_api(model: str, configured: str | None) -> str:
     return "async" if _ASYNC_MODELS.match(model) else "sync"
 
 
-def dashscope_size(model: str, size: Any) -> str | None:
-    """`1024x1024` -> `1024*1024`; None for `auto` or no size (the model's default). A size the model does not
-    serve is the client's 400, naming it and the sizes it may ask for."""
+def size_problem(model: str, size: Any) -> str | None:
+    """Why `model` cannot make images of `size` (`<w>x<h>`), naming the sizes it can; None when it can."""
     if size is None or size == "auto":
         return None
     width, _, height = str(size).partition("x")
     if _PRESET_MODELS.match(model):
         if size not in PRESET_SIZES:
-            raise BadRequestError(
-                f"size '{size}' is not served by {model}; it serves {', '.join(PRESET_SIZES)} (or 'auto').",
-                param="size",
-            )
+            return f"size '{size}' is not served by {model}; it serves {', '.join(PRESET_SIZES)} (or 'auto')"
     elif not all(side.isdigit() and FREE_SIDE[0] <= int(side) <= FREE_SIDE[1] for side in (width, height)):
         low, high = FREE_SIDE
-        raise BadRequestError(
-            f"size '{size}' is not served by {model}: width and height must each be {low} to {high} pixels.",
-            param="size",
-        )
+        return f"size '{size}' is not served by {model}: width and height must each be {low} to {high} pixels"
+    return None
+
+
+def dashscope_size(model: str, size: Any) -> str | None:
+    """`1024x1024` -> `1024*1024`; None for `auto` or no size (the model's default). A size the model does not
+    serve is the client's 400 (routing leaves such a target out before, see providers/images.py)."""
+    problem = size_problem(model, size)
+    if problem is not None:
+        raise BadRequestError(problem + ".", param="size")
+    if size is None or size == "auto":
+        return None
+    width, _, height = str(size).partition("x")
     return f"{width}*{height}"
 
 

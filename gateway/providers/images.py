@@ -6,14 +6,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from gateway.errors import BadRequestError
 from gateway.policy.plan import Exclusion, RoutePlan
 from gateway.policy.table import Deployment
-from gateway.providers.base import Endpoint, Usage
+from gateway.providers.base import EditFile, Endpoint, Usage
+from gateway.providers.dashscope_images import size_problem
 
 IMAGE_ENDPOINTS = frozenset({Endpoint.IMAGE, Endpoint.IMAGE_EDIT})
 # The OpenAI options Model Studio's image API has no counterpart for (its own extras pass through); a `quality` of
@@ -22,17 +23,6 @@ DASHSCOPE_UNSUPPORTED = ("style", "background", "output_format", "output_compres
                          "partial_images", "input_fidelity", "mask")
 _NEUTRAL_QUALITY = frozenset({"auto", "standard"})
 DASHSCOPE_MAX_EDIT_IMAGES = 3  # qwen-image-edit takes 1 to 3 input images
-
-
-class EditFile(Protocol):
-    """One file of an edit request (api/image_request.py's ImageFile)."""
-
-    @property
-    def filename(self) -> str: ...
-    @property
-    def content_type(self) -> str: ...
-    @property
-    def data(self) -> bytes: ...
 
 
 def image_variant(body: Mapping[str, Any]) -> str:
@@ -52,26 +42,29 @@ def image_usage(data: Any, body: Mapping[str, Any]) -> Usage:
     )
 
 
-def unsupported_option(deployment: Deployment, endpoint: Endpoint, body: Mapping[str, Any]) -> str | None:
-    """The first option of this request the deployment's provider cannot honour, with why; None when it can.
+def unsupported_option(deployment: Deployment, endpoint: Endpoint, body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first option of this request the deployment cannot honour and why (`param`, `reason`); None when it can.
 
     An OpenAI-compatible server is relayed everything (it answers for itself); Model Studio's image API lacks some
-    of OpenAI's options; litellm relays no edits.
+    of OpenAI's options and serves each model at its own sizes; litellm relays no edits.
     """
     kind = deployment.provider.type
     if kind == "dashscope":
         for name in DASHSCOPE_UNSUPPORTED:
             if body.get(name) is not None:
-                return name
+                return name, f"does not support '{name}'"
         quality = body.get("quality")
         if quality is not None and quality not in _NEUTRAL_QUALITY:
-            return "quality"
+            return "quality", "does not support 'quality'"
+        problem = size_problem(deployment.model, body.get("size"))
+        if problem is not None:
+            return "size", problem
         images = body.get("image")
         if endpoint is Endpoint.IMAGE_EDIT and isinstance(images, list) and len(images) > DASHSCOPE_MAX_EDIT_IMAGES:
-            return "image"
+            return "image", f"takes at most {DASHSCOPE_MAX_EDIT_IMAGES} images to edit"
         return None
     if kind == "litellm" and endpoint is Endpoint.IMAGE_EDIT:
-        return "image"
+        return "image", "does not support 'image' (litellm relays no image edits)"
     return None
 
 
@@ -117,15 +110,17 @@ def _header_safe(value: str) -> str:
 def capable_plan(plan: RoutePlan, endpoint: Endpoint, body: Mapping[str, Any]) -> RoutePlan:
     """The plan without the targets that cannot honour an option of this image request (each excluded with the
     option named, as route explain shows it); a 400 naming the option when no target can."""
-    refused = [(d, option) for d in plan.attempts if (option := unsupported_option(d, endpoint, body)) is not None]
+    refused = [(d, found) for d in plan.attempts if (found := unsupported_option(d, endpoint, body)) is not None]
     if not refused:
         return plan
     if len(refused) == len(plan.attempts):
-        detail = "; ".join(f"{d.name} ({d.provider.type}) does not support '{option}'" for d, option in refused)
+        detail = "; ".join(f"{d.name} ({d.provider.type}): {reason}" for d, (_, reason) in refused)
         raise BadRequestError(
-            f"No target of model '{plan.alias}' supports an option of this request: {detail}.",
-            param=refused[0][1], code="unsupported_option",
+            f"No target of model '{plan.alias}' can serve this request: {detail}.",
+            param=refused[0][1][0], code="unsupported_option",
         )
     left = tuple(d for d in plan.attempts if all(d is not r for r, _ in refused))
-    excluded = plan.excluded + tuple(Exclusion(d.name, f"option '{option}' (unsupported)") for d, option in refused)
+    excluded = plan.excluded + tuple(
+        Exclusion(d.name, f"option '{param}' (unsupported: {reason})") for d, (param, reason) in refused
+    )
     return replace(plan, attempts=left, excluded=excluded)

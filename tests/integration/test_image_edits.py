@@ -130,7 +130,7 @@ def test_route_explain_cli_shows_a_target_excluded_by_an_option(tmp_path: Path) 
     )
     assert result.returncode == 0, result.stderr
     assert "decision: route=alias:paint attempts=local-image" in result.stdout
-    assert "excluded: wan-async (option 'style' (unsupported))" in result.stdout
+    assert "excluded: wan-async (option 'style' (unsupported: does not support 'style'))" in result.stdout
     assert "local-image=$0.002000" in result.stdout  # 2 images at 0.001
 
 

@@ -175,6 +175,15 @@ def test_an_option_one_target_lacks_skips_it(stack: Stack) -> None:
     assert stack.local.stats()["last_body"]["style"] == "natural"
 
 
+def test_a_size_one_target_does_not_serve_skips_it(stack: Stack) -> None:
+    raw = stack.client.images.with_raw_response.generate(model="paint", prompt="x", size="256x256")
+    assert raw.headers["x-polyroute-deployment"] == "local-image" and raw.headers["x-polyroute-attempts"] == "1"
+    plan = stack.admin("/admin/routes/explain?endpoint=image", {"model": "paint", "prompt": "x", "size": "256x256"})
+    assert plan["excluded"] == [{"deployment": "wan-async", "reason": "option 'size' (unsupported: size '256x256' "
+                                 "is not served by wan2.2-t2i-flash: width and height must each be 512 to 2048 "
+                                 "pixels)"}]
+
+
 def test_chat_to_an_image_alias_and_images_to_a_chat_alias_are_400s(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         stack.client.chat.completions.create(model="paint", messages=[{"role": "user", "content": "hi"}])
