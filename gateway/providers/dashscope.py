@@ -176,9 +176,10 @@ class DashScopeImageProvider:
         return bytes(data)
 
     def may_fetch(self, url: str) -> bool:
-        """Only URLs of the provider itself: its own host and port, or (for a DNS name) a host in the same parent
-        domain on the scheme's default port (Model Studio's images are on `*.aliyuncs.com` storage hosts). An
-        answer pointing anywhere else (an internal address, another service) is never fetched."""
+        """Only URLs of the provider itself: its own host and port, or (for a DNS name) a host under the same
+        registered domain on the scheme's default port (Model Studio's images are on `*.aliyuncs.com` storage hosts,
+        whether the API is its regional host or a workspace's). An answer pointing anywhere else (an internal
+        address, another service) is never fetched."""
         parts = urlsplit(url)
         host = (parts.hostname or "").lower()
         if parts.scheme not in ("http", "https") or not host or (parts.scheme == "http" and self._scheme == "https"):
@@ -186,10 +187,21 @@ class DashScopeImageProvider:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if host == self._host:
             return port == self._port
-        if _is_ip(self._host) or _is_ip(host) or self._host.count(".") < 2:
-            return False
-        parent = self._host.split(".", 1)[1]
-        return host.endswith("." + parent) and port == (443 if parts.scheme == "https" else 80)
+        domain = _registered_domain(self._host)
+        return domain is not None and host.endswith("." + domain) and port == (443 if parts.scheme == "https" else 80)
+
+
+# Second-level labels under which each name is a registry of its own (`example.co.uk`): the domain is one label more.
+_SHARED_SECOND_LEVEL = frozenset({"ac", "co", "com", "edu", "gov", "net", "org"})
+
+
+def _registered_domain(host: str) -> str | None:
+    """`dashscope-intl.aliyuncs.com` -> `aliyuncs.com`; None for an IP address or a name with too few labels."""
+    if _is_ip(host):
+        return None
+    labels = host.split(".")
+    keep = 3 if len(labels) >= 3 and labels[-2] in _SHARED_SECOND_LEVEL else 2
+    return ".".join(labels[-keep:]) if len(labels) > keep else None
 
 
 def _is_ip(host: str) -> bool:

@@ -119,6 +119,13 @@ def test_only_the_providers_own_hosts_are_fetched(url: str, allowed: bool) -> No
     assert provider("https://dashscope-intl.aliyuncs.com/api/v1").may_fetch(url) is allowed
 
 
+def test_a_workspace_endpoint_fetches_from_the_storage_hosts() -> None:
+    ms = provider("https://ws-123.ap-southeast-1.maas.aliyuncs.com/api/v1")
+    assert ms.may_fetch("https://dashscope-result-sgp.oss-ap-southeast-1.aliyuncs.com/x.png")
+    assert not provider("https://images.example.co.uk/api/v1").may_fetch("https://evil.co.uk/x.png")
+    assert provider("https://images.example.co.uk/api/v1").may_fetch("https://cdn.example.co.uk/x.png")
+
+
 def test_an_ip_provider_is_fetched_from_its_own_address_and_port_only() -> None:
     ms = provider("http://127.0.0.1:8080/api/v1")
     assert ms.may_fetch("http://127.0.0.1:8080/_sim/images/a.png")
