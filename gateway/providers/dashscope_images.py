@@ -146,9 +146,13 @@ def generation_urls(data: Any) -> list[str]:
     return urls
 
 
+# The sizes OpenAI's ImagesResponse may name; another size is left out of the answer (the field is optional).
+_ANSWERED_SIZES = frozenset({"1024x1024", "1024x1536", "1536x1024"})
+
+
 def images_response(items: Sequence[tuple[str, str]], size: str | None) -> dict[str, Any]:
-    """OpenAI's ImagesResponse: `items` are (`url` or `b64_json`, value) pairs."""
+    """OpenAI's ImagesResponse: `items` are (`url` or `b64_json`, value) pairs; `size` in DashScope's words."""
     answer: dict[str, Any] = {"created": int(time.time()), "data": [{key: value} for key, value in items]}
-    if size is not None:
+    if size is not None and openai_size(size) in _ANSWERED_SIZES:
         answer["size"] = openai_size(size)
     return answer

@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from tests.support.images import POLICY, Stack, error_of, image_stack, sim_png
+from tests.support.openai_schema import schema_errors
 from tests.support.processes import start_gateway
 
 
@@ -39,6 +40,7 @@ def test_edit_through_model_studio_sends_the_image_as_a_data_url(stack: Stack) -
                                                      prompt="make it blue", size="1024x1024")
     assert raw.headers["x-polyroute-deployment"] == "qwen-edit"
     assert raw.parse().data is not None
+    assert schema_errors("ImagesResponse", raw.http_response.json()) == []
     content = stack.cloud.stats()["last_body"]["input"]["messages"][0]["content"]
     assert content[0]["image"] == "data:image/png;base64," + base64.b64encode(png).decode()
     assert content[1] == {"text": "make it blue"}

@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.support.images import PNG_MAGIC, Stack, error_of, image_stack
+from tests.support.openai_schema import schema_errors
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def test_async_task_answers_two_urls_at_the_mapped_size(stack: Stack) -> None:
     assert images.data is not None and len(images.data) == 2
     assert all(image.url and "/_sim/images/" in image.url for image in images.data)
     assert images.size == "1024x1024"
+    assert schema_errors("ImagesResponse", raw.http_response.json()) == []
     stats = stack.cloud.stats()["requests_by_path"]
     assert stats["/api/v1/services/aigc/text2image/image-synthesis"] == 1
     # PENDING, RUNNING, SUCCEEDED: one query each
@@ -56,7 +58,10 @@ def test_sync_call_sends_the_size_in_dashscope_words(stack: Stack) -> None:
 
 
 def test_b64_json_from_a_url_only_provider_is_the_image_itself(stack: Stack) -> None:
-    images = stack.client.images.generate(model="paint-cloud", prompt="a cat", response_format="b64_json")
+    raw = stack.client.images.with_raw_response.generate(model="paint-cloud", prompt="a cat",
+                                                         response_format="b64_json")
+    assert schema_errors("ImagesResponse", raw.http_response.json()) == []
+    images = raw.parse()
     assert images.data is not None and images.data[0].url is None
     assert base64.b64decode(images.data[0].b64_json or "").startswith(PNG_MAGIC)
     # The image was fetched without the provider's key: the simulator saw no authorization on it.

@@ -30,6 +30,7 @@ def test_sizes_map_both_ways() -> None:
     assert dashscope_size("wan2.2-t2i-flash", "1024x1024") == "1024*1024"
     assert dashscope_size("qwen-image-plus", "1328x1328") == "1328*1328"
     assert images_response([("url", "u")], "1024*1536")["size"] == "1024x1536"
+    assert "size" not in images_response([("url", "u")], "1328*1328")  # not a size OpenAI's answer may name
     assert dashscope_size("qwen-image-2.0", "auto") is None and dashscope_size("qwen-image-2.0", None) is None
 
 
