@@ -63,13 +63,6 @@ def test_an_edit_option_model_studio_lacks_is_a_400(stack: Stack) -> None:
     assert error_of(caught.value)["param"] == "mask"
 
 
-def test_an_edit_to_a_litellm_target_is_a_400(stack: Stack) -> None:
-    png = sim_png(stack)
-    with pytest.raises(openai.BadRequestError) as caught:
-        stack.client.images.edit(model="paint-litellm", image=("in.png", png, "image/png"), prompt="x")
-    assert error_of(caught.value)["param"] == "image" and "litellm-image" in error_of(caught.value)["message"]
-
-
 def test_a_body_that_is_not_multipart_is_a_400(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         stack.client.post("/images/edits", body={"model": "edit", "prompt": "x"}, cast_to=object)

@@ -1,5 +1,5 @@
 """Image generation through the gateway with the official openai client: Model Studio's native image API
-(simulated: async tasks and the sync call), an OpenAI-compatible self-hosted server (simulated vLLM) and litellm;
+(simulated: async tasks and the sync call), an OpenAI-compatible self-hosted server (simulated vLLM);
 failures, timeouts, fallback and the 400s a client gets for what no target can do."""
 
 from __future__ import annotations
@@ -121,21 +121,6 @@ def test_a_stuck_task_fails_over_within_the_request(stack: Stack) -> None:
     raw = stack.client.images.with_raw_response.generate(model="paint", prompt="slow")
     assert raw.headers["x-polyroute-deployment"] == "local-image"
     assert raw.headers["x-polyroute-fallback-reason"] == "timeout"
-
-
-def test_litellm_generates_images_for_other_clouds(stack: Stack) -> None:
-    raw = stack.client.images.with_raw_response.generate(model="paint-litellm", prompt="a kite", n=2)
-    images = raw.parse()
-    assert images.data is not None and len(images.data) == 2
-    assert all(image.url and "/_sim/images/" in image.url for image in images.data)
-    assert float(raw.headers["x-polyroute-cost-usd"]) == pytest.approx(2 * 0.002)
-    assert stack.local.stats()["last_path"] == "/v1/images/generations"
-
-
-def test_litellm_takes_only_the_images_api_parameters(stack: Stack) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        stack.client.images.generate(model="paint-litellm", prompt="x", extra_body={"api_base": "http://evil"})
-    assert error_of(caught.value)["param"] == "api_base"
 
 
 # --- bad requests ------------------------------------------------------------------------------------------------

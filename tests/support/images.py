@@ -25,8 +25,6 @@ providers:
   ms-images: {{type: dashscope, base_url: "{cloud}/api/v1", api_key: "${{SIM_CLOUD_KEY}}",
               hosting: cloud, jurisdiction: sg, vendor: alibaba}}
   local:     {{type: openai, base_url: "{local}", hosting: self_hosted, jurisdiction: onprem, vendor: self}}
-  via-litellm: {{type: litellm, litellm_prefix: openai, base_url: "{local}", api_key: unused,
-                hosting: self_hosted, jurisdiction: onprem, vendor: self}}
 deployments:
   wan-async:   {{provider: ms-images, model: wan2.2-t2i-flash, kind: image, price: {{per_image: 0.02}}}}
   qwen-preset: {{provider: ms-images, model: qwen-image-plus, kind: image,
@@ -35,7 +33,6 @@ deployments:
   qwen-edit:   {{provider: ms-images, model: qwen-image-edit-plus, kind: image, price: {{per_image: 0.03}}}}
   local-image: {{provider: local, model: sd-turbo, kind: image, price: {{per_image: 0.001}}}}
   local-chat:  {{provider: local, model: Qwen/Qwen3-32B}}
-  litellm-image: {{provider: via-litellm, model: sd-turbo, kind: image, price: {{per_image: 0.002}}}}
 aliases:
   paint:        {{targets: [wan-async, local-image]}}
   paint-cloud:  {{targets: [wan-async]}}
@@ -45,7 +42,6 @@ aliases:
   edit:         {{targets: [qwen-edit]}}
   edit-local:   {{targets: [local-image]}}
   chat:         {{targets: [local-chat]}}
-  paint-litellm: {{targets: [litellm-image]}}
 fallback:
   on: [rate_limit, timeout, server_error, connection_error, content_policy]
   retries: {{attempts: 0}}
