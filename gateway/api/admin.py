@@ -77,7 +77,7 @@ EXPLAIN_BODY = {
         "required": True,
         "description": "The body the client would send, for the endpoint named by `endpoint`.",
         "content": {"application/json": {"schema": {"anyOf": [  # api/openapi_models.py
-            ref(name) for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest")
+            ref(name) for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "ImageRequest")
         ]}}},
     }
 }
