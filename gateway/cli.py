@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("file", type=Path, help="policy file or directory")
     explain.add_argument("--request", type=Path, required=True, help="request body JSON file ('-' for stdin)")
     explain.add_argument("--tenant", help="route as this tenant")
-    explain.add_argument("--endpoint", choices=["chat", "completion", "embedding", "transcription", "speech"],
+    explain.add_argument("--endpoint", choices=["chat", "completion", "embedding", "image", "transcription", "speech"],
                          default="chat", help="transcription: the body is a JSON object of the upload's text fields")
     explain.add_argument("--header", action="append", default=[], metavar="K=V", help="a request header")
 
@@ -311,6 +311,7 @@ def _route_explain(args: argparse.Namespace) -> int:
     from gateway.policy.engine import decide
     from gateway.policy.plan import HealthSnapshot
     from gateway.providers.base import Endpoint
+    from gateway.providers.images import capable_plan
     from gateway.runtime import load_table
 
     table = load_table(Settings(), args.file)
@@ -328,14 +329,19 @@ def _route_explain(args: argparse.Namespace) -> int:
         known = ", ".join(sorted(table.tenants)) or "none"
         print(f"error: unknown tenant {args.tenant!r} (tenants: {known}); pass --tenant", file=sys.stderr)
         return 2
-    parsed = explained_request(raw, Endpoint(args.endpoint), headers)
-    facts = request_facts(parsed, tenant)
+    endpoint = Endpoint(args.endpoint)
     try:
-        plan = decide(facts, table, HealthSnapshot(open_circuits=_shared_open_circuits(table), random_seed=0.0))
+        parsed = explained_request(raw, endpoint, headers)
+        plan = decide(request_facts(parsed, tenant), table,
+                      HealthSnapshot(open_circuits=_shared_open_circuits(table), random_seed=0.0))
+        if endpoint is Endpoint.IMAGE:
+            plan = capable_plan(plan, endpoint, parsed.body)
     except PolyrouteError as err:
         print(f"decision: rejected with HTTP {err.status}: {err.message}")
         return 1
     print(plan.render())
+    for unsupported in (e for e in plan.excluded if e.reason.startswith("option ")):
+        print(f"excluded: {unsupported.deployment} ({unsupported.reason})")
     print(f"decision: route={plan.route} attempts={' > '.join(d.name for d in plan.attempts)}")
     if plan.estimated_cost_usd:
         costs = ", ".join(f"{k}=${v:.6f}" for k, v in plan.estimated_cost_usd.items())

@@ -22,6 +22,7 @@ from gateway.errors import BadRequestError, NotFoundError, PolicyError, PolicyRe
 from gateway.observability.usage_report import MAX_DAYS, dimensions, summarize
 from gateway.policy.engine import decide
 from gateway.providers.base import Endpoint
+from gateway.providers.images import capable_plan
 from gateway.runtime import Runtime
 
 
@@ -70,6 +71,7 @@ class ExplainedEndpoint(StrEnum):
     EMBEDDING = "embedding"
     TRANSCRIPTION = "transcription"  # the body: a JSON object of the upload's text fields (no file)
     SPEECH = "speech"
+    IMAGE = "image"  # an images/generations body
 
 
 EXPLAIN_BODY = {
@@ -77,7 +79,7 @@ EXPLAIN_BODY = {
         "required": True,
         "description": "The body the client would send, for the endpoint named by `endpoint`.",
         "content": {"application/json": {"schema": {"anyOf": [  # api/openapi_models.py
-            ref(name) for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest")
+            ref(name) for name in ("ChatCompletionRequest", "CompletionRequest", "EmbeddingRequest", "ImageRequest")
         ]}}},
     }
 }
@@ -128,6 +130,8 @@ def admin_routes(runtime: Runtime) -> list[BaseRoute]:
         if caller is None:
             raise NotFoundError(f"unknown tenant '{tenant}'", param="tenant", code="tenant_not_found")
         plan = decide(request_facts(parsed, caller), table, runtime.health.snapshot(), runtime.load.snapshot())
+        if endpoint is ExplainedEndpoint.IMAGE:  # the targets that cannot honour an option are excluded too
+            plan = capable_plan(plan, Endpoint.IMAGE, parsed.body)
         return RouteExplanation(
             route=plan.route,
             strategy=plan.strategy,

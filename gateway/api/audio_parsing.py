@@ -10,6 +10,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.datastructures import Headers
 
+from gateway.api.image_request import parse_generation
 from gateway.api.parsing import ParsedRequest, json_object, parse_request, read_hints
 from gateway.errors import BadRequestError
 from gateway.providers.base import Endpoint, Upload, Usage
@@ -34,6 +35,8 @@ def parse_transcription(raw: bytes, headers: Headers) -> ParsedRequest:
 def explained_request(raw: bytes, endpoint: Endpoint, headers: Headers) -> ParsedRequest:
     """A body as `route explain` reads it: as served, except a transcription's, which is a JSON object of its form's
     text fields (routing never reads the audio file)."""
+    if endpoint is Endpoint.IMAGE:
+        return parse_generation(raw, endpoint, headers)
     if endpoint is Endpoint.SPEECH:
         return parse_speech(raw, headers)
     if endpoint is Endpoint.TRANSCRIPTION:

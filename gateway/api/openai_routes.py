@@ -11,6 +11,7 @@ from starlette.routing import BaseRoute, Route
 
 from gateway.api.agent_routes import agent_routes
 from gateway.api.audio_routes import audio_routes
+from gateway.api.image_routes import image_routes
 from gateway.api.openapi import OPENAI_ERROR, error_responses
 from gateway.api.openapi_security import tenant_of
 from gateway.api.proxy import ProxyService
@@ -60,6 +61,7 @@ def model_routes(runtime: Runtime) -> list[BaseRoute]:
         Route("/v1/chat/completions", proxy.route(Endpoint.CHAT), methods=["POST"]),
         Route("/v1/completions", proxy.route(Endpoint.COMPLETION), methods=["POST"]),
         Route("/v1/embeddings", proxy.route(Endpoint.EMBEDDING), methods=["POST"]),
+        *image_routes(proxy),
         *router.routes,
         *agent_routes(runtime, proxy),
         *audio_routes(proxy),

@@ -53,6 +53,7 @@ SSE_EVENT = {  # the schema of each event, as OpenAPI 3.2's itemSchema says it (
     "properties": {"event": {"type": "string"}, "data": {"type": "string"}, "id": {"type": "string"}},
 }
 CLIENT_SECURITY: list[dict[str, list[str]]] = [{"ClientKey": []}, {"ClientApiKey": []}, {}]
+MULTIPART = "multipart/form-data"
 
 
 class Proxied:
@@ -60,10 +61,10 @@ class Proxied:
 
     def __init__(
         self, path: str, summary: str, request: type[BaseModel], reply: type[BaseModel], *, streams: bool,
-        error: str = OPENAI_ERROR, tag: str = "OpenAI",
+        error: str = OPENAI_ERROR, tag: str = "OpenAI", media: str = JSON,
     ) -> None:
         self.path, self.summary, self.request, self.reply = path, summary, request, reply
-        self.streams, self.error, self.tag = streams, error, tag
+        self.streams, self.error, self.tag, self.media = streams, error, tag, media
 
 
 PROXIED = (
@@ -72,6 +73,10 @@ PROXIED = (
     Proxied("/v1/completions", "Text completion (legacy), routed by the policy",
             m.CompletionRequest, m.Completion, streams=True),
     Proxied("/v1/embeddings", "Embeddings, routed by the policy", m.EmbeddingRequest, m.EmbeddingList, streams=False),
+    Proxied("/v1/images/generations", "Image generation, routed by the policy (aliases of kind image)",
+            m.ImageRequest, m.ImagesResponse, streams=False),
+    Proxied("/v1/images/edits", "Image edit (multipart), routed by the policy (aliases of kind image)",
+            m.ImageEditRequest, m.ImagesResponse, streams=False, media=MULTIPART),
     Proxied("/v1/responses", "OpenAI Responses API, routed by the policy",
             m.ResponseRequest, m.ResponseObject, streams=True),
     Proxied("/v1/messages", "Anthropic Messages API, routed by the policy", m.MessagesRequest, m.MessageObject,
@@ -91,7 +96,7 @@ def proxied_operation(p: Proxied) -> dict[str, Any]:
         "operationId": "proxy" + p.path.replace("/", "_").replace("v1_", ""),
         "parameters": HINT_PARAMETERS,
         "security": CLIENT_SECURITY,
-        "requestBody": {"required": True, "content": {JSON: {"schema": ref(p.request.__name__)}}},
+        "requestBody": {"required": True, "content": {p.media: {"schema": ref(p.request.__name__)}}},
         "responses": {"200": {"description": "The target's answer.", "headers": headers, "content": content},
                       **error_responses(p.error)},
     }

@@ -138,6 +138,38 @@ class EmbeddingList(Open):
     usage: Usage | None = None
 
 
+# --- OpenAI Images ---
+class ImageRequest(Open):
+    model: str = Field(min_length=1, description="An alias of kind image in the gateway's policy.")
+    prompt: str = Field(min_length=1)
+    n: int | None = Field(default=None, ge=1, le=10)
+    size: str | None = Field(default=None, pattern=r"^(auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4})$")
+    quality: Literal["standard", "hd", "low", "medium", "high", "auto"] | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+    metadata: Metadata | None = Field(default=None, description=METADATA_HINTS)
+
+
+class ImageEditRequest(BaseModel):
+    """An edit as multipart/form-data fields (`image[]` for several images); other fields pass through."""
+
+    model: str = Field(min_length=1, description="An alias of kind image in the gateway's policy.")
+    prompt: str = Field(min_length=1)
+    image: bytes = Field(json_schema_extra={"format": "binary"})
+    n: int | None = Field(default=None, ge=1, le=10)
+    size: str | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+
+
+class Image(Open):
+    url: str | None = None
+    b64_json: str | None = None
+
+
+class ImagesResponse(Open):
+    created: int
+    data: list[Image]
+
+
 # --- OpenAI Responses ---
 class ResponseRequest(Open):
     model: str = Field(min_length=1, description="An alias of the gateway's policy.")

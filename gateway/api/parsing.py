@@ -56,6 +56,8 @@ class ParsedRequest:
     session: str | None = None  # affinity key (gateway.api.session)
     upload: Upload | None = None  # a transcription's audio file (its other fields are in `body`)
     metered: Usage | None = None  # what the request itself tells of its use: seconds of a WAV, characters to speak
+    images: int = 0  # an image request: how many it asks for, and at which `<size>/<quality>`
+    image_variant: str = ""
 
 
 def json_object(raw: bytes) -> dict[str, Any]:
@@ -261,4 +263,6 @@ def request_facts(parsed: ParsedRequest, tenant: Tenant) -> RequestFacts:
         allowed_aliases=tenant.models,
         session=parsed.session,
         leading_key=_leading(parsed),
+        images=parsed.images,
+        image_variant=parsed.image_variant,
     )

@@ -30,6 +30,8 @@ FAULT_KINDS = NAMED_ERRORS | {
     "inband_error",
     "no_usage",
     "delay",
+    "task_failed",
+    "task_stuck",
 }
 _PARAMS = frozenset({"count", "model", "status", "code", "message", "retry_after", "delay", "after"})
 FAULT_HEADER = "x-sim-fault"
@@ -54,6 +56,8 @@ class Fault:
     inband_error      200 stream: `after` frames, `data: {"error": ...}`, `data: [DONE]` (non-stream: 200 error body)
     no_usage          never report usage, even when asked with stream_options.include_usage
     delay             a slow but steady stream: sleep `delay` s before each frame (non-stream: once)
+    task_failed       Model Studio image task: PENDING, RUNNING, then FAILED with `code` and `message`
+    task_stuck        Model Studio image task: RUNNING for ever (the gateway's `total` timeout ends the wait)
     """
 
     kind: str

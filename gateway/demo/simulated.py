@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.demo.sim_engine import ENGINE_METRICS, SimulatedEngineLoad
 from gateway.demo.sim_flavors import FLAVORS
+from gateway.demo.sim_images import SimulatedImages
 from gateway.demo.sim_server import SimulatedUpstream
 
 _MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -40,7 +41,9 @@ def create_simulated_app(
     Responses, natively), `POST audio/transcriptions` and `POST audio/speech` (sim_audio.py), and Anthropic
     Messages natively at the flavor's `messages_path` (Model Studio:
     `/apps/anthropic/v1/messages`, else `/v1/messages`); admin routes without auth:
-    `POST|DELETE /_sim/faults`, `GET|DELETE /_sim/stats`. With `api_key`, the API routes require
+    `POST|DELETE /_sim/faults`, `GET|DELETE /_sim/stats`. Image APIs (sim_images.py): Model Studio's native
+    DashScope image API under `/api/v1` (modelstudio), `POST /v1/images/generations|edits` (vllm). With
+    `api_key`, the API routes require
     `Authorization: Bearer <api_key>`. With `models` given, other models get the flavor's 404; without, any
     model is served. `chunks` is the number of content frames per streamed reply. Faults (sim_faults.py)
     apply to the POST routes only; a request's `x-sim-fault` header wins over the queued faults.
@@ -62,6 +65,8 @@ def create_simulated_app(
         upstream.flavor.messages_path: ("POST", upstream.messages),
     }
     for path, (method, handler) in routes.items():
+        app.router.add_route(method, path, handler)
+    for method, path, handler in SimulatedImages(upstream).routes():  # sim_images.py: Model Studio's, vLLM's
         app.router.add_route(method, path, handler)
     app.router.add_post("/_sim/faults", upstream.post_faults)
     app.router.add_delete("/_sim/faults", upstream.delete_faults)

@@ -34,8 +34,8 @@ BANNER = """\
 polyroute demo
 ==============
 Two SIMULATED upstreams run on this machine (nothing leaves 127.0.0.1, no API keys are used):
-  sim-cloud  behaves like Alibaba Cloud Model Studio (cloud, jurisdiction sg)   -> deployment qwen-plus
-  sim-vllm   behaves like a self-hosted vLLM server   (self_hosted, onprem)     -> deployment qwen-local
+  sim-cloud  behaves like Alibaba Cloud Model Studio (cloud, jurisdiction sg)   -> deployments qwen-plus, qwen-image
+  sim-vllm   behaves like a self-hosted vLLM server   (self_hosted, onprem)     -> deployments qwen-local, local-image
 polyroute sits in front of both with policies/demo.yaml; the official openai client talks only to polyroute.
 """
 
@@ -109,11 +109,11 @@ async def run_demo(*, port: int = 0) -> int:
         await local.cleanup()
     # The server has stopped and its accounting has written every usage record: the tour's traffic is all there.
     report = await lockin_from_store(app.state.runtime.store, table, days=1)
-    print("\n10. `polyroute lockin`: how locked-in the tour's traffic is (GET /admin/lockin has the same as JSON):")
+    print("\n11. `polyroute lockin`: how locked-in the tour's traffic is (GET /admin/lockin has the same as JSON):")
     for line in render_lockin(report).splitlines():
         print(f"    {line}")
     shadow = app.state.runtime.shadow.results.report("chat")
-    print("\n11. `polyroute shadow report`: step 3 was also copied to the other target and the answers compared:")
+    print("\n12. `polyroute shadow report`: step 3 was also copied to the other target and the answers compared:")
     for line in render_shadow(shadow).splitlines():
         print(f"    {line}")
     print("\nDemo finished. Next: `polyroute policy check policies/demo.yaml`, or `polyroute serve --policy FILE`.")
@@ -180,11 +180,20 @@ async def _tour(base: str, cloud_port: int, table: PolicyTable) -> None:
         _show("8. model=coder again: the open circuit keeps requests off the cloud until the cooldown ends",
               raw, raw.parse().choices[0].message.content or "")
 
+        async with http.post(f"http://127.0.0.1:{cloud_port}/_sim/faults",
+                             json={"faults": [{"fault": "task_failed", "model": "qwen-image-plus"}]}) as resp:
+            resp.raise_for_status()
+        print("\n   (the simulated Model Studio's next image task ends FAILED after PENDING and RUNNING)")
+        raw_image = await client.images.with_raw_response.generate(model="paint", prompt="a lighthouse at dusk")
+        images = raw_image.parse().data or []
+        _show("9. images.generate with model=paint: the cloud image task failed, the self-hosted image server"
+              " answers", raw_image, f"{len(images)} image(s): {images[0].url if images else ''}")
+
         async with http.get(f"{base}/metrics") as resp:
             metrics = await resp.text()
     wanted = ("polyroute_requests_total{", "polyroute_fallbacks_total{", "polyroute_cost_usd_total{",
-              "polyroute_circuit_open{")
-    print("\n9. a few lines of GET /metrics (Prometheus):")
+              "polyroute_circuit_open{", "polyroute_images_total{")
+    print("\n10. a few lines of GET /metrics (Prometheus):")
     for line in metrics.splitlines():
         if line.startswith(wanted):
             print(f"    {line}")

@@ -93,6 +93,8 @@ def request_charge(deployment: Deployment, usage: Usage, now: float | None = Non
         audio_output_tokens=usage.audio_output_tokens,
         audio_seconds=usage.audio_seconds,
         characters=usage.characters,
+        images=usage.images,
+        image_variant=usage.image_variant,
     )
 
 
@@ -177,6 +179,8 @@ class Accountant:
                 estimated=usage.estimated,
                 **labels,
             )
+            if usage.images:
+                self._metrics.images(count=usage.images, **labels)
             if cost:
                 self._metrics.cost(usd=cost, **labels)
                 self._metrics.cost_in_currency(amount=bill.amount, currency=bill.currency, **labels)

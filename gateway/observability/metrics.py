@@ -65,6 +65,7 @@ _HELP: Final[Mapping[str, str]] = {
     names.COST_USD_TOTAL: "Cost in US dollars: the deployment's policy price (CNY and EUR converted at "
     "POLYROUTE_USD_PER_CNY / POLYROUTE_USD_PER_EUR), its GPU-hour cost, or litellm's price map; from estimated "
     f"tokens when the upstream reported no usage. {_DEPLOYMENT}; {_PROVIDER}.",
+    names.IMAGES_TOTAL: f"Images returned by the image endpoints (generations, edits). {_DEPLOYMENT}; {_PROVIDER}.",
     names.COST_TOTAL: "Cost in the currency of the deployment's price (currency = USD, CNY or EUR), unconverted, "
     f"so that an invoice in that currency reconciles without an exchange rate. {_DEPLOYMENT}; {_PROVIDER}.",
     names.DEPLOYMENT_DAYS_TO_RETIREMENT: "Days until the vendor retires a deployment's model (retires_on in the "
@@ -208,6 +209,7 @@ class Metrics:
         self._upstream = counter(names.UPSTREAM_REQUESTS_TOTAL, "deployment", "provider", "outcome")
         self._tokens = counter(names.TOKENS_TOTAL, *identity, "type", "estimated")
         self._cost = counter(names.COST_USD_TOTAL, *identity)
+        self._images = counter(names.IMAGES_TOTAL, *identity)
         self._cost_native = counter(names.COST_TOTAL, *identity, "currency")
         self._retirement = gauge(names.DEPLOYMENT_DAYS_TO_RETIREMENT, "mostrecent", "deployment")
         self._retiring: frozenset[str] = frozenset()
@@ -355,6 +357,13 @@ class Metrics:
         for token_type, count in zip(_TOKEN_TYPES, counts, strict=True):
             if count > 0:
                 self._tokens(*identity, token_type, flag).inc(count)
+
+    def images(
+        self, *, alias: str, deployment: str, provider: str, vendor: str, hosting: str, tenant: str, count: int
+    ) -> None:
+        """Add the images one request returned."""
+        if count > 0:
+            self._images(*self._identity(alias, deployment, provider, vendor, hosting, tenant)).inc(count)
 
     def cost(
         self, *, alias: str, deployment: str, provider: str, vendor: str, hosting: str, tenant: str, usd: float

@@ -11,6 +11,7 @@ OVERHEAD_SECONDS: Final = "polyroute_overhead_seconds"
 UPSTREAM_REQUESTS_TOTAL: Final = "polyroute_upstream_requests_total"
 TOKENS_TOTAL: Final = "polyroute_tokens_total"
 COST_USD_TOTAL: Final = "polyroute_cost_usd_total"
+IMAGES_TOTAL: Final = "polyroute_images_total"
 COST_TOTAL: Final = "polyroute_cost_total"
 DEPLOYMENT_DAYS_TO_RETIREMENT: Final = "polyroute_deployment_days_to_retirement"
 FALLBACKS_TOTAL: Final = "polyroute_fallbacks_total"
@@ -46,6 +47,7 @@ ALL: Final[tuple[str, ...]] = (
     UPSTREAM_REQUESTS_TOTAL,
     TOKENS_TOTAL,
     COST_USD_TOTAL,
+    IMAGES_TOTAL,
     COST_TOTAL,
     DEPLOYMENT_DAYS_TO_RETIREMENT,
     FALLBACKS_TOTAL,

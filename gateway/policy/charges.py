@@ -44,6 +44,8 @@ def charge(
     audio_output_tokens: int = 0,
     audio_seconds: float = 0.0,
     characters: int = 0,
+    images: int = 0,
+    image_variant: str = "",
 ) -> Charge:
     """The cost of `requests` requests whose usage counts cache reads and writes inside `input_tokens` (as OpenAI
     and Model Studio report them) and reasoning inside `output_tokens`.
@@ -85,8 +87,24 @@ def charge(
         + audio_out
         + max(characters, 0) * tier.per_mchar
     ) / _PER_MTOK + max(audio_seconds, 0.0) * tier.per_second
+    if images > 0 and price.per_image:
+        usd = images * image_price_usd(price, image_variant)
+        return Charge(usd=amount * price.usd_per_unit + usd, amount=amount + usd / price.usd_per_unit,
+                      currency=price.currency, entry=price.entry or price.source)
     if not price.tiers:  # the `*_usd` fields: already US dollars
         return Charge(usd=amount, amount=amount, currency="USD", entry=price.entry or price.source)
     return Charge(
         usd=amount * price.usd_per_unit, amount=amount, currency=price.currency, entry=price.entry or price.source
     )
+
+
+def image_price_usd(price: Price, variant: str) -> float:
+    """USD for one image asked at `variant` (`<size>/<quality>`, either part may be empty): the entry for both, else
+    for the size, else for the quality, else `default`; a book that lists none of them bills its highest price, so
+    that an image is never billed below what the policy says one may cost."""
+    prices = dict(price.per_image)
+    size, _, quality = variant.lower().partition("/")
+    for key in (f"{size}/{quality}", size, quality, "default"):
+        if key and key in prices:
+            return prices[key]
+    return max(prices.values(), default=0.0)

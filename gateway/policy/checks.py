@@ -31,7 +31,7 @@ def check_policy(parsed: ParsedPolicy) -> list[Problem]:
     found += _check_providers(spec.providers)
     found += _check_deployments(spec.deployments, names["providers"], names["deployments"])
     found += _check_aliases(spec.aliases, names["deployments"])
-    found += _check_alias_kinds(spec.aliases, spec.deployments)
+    found += _check_kinds(spec.deployments, spec.providers, spec.aliases)
     found += _check_audio_providers(spec.deployments, spec.providers)
     found += _check_rules(dict(zip(parsed.rule_index, spec.rules, strict=True)), names)
     found += _check_fallback(spec.fallback)
@@ -66,11 +66,12 @@ def _check_providers(providers: Mapping[str, ProviderSpec]) -> list[Problem]:
     problems: list[Problem] = []
     for name, p in providers.items():
         loc: Loc = ("providers", name)
-        if p.type == "openai" and p.base_url is None:
-            problems.append(Problem((*loc, "base_url"), "required for an openai provider"))
+        if p.type in ("openai", "dashscope") and p.base_url is None:
+            problems.append(Problem((*loc, "base_url"), f"required for a{'n' if p.type == 'openai' else ''} "
+                                                         f"{p.type} provider"))
         if p.type == "litellm" and not p.litellm_prefix:
             problems.append(Problem((*loc, "litellm_prefix"), "required for a litellm provider (e.g. anthropic)"))
-        if p.type == "openai" and p.litellm_prefix is not None:
+        if p.type != "litellm" and p.litellm_prefix is not None:
             problems.append(Problem((*loc, "litellm_prefix"), "only used by litellm providers"))
         problems += _check_protocols(p, loc)
         if p.engine not in METRICLESS_ENGINES and p.metrics_url is None and p.base_url is None:
@@ -111,6 +112,8 @@ def _check_price(price: PriceSpec, loc: Loc) -> list[Problem]:
         price.per_second is not None or price.per_mchar is not None
     ):
         return []  # a transcription or speech deployment's price: per second of audio, per million characters
+    if price.per_image is not None and not has_token and price.tiers is None and price.gpu_hour is None:
+        return [Problem((*loc, "per_image"), "give at least one price")] if price.per_image == {} else []
     if price.tiers is not None:
         if has_token or any(v is not None for v in gpu.values()):
             return [Problem((*loc, "tiers"), "give the prices inside tiers, not beside them")]
@@ -170,20 +173,36 @@ def _check_deployments(
             problems.append(Problem((*loc, "replaced_by"), f"unknown deployment {d.replaced_by!r}"))
         if d.max_output_tokens and d.context_window and d.max_output_tokens > d.context_window:
             problems.append(Problem((*loc, "max_output_tokens"), "larger than context_window"))
+        if d.image_api is not None and d.kind != "image":
+            problems.append(Problem((*loc, "image_api"), "only used by `kind: image` deployments"))
     return problems
 
 
-def _check_alias_kinds(aliases: Mapping[str, AliasSpec], deployments: Mapping[str, DeploymentSpec]) -> list[Problem]:
-    """An alias serves one kind of request: its targets share one deployment `kind`."""
+def _check_kinds(
+    deployments: Mapping[str, DeploymentSpec], providers: Mapping[str, ProviderSpec],
+    aliases: Mapping[str, AliasSpec],
+) -> list[Problem]:
+    """An alias serves one kind of request (chat, image, ...): its targets may not mix kinds, and a dashscope
+    provider (Model Studio's native image API) serves image deployments only."""
     problems: list[Problem] = []
+    for name, d in deployments.items():
+        provider = providers.get(d.provider)
+        if provider is not None and provider.type == "dashscope" and d.kind != "image":
+            problems.append(Problem(("deployments", name, "kind"),
+                                    f"provider {d.provider!r} is a dashscope provider: it serves `kind: image` only"))
     for name, a in aliases.items():
-        first = next((deployments[t].kind for t in a.targets if t in deployments), None)
+        kinds = {target: deployments[target].kind for target in a.targets if target in deployments}
+        first = next(iter(kinds.values()), "chat")
+        for index, target in enumerate(a.shadow.targets if a.shadow else ()):
+            if target in deployments and deployments[target].kind != first:
+                problems.append(Problem(("aliases", name, "shadow", "targets", index),
+                                        f"deployment {target!r} is of kind {deployments[target].kind}, not {first}"))
         for index, target in enumerate(a.targets):
-            d = deployments.get(target)
-            if d is not None and d.kind != first:
+            if kinds.get(target, first) != first:
                 problems.append(Problem(
                     ("aliases", name, "targets", index),
-                    f"deployment {target!r} is kind {d.kind}, the alias's first target is kind {first}",
+                    f"deployment {target!r} is of kind {kinds[target]}, the alias's first target of kind {first}: "
+                    "an alias serves one kind of request",
                 ))
     return problems
 

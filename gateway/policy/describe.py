@@ -7,6 +7,8 @@ from urllib.parse import urlsplit
 from gateway.policy.durations import format_duration
 from gateway.policy.table import Condition, FallbackPolicy, PolicyTable, Price, Rule, Thinking
 
+_API = {"dashscope": "Model Studio native image API"}
+
 
 def describe_policy(table: PolicyTable) -> str:
     """The resolved table for humans (`polyroute policy check`); never shows provider or client keys."""
@@ -16,7 +18,7 @@ def describe_policy(table: PolicyTable) -> str:
         extra = f", headers: {', '.join(sorted(k for k, _ in p.headers))}" if p.headers else ""
         key = "api key set" if p.api_key else "no api key"
         lines.append(
-            f"  {p.name}: {p.type} ({p.litellm_prefix or 'openai-compatible'}), {p.hosting.value}, "
+            f"  {p.name}: {p.type} ({p.litellm_prefix or _API.get(p.type, 'openai-compatible')}), {p.hosting.value}, "
             f"jurisdiction {p.jurisdiction}, vendor {p.vendor}, {where}, {key}{extra}"
         )
         lines += [f"    speaks {protocol.value} natively at {_public_url(url)}" for protocol, url in p.native_urls]
@@ -29,13 +31,17 @@ def describe_policy(table: PolicyTable) -> str:
         limits = "".join(f", {value:,} {unit}" for value, unit in ((d.rpm, "rpm"), (d.tpm, "tpm")) if value)
         caps = f", capabilities {', '.join(sorted(d.capabilities))}" if d.capabilities else ""
         caps += _thinking(d.thinking) if d.thinking else ""
+        if d.kind != "chat":
+            api = f" ({d.image_api} API)" if d.image_api else ""
+            caps += f", kind {d.kind}{api}"
         lines.append(f"  {d.name}: {d.provider.name} / {d.model}, {context}, {_price(d.price)}{limits}{caps}")
     lines += ["", f"aliases ({len(table.aliases)}):"]
     for a in table.aliases.values():
         targets = ", ".join(
             f"{t} x{w:g}" for t, w in zip(a.targets, a.weights, strict=True)
         ) if a.weights else ", ".join(a.targets)
-        lines.append(f"  {a.name}: {a.strategy.value} -> {targets}")
+        kind = f" ({a.kind})" if a.kind != "chat" else ""
+        lines.append(f"  {a.name}{kind}: {a.strategy.value} -> {targets}")
         if a.spillover is not None:
             s = a.spillover
             tiers = " | ".join(", ".join(tier) for tier in a.tiers)
@@ -72,6 +78,9 @@ def _public_url(url: str) -> str:
 def _price(price: Price) -> str:
     if price.source == "unknown":
         return "price unknown (costs count as $0)"
+    if price.per_image:
+        per_image = ", ".join(f"{key} ${usd:.4g}" for key, usd in price.per_image)
+        return f"per image: {per_image} (USD, from {price.source})"
     cached = f", cached ${price.cached_input_per_mtok_usd:.4g}" if price.cached_input_per_mtok_usd is not None else ""
     text = (
         f"${price.input_per_mtok_usd:.4g} in / ${price.output_per_mtok_usd:.4g} out{cached} per 1M tokens "

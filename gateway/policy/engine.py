@@ -22,8 +22,8 @@ from gateway.policy.trace_load import load_lines, saturation_error
 _RULE_REASON = "rule "
 _WINDOW_REASON = "context window "
 _CAPABILITY_REASON = "capabilities "
-# The deployment kind each endpoint needs (any endpoint not named here: `chat`).
-ENDPOINT_KINDS = {"transcription": "transcription", "speech": "speech"}
+# The kind of alias each endpoint needs (RequestFacts.endpoint); every endpoint not named here needs `chat`.
+ENDPOINT_KINDS = {"image": "image", "image_edit": "image", "transcription": "transcription", "speech": "speech"}
 
 
 def decide(
@@ -41,14 +41,8 @@ def decide(
             f"Tenant '{facts.tenant}' may not use the model '{facts.alias}'.", param="model"
         )
     kind = ENDPOINT_KINDS.get(facts.endpoint, "chat")
-    served = _kind(alias, table)
-    if served != kind:
-        raise BadRequestError(
-            f"The model '{alias.name}' is a {served} model (its deployments are `kind: {served}`); it cannot serve "
-            f"{facts.endpoint} requests.",
-            param="model",
-            code="model_kind_mismatch",
-        )
+    if alias.kind != kind:
+        raise _kind_mismatch(alias, kind)
     applied: list[Rule] = []
     route_alias = alias
     route_name = f"alias:{alias.name}"
@@ -56,10 +50,8 @@ def decide(
         if not matches(rule.when, facts):
             continue
         applied.append(rule)
-        # A rule routes only requests of its alias's kind (a transcription never goes to a chat alias).
-        if rule.route is not None and route_name.startswith("alias:") and (
-            _kind(table.aliases[rule.route], table) == kind
-        ):
+        # A rule routes only requests of its alias's kind (an image request never goes to a chat alias).
+        if rule.route is not None and route_name.startswith("alias:") and table.aliases[rule.route].kind == kind:
             route_alias = table.aliases[rule.route]
             route_name = rule.name
 
@@ -121,16 +113,19 @@ def decide(
     )
 
 
-def _kind(alias: Alias, table: PolicyTable) -> str:
-    """The kind of request an alias serves: its targets' (one kind per alias, as policy checks ensure)."""
-    return table.deployments[alias.targets[0]].kind
-
-
 def _unsupported(needs: frozenset[str], alias: Alias, table: PolicyTable) -> list[str]:
     """The capabilities the request needs that no target of the alias declares (else every one some target lacks)."""
     declared = [table.deployments[name].capabilities for name in alias.targets]
     nowhere = sorted(need for need in needs if not any(need in caps for caps in declared))
     return nowhere or sorted(need for need in needs if any(need not in caps for caps in declared))
+
+
+def _kind_mismatch(alias: Alias, kind: str) -> BadRequestError:
+    return BadRequestError(
+        f"The model '{alias.name}' is an alias of kind {alias.kind}: it cannot serve {kind} requests. "
+        f"Send {kind} requests to an alias of kind {kind}.",
+        param="model", code="model_kind_mismatch",
+    )
 
 
 def _windows_too_small(excluded: list[Exclusion], table: PolicyTable) -> list[int]:

@@ -299,6 +299,7 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
             retires_on=d.retires_on,
             replaced_by=d.replaced_by,
             kind=d.kind,
+            image_api=d.image_api,
         )
         for name, d in spec.deployments.items()
     }
@@ -312,6 +313,7 @@ def _compile(spec: PolicySpec, fx: CurrencyRates, source: str) -> PolicyTable:
             tiers=_tiers(a, providers, spec) if a.strategy is Strategy.SPILLOVER else (),
             spillover=_spillover(a) if a.strategy is Strategy.SPILLOVER else None,
             shadow=_shadow(a.shadow) if a.shadow is not None else None,
+            kind=deployments[a.targets[0]].kind if a.targets else "chat",
         )
         for name, a in spec.aliases.items()
     }

@@ -24,6 +24,8 @@ class RequestFacts:
     needs: frozenset[str] = frozenset()  # capabilities the body uses: tools, vision
     allowed_aliases: frozenset[str] | None = None  # None = every alias
     session: str | None = None  # affinity key the client named: `x-polyroute-session` or `metadata.session_id`
+    images: int = 0  # an image request: how many images it asks for (`n`), and at which `<size>/<quality>`
+    image_variant: str = ""
     # Else the leading messages' hash, computed only when a spill-over alias places the request.
     leading_key: Callable[[], str] | None = field(default=None, compare=False, hash=False, repr=False)
 

@@ -60,7 +60,19 @@ def resolve_price(deployment: DeploymentSpec, provider: Provider, fx: CurrencyRa
 
 
 def _entry_price(spec: PriceSpec, label: str, fx: CurrencyRates) -> Price:
-    """One price book entry, as validated by policy checks (a token price, tiers, or a GPU cost)."""
+    """One price book entry, as validated by policy checks (a token price, tiers, a GPU cost, a price per image)."""
+    price = _token_price(spec, label, fx)
+    if spec.per_image is None:
+        return price
+    rate = fx.to_usd(1.0, spec.currency)
+    given = spec.per_image if isinstance(spec.per_image, dict) else {IMAGE_PRICE_DEFAULT: spec.per_image}
+    return replace(price, per_image=tuple((key.lower(), usd * rate) for key, usd in given.items()))
+
+
+IMAGE_PRICE_DEFAULT = "default"
+
+
+def _token_price(spec: PriceSpec, label: str, fx: CurrencyRates) -> Price:
     rate = fx.to_usd(1.0, spec.currency)
     since = _day_start(spec.effective_from)
     entry = f"{label} from {spec.effective_from.isoformat()}" if spec.effective_from else label

@@ -103,7 +103,7 @@ class SpecModel(BaseModel):
 
 
 class ProviderSpec(SpecModel):
-    type: Literal["openai", "litellm"] = "openai"
+    type: Literal["openai", "litellm", "dashscope"] = "openai"  # dashscope: Model Studio's native image API
     base_url: HttpUrl | None = None
     api_key: str | None = Field(default=None, repr=False)
     hosting: Hosting
@@ -173,6 +173,9 @@ class PriceSpec(SpecModel):
     per_mchar: NonNegativeFloat | None = None
     currency: Currency = "USD"
     effective_from: date | None = None
+    # Image deployments: a price per image returned, flat or by size and/or quality (`1024x1024`, `hd`,
+    # `1024x1024/hd`, `default`).
+    per_image: NonNegativeFloat | dict[str, NonNegativeFloat] | None = None
 
 
 def _price_shape(value: object) -> str:
@@ -209,6 +212,7 @@ class DeploymentSpec(SpecModel):
     retires_on: date | None = None  # the vendor's announced retirement date (UTC)
     replaced_by: str | None = None  # the deployment to move to before then
     kind: Literal["chat", "image", "transcription", "speech"] = "chat"  # the endpoints it serves
+    image_api: Literal["async", "sync"] | None = None  # dashscope images; left out: chosen by the model name
 
 
 _SPILL = Spillover()

@@ -25,7 +25,10 @@ def estimated_cost(deployment: Deployment, facts: RequestFacts) -> float | None:
     """
     if deployment.price.source == "unknown":
         return None
-    return charge(deployment.price, input_tokens=facts.prompt_tokens, output_tokens=expected_output_tokens(facts)).usd
+    return charge(
+        deployment.price, input_tokens=facts.prompt_tokens, output_tokens=expected_output_tokens(facts),
+        images=facts.images, image_variant=facts.image_variant,
+    ).usd
 
 
 def order(

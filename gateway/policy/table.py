@@ -111,6 +111,8 @@ class Price:
     effective_from: float = 0.0  # POSIX time (UTC midnight of the entry's date) from which this entry applies
     entry: str = ""  # names the price entry a recorded cost used, e.g. `policy[1] from 2027-01-01`
     later: tuple[Price, ...] = ()  # the entries that replace this one, by ascending `effective_from`
+    # `per_image` in USD, by size and/or quality (`1024x1024`, `hd`, `1024x1024/hd`) or `default`; empty: none.
+    per_image: tuple[tuple[str, float], ...] = ()
 
     def at(self, now: float) -> Price:
         """The entry in force at POSIX time `now`."""
@@ -149,6 +151,7 @@ class Deployment:
     retires_on: date | None = None  # the vendor retires the model on this day (UTC)
     replaced_by: str | None = None
     kind: str = "chat"  # chat | image | transcription | speech: which endpoints it serves
+    image_api: str | None = None  # a dashscope image deployment: `async` (task API) or `sync`
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,7 @@ class Alias:
     tiers: tuple[tuple[str, ...], ...] = ()  # spillover only: every target in exactly one tier, first tier first
     spillover: Spillover | None = None
     shadow: Shadow | None = None
+    kind: str = "chat"  # the kind every target shares (a policy that mixes kinds does not load)
 
 
 @dataclass(frozen=True)

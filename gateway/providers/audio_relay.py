@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -12,31 +11,12 @@ from gateway.errors import ErrorClass, UpstreamError
 from gateway.providers.base import Upload, UpstreamReply, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, transport_failure
 from gateway.providers.http1 import Response
-
-# Quoted names in a part's Content-Disposition: a quote or a line break would end the header early (RFC 7578 §2,
-# escaped as the HTML standard does).
-_ESCAPES = str.maketrans({'"': "%22", "\r": "%0D", "\n": "%0A"})
-
+from gateway.providers.multipart import encode_form
 
 def multipart(fields: Mapping[str, Any], upload: Upload) -> tuple[bytes, str]:
     """`fields` (a list value: the name once per item, as `timestamp_granularities[]`) and the file, as a
-    multipart/form-data body; and its content type (a random boundary, which no audio file is expected to hold)."""
-    boundary = os.urandom(16).hex()
-    parts: list[bytes] = []
-    for name, value in fields.items():
-        for item in value if isinstance(value, list) else (value,):
-            parts.append(
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name.translate(_ESCAPES)}"\r\n\r\n'
-                f"{item}\r\n".encode()
-            )
-    filename = upload.filename.translate(_ESCAPES)
-    ctype = upload.content_type.translate(_ESCAPES)
-    parts.append(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        f"Content-Type: {ctype}\r\n\r\n".encode()
-    )
-    parts += [upload.data, f"\r\n--{boundary}--\r\n".encode()]
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+    multipart/form-data body; and its content type."""
+    return encode_form(fields, {"file": [upload]})
 
 
 def transcription_reply(body: bytes, content_type: str) -> UpstreamReply:

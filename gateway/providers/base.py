@@ -18,6 +18,8 @@ class Endpoint(StrEnum):
     MESSAGES = "messages"  # Anthropic Messages, relayed to a provider that speaks it natively
     TRANSCRIPTION = "transcription"  # OpenAI audio transcriptions (multipart upload, text or JSON answer)
     SPEECH = "speech"  # OpenAI text to speech (JSON request, binary audio answer)
+    IMAGE = "image"  # OpenAI Images: POST /v1/images/generations
+    IMAGE_EDIT = "image_edit"  # OpenAI Images: POST /v1/images/edits (multipart)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Usage:
     audio_output_tokens: int = 0  # speech (Omni's audio output), inside output_tokens
     audio_seconds: float = 0.0  # of input audio (transcription)
     characters: int = 0  # of input text (speech)
+    images: int = 0  # images an image endpoint returned (billed by a `per_image` price)
+    image_variant: str = ""  # the size and quality they were asked at (`1024x1024/hd`), which the price may read
 
     @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
@@ -125,6 +129,16 @@ class Upload:
     filename: str
     content_type: str
     data: bytes = field(repr=False)
+class EditFile(Protocol):
+    """A file sent on as one multipart part: an image of an edit (api/image_request.py's ImageFile, in an
+    UpstreamCall's body) or a transcription's Upload."""
+
+    @property
+    def filename(self) -> str: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def data(self) -> bytes: ...
 
 
 @dataclass

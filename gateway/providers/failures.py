@@ -170,6 +170,20 @@ def inband_error(payload: Any) -> UpstreamError | None:
     return failure
 
 
+def task_failure(state: str, code: str, message: str) -> UpstreamError:
+    """A Model Studio image task that ended without images (FAILED, CANCELED, UNKNOWN), classified by its code and
+    words as an in-band error is (`DataInspectionFailed`: content policy, `Throttling`: rate limit); anything else is
+    a server error, so that another target may still succeed."""
+    error_class = classify_status(None, message, code)
+    failure = UpstreamError(
+        f"image task {state}: {code + ': ' if code else ''}{message or 'no reason given'}"[:400],
+        error_class=error_class,
+    )
+    if error_class in REQUEST_FAULT_CODES:
+        failure.code = REQUEST_FAULT_CODES[error_class]
+    return failure
+
+
 def stream_event(payload: bytes) -> dict[str, Any]:
     """One SSE event's JSON object; a malformed one is a server_error (it fails over before the first byte)."""
     try:

@@ -223,14 +223,33 @@ class HTTPClient:
         total_timeout_s: float,
     ) -> Response:
         """POST `body` to `url`; returns once the status and headers arrived. Read the body from the response."""
+        origin = self._origin(url, headers)
+        head = b"%s%scontent-length: %d\r\n\r\n" % (origin.prefix, headers.data, len(body))
+        return await self._exchange(origin, head, body, connect_timeout_s, total_timeout_s)
+
+    async def get(
+        self, url: str, headers: HeaderBlock, *, connect_timeout_s: float, total_timeout_s: float
+    ) -> Response:
+        """GET `url` (an image task's state, a generated image) under the same limits as a POST's answer."""
+        origin = self._origin(url, headers, keep=False)  # a task's or an image's URL is asked once: not kept
+        head = b"GET%s%s\r\n" % (origin.prefix[4:], headers.data)  # the prefix's `POST` becomes `GET`
+        return await self._exchange(origin, head, b"", connect_timeout_s, total_timeout_s)
+
+    def _origin(self, url: str, headers: HeaderBlock, *, keep: bool = True) -> Origin:
         if self._closed:
             raise RuntimeError("the HTTP client is closed")
         origin = self._origins.get(url)
         if origin is None:
-            origin = self._origins[url] = Origin(url, self._proxies)
+            origin = Origin(url, self._proxies)
+            if keep:
+                self._origins[url] = origin
         if origin.authorization and headers.authorization:
             raise InvalidHeader("the URL's user:password and an authorization header cannot both be sent")
-        head = b"%s%scontent-length: %d\r\n\r\n" % (origin.prefix, headers.data, len(body))
+        return origin
+
+    async def _exchange(
+        self, origin: Origin, head: bytes, body: bytes, connect_timeout_s: float, total_timeout_s: float
+    ) -> Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + total_timeout_s
         await self._acquire(deadline)

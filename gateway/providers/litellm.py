@@ -16,6 +16,7 @@ from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
 from gateway.providers.failures import classify_status, inband_error, parse_retry_after
+from gateway.providers.images import image_usage
 from gateway.providers.litellm_params import forwarded_params
 from gateway.settings import prepare_litellm_environment
 
@@ -180,6 +181,8 @@ class LiteLLMProvider:
             async with asyncio.timeout(call.timeouts.total_s):  # a non-stream answer has no first token
                 if call.endpoint is Endpoint.EMBEDDING:
                     result: Any = await litellm.aembedding(input=call.body.get("input"), **kwargs)
+                elif call.endpoint is Endpoint.IMAGE:
+                    result = await litellm.aimage_generation(prompt=call.body.get("prompt"), **kwargs)
                 elif call.endpoint is Endpoint.COMPLETION:
                     result = await litellm.atext_completion(prompt=call.body.get("prompt"), **kwargs)
                 else:
@@ -189,6 +192,8 @@ class LiteLLMProvider:
             raise litellm_failure(exc, timed_out=timed_out) from exc
         data = result.model_dump(exclude_none=True)
         data.pop("_hidden_params", None)
+        if call.endpoint is Endpoint.IMAGE:
+            return UpstreamReply(body=orjson.dumps(data), usage=image_usage(data, call.body))
         return UpstreamReply(body=orjson.dumps(data), usage=Usage.from_openai(data.get("usage")))
 
     async def open_stream(self, call: UpstreamCall) -> LiteLLMStream:

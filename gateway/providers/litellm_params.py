@@ -31,6 +31,12 @@ OPENAI_PARAMS: Mapping[Endpoint, frozenset[str]] = {
         "seed", "stop", "stream_options", "suffix", "temperature", "top_p", "user",
     }),
     Endpoint.EMBEDDING: frozenset({"dimensions", "encoding_format", "user"}),
+    # CreateImageRequest (the same document), less `prompt` and `model`; `stream` and `partial_images` are refused
+    # before here (polyroute does not stream images).
+    Endpoint.IMAGE: frozenset({
+        "background", "moderation", "n", "output_compression", "output_format", "quality", "response_format",
+        "size", "style", "user",
+    }),
 }
 
 # Provider extras that only shape what the model generates (sampling, reasoning, search, structured output, the chat
@@ -59,6 +65,7 @@ _FORWARDED: Mapping[Endpoint, frozenset[str]] = {
     Endpoint.CHAT: OPENAI_PARAMS[Endpoint.CHAT] | PROVIDER_EXTRAS,
     Endpoint.COMPLETION: OPENAI_PARAMS[Endpoint.COMPLETION] | PROVIDER_EXTRAS,
     Endpoint.EMBEDDING: OPENAI_PARAMS[Endpoint.EMBEDDING],
+    Endpoint.IMAGE: OPENAI_PARAMS[Endpoint.IMAGE],
 }
 _SKIPPED = SET_BY_PROVIDER | READ_BY_GATEWAY
 

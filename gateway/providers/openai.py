@@ -10,9 +10,11 @@ import orjson
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Protocol, Provider
 from gateway.providers.audio_relay import AudioRelay, multipart, transcription_reply
+from gateway.providers.multipart import encode_form
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, stream_event, transport_failure, upstream_error
 from gateway.providers.http1 import HeaderBlock, HTTPClient, Response, UpstreamLimits
+from gateway.providers.images import IMAGE_ENDPOINTS, image_usage
 from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
 from gateway.providers.upstream_proxy import UpstreamProxy
 
@@ -22,6 +24,8 @@ PATHS = {
     Endpoint.EMBEDDING: "/embeddings",
     Endpoint.TRANSCRIPTION: "/audio/transcriptions",
     Endpoint.SPEECH: "/audio/speech",
+    Endpoint.IMAGE: "/images/generations",
+    Endpoint.IMAGE_EDIT: "/images/edits",
 }
 NATIVE = {Endpoint.RESPONSES: Protocol.RESPONSES, Endpoint.MESSAGES: Protocol.MESSAGES}
 ANTHROPIC_VERSION = "2023-06-01"  # sent when the client named none
@@ -96,6 +100,15 @@ class OpenAICompatibleProvider:
                 block = block.plus(name, value)
             url = self._base + PATHS[call.endpoint]
         timeouts = call.timeouts
+        if call.endpoint is Endpoint.IMAGE_EDIT:  # relayed as it came: multipart, the files as they were sent
+            body = call.body
+            files = {"image": body["image"], **({"mask": [body["mask"]]} if body.get("mask") else {})}
+            payload, content_type = encode_form(body, files)
+            headers = {**self._headers, "content-type": content_type}
+            if call.request_id:
+                headers["x-request-id"] = call.request_id
+            headers.update(call.trace_headers)
+            block = HeaderBlock(headers)
         return self._http.post(
             url, orjson.dumps(call.body) if payload is None else payload, block,
             connect_timeout_s=timeouts.connect_s, total_timeout_s=timeouts.total_s,
@@ -132,6 +145,8 @@ class OpenAICompatibleProvider:
             failure = inband_error(data)
             if failure is not None:
                 raise failure
+        if call.endpoint in IMAGE_ENDPOINTS:
+            return UpstreamReply(body=body, usage=image_usage(data, call.body), content_type=content_type.split(";")[0])
         usage = Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
         return UpstreamReply(body=body, usage=usage, content_type=content_type.split(";")[0])
 

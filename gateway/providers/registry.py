@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
+from gateway.providers.dashscope import DashScopeImageProvider
 from gateway.providers.http1 import UpstreamLimits
 from gateway.providers.openai import OpenAICompatibleProvider
 from gateway.providers.upstream_proxy import UpstreamProxy
@@ -21,11 +22,14 @@ def build_provider(
     proxies: Mapping[str, UpstreamProxy] | None = None,
     limits: UpstreamLimits | None = None,
 ) -> Provider:
-    """`proxies` (by upstream scheme) and `limits` apply to `type: openai` providers; litellm has its own."""
+    """`proxies` (by upstream scheme) and `limits` apply to `type: openai` and `type: dashscope` providers; litellm
+    has its own."""
     if config.type == "litellm":
         module = importlib.import_module("gateway.providers.litellm")
         provider: Provider = module.LiteLLMProvider(config)
         return provider
+    if config.type == "dashscope":
+        return DashScopeImageProvider(config, proxies=proxies, limits=limits)
     return OpenAICompatibleProvider(config, proxies=proxies, limits=limits)
 
 

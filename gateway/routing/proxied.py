@@ -27,6 +27,7 @@ from gateway.policy.charges import Charge
 from gateway.policy.plan import RequestFacts, RoutePlan
 from gateway.policy.table import Alias, Deployment, PolicyTable, Tenant, Timeouts
 from gateway.providers.base import Endpoint, Provider, Upload, UpstreamCall, UpstreamReply, UpstreamStream, Usage
+from gateway.providers.images import IMAGE_ENDPOINTS, capable_plan
 from gateway.routing.admission import Admission, Admitted
 from gateway.routing.executor import Executor, Outcome
 from gateway.routing.health import HealthTracker
@@ -119,6 +120,8 @@ class RequestFlow:
     ) -> ProxiedRequest:
         """The plan and admission (raises a PolyrouteError when either refuses), then the request to carry out."""
         plan = await place(facts, table, self.health.snapshot(), self.load, self.metrics)
+        if parsed.endpoint in IMAGE_ENDPOINTS:  # a target that cannot honour an option is not tried
+            plan = capable_plan(plan, parsed.endpoint, parsed.body)
         if proto is not None:
             proto.refuse_unless_reachable(plan.attempts)
         admitted = await self.admission.admit(tenant, plan, facts)

@@ -18,6 +18,7 @@ ROOTS = (
     "CreateChatCompletionResponse",
     "CreateChatCompletionStreamResponse",
     "ListModelsResponse",
+    "ImagesResponse",
 )
 _PROSE = frozenset({"description", "example", "examples", "title"})
 _PREFIX = "#/components/schemas/"
