@@ -7,7 +7,9 @@ from gateway.load.tracker import LoadTracker
 from gateway.observability.metrics import Metrics
 from gateway.policy.engine import decide
 from gateway.policy.plan import HealthSnapshot, RequestFacts, RoutePlan
-from gateway.policy.table import PolicyTable
+from gateway.policy.table import PolicyTable, Strategy
+
+SPILLOVER = Strategy.SPILLOVER.value
 
 
 async def place(
@@ -21,6 +23,9 @@ async def place(
         if not await load.wait_for_room(err.alias, err.tier, err.max_wait_s):
             raise
         plan = decide(facts, table, health, load.snapshot())
+    if plan.strategy == SPILLOVER and plan.attempts:
+        # Counted before any await: the next request placed before the engine is read again sees this one.
+        load.placed(plan.attempts[0].name)
     if plan.affinity_hit is not None:
         metrics.affinity(alias=plan.alias, hit=plan.affinity_hit)
     return plan

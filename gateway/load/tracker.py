@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import aiohttp
 
@@ -39,6 +40,9 @@ class LoadTracker:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._states: dict[str, TierHysteresis] = {}
+        # Requests placed on each deployment since its engine's last good read (LoadSnapshot.sent), and that read's time
+        self._sent: dict[str, int] = {}
+        self._read_seen: dict[str, float] = {}  # by provider name
         self._snapshot = NO_LOAD
         self._changed = asyncio.Event()
 
@@ -81,7 +85,7 @@ class LoadTracker:
             return
         for poller in self._pollers.values():
             name = f"polyroute-load-{poller.provider.name}"
-            self._tasks.append(asyncio.create_task(poller.run(self.evaluate), name=name))
+            self._tasks.append(asyncio.create_task(poller.run(partial(self._read, poller)), name=name))
         tick = min((p.poll_s for p in self._pollers.values()), default=DEFAULT_TICK_S)
         self._tasks.append(asyncio.create_task(self._tick(tick), name="polyroute-load-tick"))
 
@@ -90,6 +94,21 @@ class LoadTracker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def placed(self, deployment: str) -> None:
+        """A request was placed on `deployment`: counted until its engine's next good read shows it."""
+        if deployment in self._snapshot.engines:
+            self._sent[deployment] = self._sent.get(deployment, 0) + 1
+
+    def _read(self, poller: EnginePoller) -> None:
+        """After each poll: a new good reading includes what was sent before it, so those counts start over."""
+        provider = poller.provider.name
+        if poller.read_at is not None and poller.read_at != self._read_seen.get(provider) and self._table:
+            self._read_seen[provider] = poller.read_at
+            for d in self._table.deployments.values():
+                if d.provider.name == provider:
+                    self._sent.pop(d.name, None)
+        self.evaluate()
 
     async def _tick(self, interval_s: float) -> None:
         # Staleness and in-flight counts change without any read: re-evaluated on a clock of their own.
@@ -122,7 +141,7 @@ class LoadTracker:
             if (load := self._engine_load(d, now, inflight)) is not None
         }
         aliases = {name: self._move(table.aliases[name], engines, now) for name in self._states}
-        self._snapshot = LoadSnapshot(engines=engines, aliases=aliases)
+        self._snapshot = LoadSnapshot(engines=engines, aliases=aliases, sent=self._sent)
         if self._metrics is not None:
             for name, e in engines.items():
                 self._metrics.engine_load(
@@ -148,7 +167,14 @@ class LoadTracker:
         age = None if poller.read_at is None else now - poller.read_at
         if poller.reading is not None and poller.fresh(now):
             r = poller.reading
-            return EngineLoad(queue=r.queue, running=r.running, kv=r.kv, source=provider.engine.value, age_s=age)
+            return EngineLoad(
+                queue=r.queue,
+                running=r.running,
+                kv=r.kv,
+                source=provider.engine.value,
+                age_s=age,
+                slots=poller.slots,
+            )
         if poller.error is not None:
             reason = f"engine not answering ({poller.error})"
         else:
