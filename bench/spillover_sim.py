@@ -88,6 +88,7 @@ class Request:
     turns: int
     arrived: float
     prompt: int
+    sent_at_read: int | None = None  # counted in the snapshot's `sent` at this read generation
 
 
 @dataclass
@@ -141,7 +142,8 @@ class Simulation:
         self.snapshot = LoadSnapshot()
         self.hysteresis = TierHysteresis()
         self.slots: dict[str, float | None] = {name: None for name in LOCAL}  # as a poller learns them
-        self.sent: dict[str, int] = {}  # placed since the last read, as LoadTracker.placed counts them
+        self.sent: dict[str, int] = {}  # placed since the last read and not ended, as LoadTracker counts them
+        self.reads = 0  # the read generation (LoadTracker._generation): a request ending after a read is not taken back
         self.uses_local = any(t in LOCAL for t in table.aliases[alias].targets)
 
     def push(self, at: float, kind: str, payload: object = None) -> None:
@@ -196,6 +198,7 @@ class Simulation:
             aliases[self.alias] = self.hysteresis.step(alias, engines, now)
             self.result.transitions += int(aliases[self.alias].active_tier != before)
         self.sent.clear()  # a new reading shows what was placed before it (LoadTracker._read)
+        self.reads += 1
         self.snapshot = LoadSnapshot(engines=engines, aliases=aliases, sent=self.sent)
         self.push(now + POLL_S, "tick")
 
@@ -212,6 +215,7 @@ class Simulation:
         target = plan.attempts[0].name
         if plan.strategy == "spillover" and target in self.snapshot.engines:  # as gateway.load.placement does
             self.sent[target] = self.sent.get(target, 0) + 1
+            request.sent_at_read = self.reads
         self.result.requests += 1
         self.inflight[target] += 1
         if target == "cloud":
@@ -250,6 +254,8 @@ class Simulation:
 
     def finish(self, now: float, name: str, request: Request) -> None:
         self.inflight[name] -= 1
+        if request.sent_at_read == self.reads and self.sent.get(name, 0) > 0:  # LoadTracker.done
+            self.sent[name] -= 1
         if name in self.replicas:
             replica = self.replicas[name]
             replica.running = [(done, kv) for done, kv in replica.running if done > now]

@@ -41,6 +41,7 @@ class EnginePoller:
         self.read_at: float | None = None
         self.error: str | None = None  # why the last read failed; None after a good one
         self.slots: float | None = None  # learned from the readings (signals.learn_slots)
+        self.good_reads = 0
 
     @property
     def poll_s(self) -> float:
@@ -72,6 +73,7 @@ class EnginePoller:
         else:
             self.reading, self.read_at, self.error = reading, self._clock(), None
             self.slots = learn_slots(self.slots, reading)
+            self.good_reads += 1
 
     def _failed(self, why: str) -> None:
         if self.error is None:  # logged once per outage, not four times a second

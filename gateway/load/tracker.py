@@ -18,6 +18,8 @@ from gateway.policy.table import Alias, Deployment, Hosting, PolicyTable, Strate
 
 DEFAULT_TICK_S = 0.25
 
+SentMark = tuple[str, int]  # a request counted in LoadSnapshot.sent: its deployment and that engine's read generation
+
 
 class LoadTracker:
     """Owns the pollers (one per self-hosted provider with engine metrics) and rebuilds the snapshot every tick.
@@ -40,9 +42,10 @@ class LoadTracker:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._states: dict[str, TierHysteresis] = {}
-        # Requests placed on each deployment since its engine's last good read (LoadSnapshot.sent), and that read's time
+        # Requests placed on each deployment since its engine's last good read (LoadSnapshot.sent)
         self._sent: dict[str, int] = {}
-        self._read_seen: dict[str, float] = {}  # by provider name
+        self._generation: dict[str, int] = {}  # per deployment: good reads of its engine so far
+        self._reads_seen: dict[str, int] = {}  # good reads per provider already accounted for
         self._snapshot = NO_LOAD
         self._changed = asyncio.Event()
 
@@ -75,6 +78,7 @@ class LoadTracker:
         old, self._tasks = self._tasks, []
         for task in old:
             task.cancel()
+        self._reads_seen.clear()
         self._pollers = {
             p.name: EnginePoller(p, self._session, clock=self._clock)
             for p in self._table.providers.values()
@@ -95,19 +99,35 @@ class LoadTracker:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def placed(self, deployment: str) -> None:
-        """A request was placed on `deployment`: counted until its engine's next good read shows it."""
-        if deployment in self._snapshot.engines:
-            self._sent[deployment] = self._sent.get(deployment, 0) + 1
+    def placed(self, deployment: str) -> SentMark | None:
+        """A request was placed on `deployment`: counted until its engine's next good read shows it, or until it ends
+        (only where the engine's own numbers are used; polyroute's in-flight count needs no such correction)."""
+        engine = self._snapshot.engines.get(deployment)
+        if engine is None or engine.source == "inflight":
+            return None
+        self._sent[deployment] = self._sent.get(deployment, 0) + 1
+        return deployment, self._generation.get(deployment, 0)
+
+    def done(self, mark: SentMark) -> None:
+        """A counted request ended before its engine was read again: it no longer loads the engine."""
+        deployment, generation = mark
+        if self._generation.get(deployment, 0) != generation:
+            return  # a read since has counted it (and the count started over)
+        left = self._sent.get(deployment, 0) - 1
+        if left > 0:
+            self._sent[deployment] = left
+        else:
+            self._sent.pop(deployment, None)
 
     def _read(self, poller: EnginePoller) -> None:
         """After each poll: a new good reading includes what was sent before it, so those counts start over."""
         provider = poller.provider.name
-        if poller.read_at is not None and poller.read_at != self._read_seen.get(provider) and self._table:
-            self._read_seen[provider] = poller.read_at
+        if poller.good_reads != self._reads_seen.get(provider, 0) and self._table is not None:
+            self._reads_seen[provider] = poller.good_reads
             for d in self._table.deployments.values():
                 if d.provider.name == provider:
                     self._sent.pop(d.name, None)
+                    self._generation[d.name] = self._generation.get(d.name, 0) + 1
         self.evaluate()
 
     async def _tick(self, interval_s: float) -> None:
