@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import aiohttp
 
-from gateway.load.signals import EngineReading, read_signals
+from gateway.load.signals import EngineReading, learn_slots, read_signals
 from gateway.policy.table import Provider
 
 log = logging.getLogger("polyroute.load")
@@ -40,6 +40,8 @@ class EnginePoller:
         self.reading: EngineReading | None = None
         self.read_at: float | None = None
         self.error: str | None = None  # why the last read failed; None after a good one
+        self.slots: float | None = None  # learned from the readings (signals.learn_slots)
+        self.good_reads = 0
 
     @property
     def poll_s(self) -> float:
@@ -70,6 +72,8 @@ class EnginePoller:
             self._failed(str(exc) or type(exc).__name__)
         else:
             self.reading, self.read_at, self.error = reading, self._clock(), None
+            self.slots = learn_slots(self.slots, reading)
+            self.good_reads += 1
 
     def _failed(self, why: str) -> None:
         if self.error is None:  # logged once per outage, not four times a second

@@ -68,6 +68,15 @@ def read_signals(engine: Engine, text: str) -> EngineReading:
     return EngineReading(queue=queue, running=running or 0.0, kv=kv)
 
 
+def learn_slots(previous: float | None, reading: EngineReading) -> float | None:
+    """How many requests the engine runs at once (vLLM `max_num_seqs`, llama.cpp `--parallel`, or fewer when its KV
+    cache is the limit), learned without configuration: while requests wait, the running ones fill every slot. The
+    highest such count seen is kept; None until the engine was first seen full."""
+    if reading.queue <= 0 or reading.running <= 0:
+        return previous
+    return reading.running if previous is None else max(previous, reading.running)
+
+
 def _only(text: str, wanted: set[str]) -> str:
     """The lines of the wanted families: parsing a vLLM server's histograms whole would hold the event loop for
     milliseconds four times a second; a prefix test per line does not."""

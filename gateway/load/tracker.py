@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 
 import aiohttp
 
@@ -16,6 +17,8 @@ from gateway.policy.plan import NO_LOAD, AliasLoad, EngineLoad, LoadSnapshot
 from gateway.policy.table import Alias, Deployment, Hosting, PolicyTable, Strategy
 
 DEFAULT_TICK_S = 0.25
+
+SentMark = tuple[str, int]  # a request counted in LoadSnapshot.sent: its deployment and that engine's read generation
 
 
 class LoadTracker:
@@ -39,6 +42,10 @@ class LoadTracker:
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._states: dict[str, TierHysteresis] = {}
+        # Requests placed on each deployment since its engine's last good read (LoadSnapshot.sent)
+        self._sent: dict[str, int] = {}
+        self._generation: dict[str, int] = {}  # per deployment: good reads of its engine so far
+        self._reads_seen: dict[str, int] = {}  # good reads per provider already accounted for
         self._snapshot = NO_LOAD
         self._changed = asyncio.Event()
 
@@ -71,6 +78,7 @@ class LoadTracker:
         old, self._tasks = self._tasks, []
         for task in old:
             task.cancel()
+        self._reads_seen.clear()
         self._pollers = {
             p.name: EnginePoller(p, self._session, clock=self._clock)
             for p in self._table.providers.values()
@@ -81,7 +89,7 @@ class LoadTracker:
             return
         for poller in self._pollers.values():
             name = f"polyroute-load-{poller.provider.name}"
-            self._tasks.append(asyncio.create_task(poller.run(self.evaluate), name=name))
+            self._tasks.append(asyncio.create_task(poller.run(partial(self._read, poller)), name=name))
         tick = min((p.poll_s for p in self._pollers.values()), default=DEFAULT_TICK_S)
         self._tasks.append(asyncio.create_task(self._tick(tick), name="polyroute-load-tick"))
 
@@ -90,6 +98,37 @@ class LoadTracker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def placed(self, deployment: str) -> SentMark | None:
+        """A request was placed on `deployment`: counted until its engine's next good read shows it, or until it ends
+        (only where the engine's own numbers are used; polyroute's in-flight count needs no such correction)."""
+        engine = self._snapshot.engines.get(deployment)
+        if engine is None or engine.source == "inflight":
+            return None
+        self._sent[deployment] = self._sent.get(deployment, 0) + 1
+        return deployment, self._generation.get(deployment, 0)
+
+    def done(self, mark: SentMark) -> None:
+        """A counted request ended before its engine was read again: it no longer loads the engine."""
+        deployment, generation = mark
+        if self._generation.get(deployment, 0) != generation:
+            return  # a read since has counted it (and the count started over)
+        left = self._sent.get(deployment, 0) - 1
+        if left > 0:
+            self._sent[deployment] = left
+        else:
+            self._sent.pop(deployment, None)
+
+    def _read(self, poller: EnginePoller) -> None:
+        """After each poll: a new good reading includes what was sent before it, so those counts start over."""
+        provider = poller.provider.name
+        if poller.good_reads != self._reads_seen.get(provider, 0) and self._table is not None:
+            self._reads_seen[provider] = poller.good_reads
+            for d in self._table.deployments.values():
+                if d.provider.name == provider:
+                    self._sent.pop(d.name, None)
+                    self._generation[d.name] = self._generation.get(d.name, 0) + 1
+        self.evaluate()
 
     async def _tick(self, interval_s: float) -> None:
         # Staleness and in-flight counts change without any read: re-evaluated on a clock of their own.
@@ -122,7 +161,7 @@ class LoadTracker:
             if (load := self._engine_load(d, now, inflight)) is not None
         }
         aliases = {name: self._move(table.aliases[name], engines, now) for name in self._states}
-        self._snapshot = LoadSnapshot(engines=engines, aliases=aliases)
+        self._snapshot = LoadSnapshot(engines=engines, aliases=aliases, sent=self._sent)
         if self._metrics is not None:
             for name, e in engines.items():
                 self._metrics.engine_load(
@@ -148,7 +187,14 @@ class LoadTracker:
         age = None if poller.read_at is None else now - poller.read_at
         if poller.reading is not None and poller.fresh(now):
             r = poller.reading
-            return EngineLoad(queue=r.queue, running=r.running, kv=r.kv, source=provider.engine.value, age_s=age)
+            return EngineLoad(
+                queue=r.queue,
+                running=r.running,
+                kv=r.kv,
+                source=provider.engine.value,
+                age_s=age,
+                slots=poller.slots,
+            )
         if poller.error is not None:
             reason = f"engine not answering ({poller.error})"
         else:

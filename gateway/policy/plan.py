@@ -60,6 +60,8 @@ class EngineLoad:
     source: str = "inflight"
     age_s: float | None = None  # since the last good read; None when never read
     reason: str = ""  # with source `inflight`: why the engine's own numbers are not used
+    # The engine's slots (requests it runs at once), learned from readings where requests waited; None until then.
+    slots: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ class LoadSnapshot:
 
     engines: dict[str, EngineLoad] = field(default_factory=dict)
     aliases: dict[str, AliasLoad] = field(default_factory=dict)
+    # Requests polyroute placed on each deployment since its engine was last read, which the engine's numbers do not
+    # show until the next poll. The load tracker's own dict, counted at placement and zeroed at each good read.
+    sent: dict[str, int] = field(default_factory=dict)
 
 
 NO_LOAD = LoadSnapshot()

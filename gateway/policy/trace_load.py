@@ -34,9 +34,11 @@ def load_lines(alias: Alias, spill: SpillChoice, load: LoadSnapshot) -> list[str
                 lines.append(f"  tier {index} {name}: load from polyroute's in-flight count ({why})")
             else:
                 kv = "-" if engine.kv is None else f"{engine.kv:.2f}"
+                slots = "unknown" if engine.slots is None else f"{engine.slots:g}"
                 lines.append(
                     f"  tier {index} {name}: queue={engine.queue:g} running={engine.running:g} kv={kv}"
-                    f" ({engine.source} metrics, {engine.age_s or 0.0:.2f}s old)"
+                    f" ({engine.source} metrics, {engine.age_s or 0.0:.2f}s old); slots {slots},"
+                    f" {load.sent.get(name, 0)} placed since the read"
                 )
     affinity = {None: "no affinity key", True: "hit", False: "miss (bounded load)"}[spill.affinity_hit]
     lines.append(f"spillover: request placed on tier {spill.tier}; affinity {affinity}")

@@ -13,6 +13,7 @@ from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, transport
 from gateway.providers.http1 import Response
 from gateway.providers.multipart import encode_form
 
+
 def multipart(fields: Mapping[str, Any], upload: Upload) -> tuple[bytes, str]:
     """`fields` (a list value: the name once per item, as `timestamp_granularities[]`) and the file, as a
     multipart/form-data body; and its content type."""

@@ -7,12 +7,10 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-import orjson
-
 from gateway.errors import BadRequestError
 from gateway.policy.plan import Exclusion, RoutePlan
 from gateway.policy.table import Deployment
-from gateway.providers.base import EditFile, Endpoint, Usage
+from gateway.providers.base import Endpoint, Usage
 from gateway.providers.dashscope_images import size_problem
 
 IMAGE_ENDPOINTS = frozenset({Endpoint.IMAGE, Endpoint.IMAGE_EDIT})

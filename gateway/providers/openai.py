@@ -10,11 +10,11 @@ import orjson
 from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Protocol, Provider
 from gateway.providers.audio_relay import AudioRelay, multipart, transcription_reply
-from gateway.providers.multipart import encode_form
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, stream_event, transport_failure, upstream_error
 from gateway.providers.http1 import HeaderBlock, HTTPClient, Response, UpstreamLimits
 from gateway.providers.images import IMAGE_ENDPOINTS, image_usage
+from gateway.providers.multipart import encode_form
 from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
 from gateway.providers.upstream_proxy import UpstreamProxy
 

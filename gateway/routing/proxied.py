@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from gateway.errors import PolyrouteError, UpstreamError, error_event
 from gateway.load.placement import place
-from gateway.load.tracker import LoadTracker
+from gateway.load.tracker import LoadTracker, SentMark
 from gateway.observability.accounting import (
     Accountant,
     FinishedRequest,
@@ -119,17 +119,23 @@ class RequestFlow:
         trace: RequestTrace = NO_TRACE,
     ) -> ProxiedRequest:
         """The plan and admission (raises a PolyrouteError when either refuses), then the request to carry out."""
-        plan = await place(facts, table, self.health.snapshot(), self.load, self.metrics)
-        if parsed.endpoint in IMAGE_ENDPOINTS:  # a target that cannot honour an option is not tried
-            plan = capable_plan(plan, parsed.endpoint, parsed.body)
-        if proto is not None:
-            proto.refuse_unless_reachable(plan.attempts)
-        admitted = await self.admission.admit(tenant, plan, facts)
+        plan, sent = await place(facts, table, self.health.snapshot(), self.load, self.metrics)
+        try:
+            if parsed.endpoint in IMAGE_ENDPOINTS:  # a target that cannot honour an option is not tried
+                plan = capable_plan(plan, parsed.endpoint, parsed.body)
+            if proto is not None:
+                proto.refuse_unless_reachable(plan.attempts)
+            admitted = await self.admission.admit(tenant, plan, facts)
+        except BaseException:
+            if sent is not None:  # refused: it never reaches the engine
+                self.load.done(sent)
+            raise
         shadowed = self.shadow is not None and proto is None and self.shadow.sampled(
             table.aliases.get(plan.alias), parsed.endpoint
         )
         request = ProxiedRequest(self, table, providers, parsed, plan, tenant.name, admitted, request_id, started,
-                                 proto=proto, facts=facts, shadow_capture=[] if shadowed else None, trace=trace)
+                                 proto=proto, facts=facts, shadow_capture=[] if shadowed else None, trace=trace,
+                                 sent=sent)
         self.metrics.inflight(alias=plan.alias, delta=1)
         return request
 
@@ -168,8 +174,10 @@ class ProxiedRequest:
         facts: RequestFacts | None = None,
         shadow_capture: list[bytes] | None = None,
         trace: RequestTrace = NO_TRACE,
+        sent: SentMark | None = None,
     ) -> None:
         self.trace = trace
+        self.sent = sent  # counted as sent to a self-hosted engine until it is read again, or this request ends
         self.flow, self.table, self.providers, self.parsed, self.plan = flow, table, providers, parsed, plan
         self.tenant, self.admitted, self.request_id, self.started = tenant, admitted, request_id, started
         self.proto, self.facts = proto, facts
@@ -299,6 +307,8 @@ class ProxiedRequest:
         """The one record of an admitted request (metrics, usage record, settling what admission reserved)."""
         flow = self.flow
         flow.metrics.inflight(alias=self.plan.alias, delta=-1)
+        if self.sent is not None:
+            flow.load.done(self.sent)
         duration = time.perf_counter() - self.started
         gateway_time = (first_token_s if first_token_s is not None else duration) - self.upstream_s
         cost = flow.accountant.finish(

