@@ -26,7 +26,7 @@ from gateway.demo.sim_flavors import FLAVORS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
-START_TIMEOUT_S = 15.0
+START_TIMEOUT_S = 60.0  # a bound on a hung start, not a speed check: a busy machine starts slowly
 STOP_TIMEOUT_S = 10.0
 _POLL_S = 0.02
 
