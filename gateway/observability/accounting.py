@@ -209,6 +209,7 @@ class Accountant:
                 audio_output_tokens=u.audio_output_tokens,
                 audio_ms=round(u.audio_seconds * 1000),
                 characters=u.characters,
+                images=u.images,
                 price_entry=price_entry,
                 latency_s=done.duration_s,
                 fallback=done.fallback,

@@ -25,7 +25,7 @@ _COLUMNS = (
     "cost_usd",
 )
 # Shown only when the report has some (a gateway serving only text keeps its table as it was).
-_AUDIO_COLUMNS = ("audio_input_tokens", "audio_output_tokens", "audio_seconds", "characters")
+_MEDIA_COLUMNS = ("audio_input_tokens", "audio_output_tokens", "audio_seconds", "characters", "images")
 
 
 async def run_usage(settings: Settings, days: int, group_by: str, url: str | None, as_json: bool) -> int:
@@ -113,7 +113,7 @@ def render_table(report: dict[str, Any]) -> str:
     """The report as an aligned text table, then each vendor's and hosting type's share of requests and spend."""
     dims: list[str] = report["group_by"]
     total = report["total"]
-    columns = (*_COLUMNS, *(c for c in _AUDIO_COLUMNS if total.get(c)))
+    columns = (*_COLUMNS, *(c for c in _MEDIA_COLUMNS if total.get(c)))
     cols = [*dims, *columns]
     rows = [[_cell(c, g.get(c, "")) for c in cols] for g in report["groups"]]
     label = ["TOTAL", *[""] * (len(dims) - 1)] if dims else []

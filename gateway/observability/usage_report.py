@@ -22,6 +22,7 @@ _SUMS = (
     "audio_output_tokens",
     "audio_seconds",
     "characters",
+    "images",
 )
 
 

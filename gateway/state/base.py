@@ -156,6 +156,7 @@ class UsageRecord:
     audio_output_tokens: int = 0
     audio_ms: int = 0  # input audio transcribed, in milliseconds
     characters: int = 0  # input text spoken
+    images: int = 0  # images an image endpoint returned
     price_entry: str = ""  # the price book entry the cost came from (`policy[1] from 2027-01-01`, `litellm:...`)
 
 
@@ -186,6 +187,7 @@ class UsageRow:
     audio_output_tokens: int = 0
     audio_seconds: float = 0.0
     characters: int = 0
+    images: int = 0
     cost_usd_by_price: dict[str, float] = field(default_factory=dict)  # the part of cost_usd from each price entry
 
 

@@ -47,6 +47,7 @@ USAGE_COUNTERS = (
     "audio_output_tokens",
     "audio_ms",
     "characters",
+    "images",
 )
 PRICE_COST_PREFIX = "cost_micro_usd@"  # + a price entry: the cost billed under that entry (`cost_micro_usd@policy[1]`)
 
@@ -83,6 +84,7 @@ def tally_usage(records: Iterable[UsageRecord]) -> dict[str, dict[UsageKey, dict
             ("audio_output_tokens", record.audio_output_tokens),
             ("audio_ms", record.audio_ms),
             ("characters", record.characters),
+            ("images", record.images),
         ):
             counts[name] = counts.get(name, 0) + value
         if record.price_entry and record.cost_usd:
@@ -115,6 +117,7 @@ def usage_row(day: str, key: UsageKey, counts: Mapping[str, int]) -> UsageRow:
         audio_output_tokens=counts.get("audio_output_tokens", 0),
         audio_seconds=counts.get("audio_ms", 0) / 1000,
         characters=counts.get("characters", 0),
+        images=counts.get("images", 0),
         cost_usd_by_price={
             name.removeprefix(PRICE_COST_PREFIX): from_micro(value)
             for name, value in counts.items()

@@ -86,6 +86,7 @@ def test_cost_is_images_returned_times_the_price_by_size(stack: Stack) -> None:
             break
         time.sleep(0.1)
     assert preset is not None and preset["cost_usd"] == pytest.approx(0.08)
+    assert preset["images"] == 2  # one image each
     assert 'polyroute_images_total{' in stack.metrics()
 
 

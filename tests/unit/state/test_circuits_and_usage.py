@@ -164,6 +164,15 @@ async def test_usage_keeps_audio_tokens_seconds_and_characters(store: StateStore
     assert row.extra == {}
 
 
+async def test_usage_keeps_image_counts(store: StateStore) -> None:
+    await store.record_usage([record(images=2), record(images=1), record()])
+
+    (row,) = await store.usage("2025-06-01", "2025-06-01")
+
+    assert row.images == 3
+    assert row.extra == {}
+
+
 async def test_usage_is_summed_per_day_and_row(store: StateStore) -> None:
     await store.record_usage([record(), record(status=502, cached_tokens=50), record(fallback=True)])
     await store.record_usage(
