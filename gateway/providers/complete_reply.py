@@ -1,0 +1,79 @@
+"""Whether an upstream's 200 non-stream answer is complete in its protocol; one that is not fails the attempt.
+
+A 200 whose body is an error object, or an answer cut short, must never reach a client as a success: a chat
+completion needs choices, each with a message (or text) and a finish reason; a Messages message its content, stop
+reason and usage; a Responses `response` its status and output; an embeddings list its data. An error object in the
+body is classified as an in-band error (so a throttled upstream still counts as a rate limit); anything else
+incomplete is a server error, which falls back like a 5xx.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.errors import ErrorClass, UpstreamError
+from gateway.providers.base import Endpoint
+from gateway.providers.failures import inband_error
+from gateway.providers.native_sse import native_error
+
+_WHAT = {
+    Endpoint.CHAT: "chat completion",
+    Endpoint.COMPLETION: "completion",
+    Endpoint.EMBEDDING: "embeddings list",
+    Endpoint.MESSAGES: "Messages message",
+    Endpoint.RESPONSES: "Responses response",
+}
+
+
+def incomplete_reply(endpoint: Endpoint, data: Any) -> UpstreamError | None:
+    """The failure a 200 body (parsed JSON) stands for, or None when it is a complete answer for `endpoint`."""
+    if not isinstance(data, dict):
+        return _incomplete(endpoint, "is not a JSON object")
+    if endpoint is Endpoint.MESSAGES or endpoint is Endpoint.RESPONSES:
+        failed = native_error(data)  # an error event's shape, or a response whose status is `failed`
+        if failed is not None:
+            return failed
+    missing = _missing(endpoint, data)
+    if missing is None:
+        return None
+    failure = inband_error(data)  # `{"error": {...}}` with a 200, as Model Studio's compatible mode may send
+    if failure is None:
+        return _incomplete(endpoint, missing)
+    failure.message = failure.message.replace("in-stream error", "upstream answered 200 with an error", 1)
+    return failure
+
+
+def _missing(endpoint: Endpoint, data: dict[str, Any]) -> str | None:
+    """What the answer lacks, in the upstream's field names; None when nothing."""
+    if endpoint is Endpoint.CHAT or endpoint is Endpoint.COMPLETION:
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices:
+            return "has no choices"
+        content = "message" if endpoint is Endpoint.CHAT else "text"
+        for choice in choices:
+            if not isinstance(choice, dict) or content not in choice:
+                return f"has a choice without a {content}"
+            if not isinstance(choice.get("finish_reason"), str):
+                return "has a choice without a finish_reason"
+        return None
+    if endpoint is Endpoint.MESSAGES:
+        if data.get("type") != "message":
+            return "is not a message"
+        if not isinstance(data.get("content"), list):
+            return "has no content"
+        if not isinstance(data.get("stop_reason"), str):
+            return "has no stop_reason"
+        return None if isinstance(data.get("usage"), dict) else "has no usage"
+    if endpoint is Endpoint.RESPONSES:
+        if data.get("object") != "response":
+            return "is not a response"
+        if not isinstance(data.get("status"), str):
+            return "has no status"
+        return None if isinstance(data.get("output"), list) else "has no output"
+    return None if isinstance(data.get("data"), list) else "has no data"
+
+
+def _incomplete(endpoint: Endpoint, missing: str) -> UpstreamError:
+    return UpstreamError(
+        f"upstream answered 200 with a {_WHAT[endpoint]} that {missing}", error_class=ErrorClass.SERVER_ERROR
+    )
