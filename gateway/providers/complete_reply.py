@@ -9,6 +9,7 @@ incomplete is a server error, which falls back like a 5xx.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gateway.errors import ErrorClass, UpstreamError
@@ -29,11 +30,14 @@ def incomplete_reply(endpoint: Endpoint, data: Any) -> UpstreamError | None:
     """The failure a 200 body (parsed JSON) stands for, or None when it is a complete answer for `endpoint`."""
     if not isinstance(data, dict):
         return _incomplete(endpoint, "is not a JSON object")
-    if endpoint is Endpoint.MESSAGES or endpoint is Endpoint.RESPONSES:
-        failed = native_error(data)  # an error event's shape, or a response whose status is `failed`
-        if failed is not None:
-            return failed
-    missing = _missing(endpoint, data)
+    if endpoint is _CHAT:  # the fast path's usual answer: identity tests only (an enum's hash is Python code)
+        missing = _choices_missing(data, "message")
+    else:
+        if endpoint is _MESSAGES or endpoint is _RESPONSES:
+            failed = native_error(data)  # an error event's shape, or a response whose status is `failed`
+            if failed is not None:
+                return failed
+        missing = _MISSING[endpoint](data)
     if missing is None:
         return None
     failure = inband_error(data)  # `{"error": {...}}` with a 200, as Model Studio's compatible mode may send
@@ -43,34 +47,46 @@ def incomplete_reply(endpoint: Endpoint, data: Any) -> UpstreamError | None:
     return failure
 
 
-def _missing(endpoint: Endpoint, data: dict[str, Any]) -> str | None:
-    """What the answer lacks, in the upstream's field names; None when nothing."""
-    if endpoint is Endpoint.CHAT or endpoint is Endpoint.COMPLETION:
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices:
-            return "has no choices"
-        content = "message" if endpoint is Endpoint.CHAT else "text"
-        for choice in choices:
-            if not isinstance(choice, dict) or content not in choice:
-                return f"has a choice without a {content}"
-            if not isinstance(choice.get("finish_reason"), str):
-                return "has a choice without a finish_reason"
-        return None
-    if endpoint is Endpoint.MESSAGES:
-        if data.get("type") != "message":
-            return "is not a message"
-        if not isinstance(data.get("content"), list):
-            return "has no content"
-        if not isinstance(data.get("stop_reason"), str):
-            return "has no stop_reason"
-        return None if isinstance(data.get("usage"), dict) else "has no usage"
-    if endpoint is Endpoint.RESPONSES:
-        if data.get("object") != "response":
-            return "is not a response"
-        if not isinstance(data.get("status"), str):
-            return "has no status"
-        return None if isinstance(data.get("output"), list) else "has no output"
-    return None if isinstance(data.get("data"), list) else "has no data"
+def _choices_missing(data: dict[str, Any], content: str) -> str | None:
+    """What a chat completion (`content` = "message") or a completion ("text") lacks; None when nothing."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "has no choices"
+    for choice in choices:
+        if not isinstance(choice, dict) or content not in choice:
+            return f"has a choice without a {content}"
+        if not isinstance(choice.get("finish_reason"), str):
+            return "has a choice without a finish_reason"
+    return None
+
+
+def _message_missing(data: dict[str, Any]) -> str | None:
+    if data.get("type") != "message":
+        return "is not a message"
+    if not isinstance(data.get("content"), list):
+        return "has no content"
+    if not isinstance(data.get("stop_reason"), str):
+        return "has no stop_reason"
+    return None if isinstance(data.get("usage"), dict) else "has no usage"
+
+
+def _response_missing(data: dict[str, Any]) -> str | None:
+    if data.get("object") != "response":
+        return "is not a response"
+    if not isinstance(data.get("status"), str):
+        return "has no status"
+    return None if isinstance(data.get("output"), list) else "has no output"
+
+
+_CHAT, _MESSAGES, _RESPONSES = Endpoint.CHAT, Endpoint.MESSAGES, Endpoint.RESPONSES
+# What each endpoint's answer lacks, in the upstream's field names.
+_MISSING: dict[Endpoint, Callable[[dict[str, Any]], str | None]] = {
+    Endpoint.CHAT: lambda data: _choices_missing(data, "message"),
+    Endpoint.COMPLETION: lambda data: _choices_missing(data, "text"),
+    Endpoint.EMBEDDING: lambda data: None if isinstance(data.get("data"), list) else "has no data",
+    Endpoint.MESSAGES: _message_missing,
+    Endpoint.RESPONSES: _response_missing,
+}
 
 
 def _incomplete(endpoint: Endpoint, missing: str) -> UpstreamError:
