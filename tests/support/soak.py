@@ -115,8 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=120.0,
         help="seconds between policy reloads, and between Redis restarts (half of it apart; default: 120)",
     )
+    parser.add_argument(
+        "--fault-every", type=float, default=15.0, help="seconds between injected upstream faults (default: 15)"
+    )
+    parser.add_argument(
+        "--faults",
+        default=",".join(sorted({f["fault"] for f in FAULTS})),
+        help="the kinds of upstream faults injected, comma-separated (default: all of the soak's mix)",
+    )
     parser.add_argument("--seed", type=int, default=21)
     args = parser.parse_args(argv)
+    unknown = set(args.faults.split(",")) - {f["fault"] for f in FAULTS}
+    if unknown:
+        parser.error(f"--faults: not in the soak's mix: {', '.join(sorted(unknown))}")
     with ExitStack() as stack:
         run = _start(stack, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="polyroute-soak-"))))
         print(
@@ -181,6 +192,7 @@ def _drive(run: Run, args: argparse.Namespace) -> None:
     for thread in threads:
         thread.start()
     rng = random.Random(args.seed)
+    faults = [f for f in FAULTS if f["fault"] in args.faults.split(",")]
     next_sample = next_fault = next_print = start
     next_event, event_no = start + args.event_every / 2, 0
     while (now := time.monotonic()) < end:
@@ -188,13 +200,13 @@ def _drive(run: Run, args: argparse.Namespace) -> None:
             run.samples.append(_sample(run, now - start))
             next_sample += 10.0
         if now >= next_fault:
-            fault = rng.choice(FAULTS)
+            fault = rng.choice(faults)
             # The simulated Model Studio's native Messages and Responses streams do not simulate paced faults other
             # than in-band errors (they answer a 400): those go to the chat-only vLLM (whose streams polyroute
             # translates for Messages and Responses clients).
             paced = fault["fault"] in ("slow_first_token", "stall_mid_stream", "reset_mid_stream")
             (run.vllm if paced else rng.choice((run.cloud, run.vllm))).inject([fault])
-            next_fault += 15.0
+            next_fault += args.fault_every
         if now >= next_event:
             _event(run, event_no, now - start)
             event_no += 1
