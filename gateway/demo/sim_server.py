@@ -24,6 +24,7 @@ from gateway.demo.sim_thinking import thinks
 
 _JSON = "application/json"
 _PACED_FAULTS = frozenset({"slow_first_token", "stall_mid_stream", "reset_mid_stream", "inband_error", "delay"})
+_FAULT_LOG_SIZE = 2000
 _GONE_POLL_S = 0.02  # how often a slow answer checks whether its client is still there
 _SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 _MALFORMED_JSON = b'{"id": "chatcmpl-simulated", "object": "chat.completion", "choices": [{"message": '
@@ -55,6 +56,8 @@ class SimulatedUpstream:
         self.last_headers: Mapping[str, str] = {}
         self.last_body: Any = None
         self.traceparents: deque[str] = deque(maxlen=100)  # W3C trace context received, newest last
+        # The faults served, newest last, with the request id the gateway sent: a soak matches them to its failures.
+        self.fault_log: deque[dict[str, Any]] = deque(maxlen=_FAULT_LOG_SIZE)
         self.engine_load: SimulatedEngineLoad | None = None  # set when the server serves engine metrics
 
     # ---- admin -------------------------------------------------------------------------------------------------
@@ -89,6 +92,7 @@ class SimulatedUpstream:
             "last_headers": {_canonical(key): value for key, value in self.last_headers.items()},
             "last_body": self.last_body,
             "traceparents": list(self.traceparents),
+            "fault_log": list(self.fault_log),
         }
         return web.Response(body=orjson.dumps(stats), content_type=_JSON)
 
@@ -100,6 +104,7 @@ class SimulatedUpstream:
         self.clients_gone = 0
         self.last_path, self.last_headers, self.last_body = None, {}, None
         self.traceparents.clear()
+        self.fault_log.clear()
         return web.json_response({"reset": True})
 
     # ---- OpenAI-compatible routes ------------------------------------------------------------------------------
@@ -208,6 +213,10 @@ class SimulatedUpstream:
             return self._error(SimError(400, str(exc)))
         if fault is not None:
             self.faults_served[fault.kind] += 1
+            self.fault_log.append({
+                "at": time.time(), "fault": fault.kind, "path": request.path, "model": model,
+                "stream": body.get("stream") is True, "request_id": request.headers.get("x-request-id"),
+            })
             early = await self._early_fault(request, fault)
             if early is not None:
                 return early

@@ -11,11 +11,12 @@ from gateway.errors import ErrorClass, UpstreamError
 from gateway.policy.table import Protocol, Provider
 from gateway.providers.audio_relay import AudioRelay, multipart, transcription_reply
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
+from gateway.providers.complete_reply import incomplete_reply
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, stream_event, transport_failure, upstream_error
 from gateway.providers.http1 import HeaderBlock, HTTPClient, Response, UpstreamLimits
 from gateway.providers.images import IMAGE_ENDPOINTS, image_usage
 from gateway.providers.multipart import encode_form
-from gateway.providers.native_sse import NativeSSERelay, native_error, native_usage
+from gateway.providers.native_sse import NativeSSERelay, native_usage
 from gateway.providers.upstream_proxy import UpstreamProxy
 
 PATHS = {
@@ -135,20 +136,16 @@ class OpenAICompatibleProvider:
         except orjson.JSONDecodeError as exc:
             raise UpstreamError("upstream answered 200 with a body that is not JSON",
                                 error_class=ErrorClass.SERVER_ERROR) from exc
+        failure = incomplete_reply(call.endpoint, data)
+        if failure is not None:
+            raise failure
         if call.endpoint in NATIVE:
-            failure = native_error(data)
-            if failure is not None:
-                raise failure
             return UpstreamReply(body=body, usage=native_usage(call.endpoint, data),
                                  content_type=content_type.split(";")[0])
-        if isinstance(data, dict) and "error" in data and not data.get("choices") and not data.get("data"):
-            failure = inband_error(data)
-            if failure is not None:
-                raise failure
         if call.endpoint in IMAGE_ENDPOINTS:
             return UpstreamReply(body=body, usage=image_usage(data, call.body), content_type=content_type.split(";")[0])
-        usage = Usage.from_openai(data.get("usage")) if isinstance(data, dict) else None
-        return UpstreamReply(body=body, usage=usage, content_type=content_type.split(";")[0])
+        return UpstreamReply(body=body, usage=Usage.from_openai(data.get("usage")),
+                             content_type=content_type.split(";")[0])
 
     async def open_stream(self, call: UpstreamCall) -> SSERelay | NativeSSERelay | AudioRelay:
         deployment = call.deployment.name

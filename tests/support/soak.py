@@ -5,6 +5,7 @@ growth of a replica's memory or open files. Not part of the test suite (it runs 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import statistics
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tests.support.nginx import start_nginx
 from tests.support.processes import (
@@ -31,10 +33,10 @@ from tests.support.processes import (
 )
 from tests.support.soak_load import (
     CAPPED_KEY,
-    FAILURES,
     FAULTS,
     OK,
     SOAK_KEY,
+    STREAM_ERROR,
     Clients,
     Outcome,
     capped_request,
@@ -96,6 +98,8 @@ class Run:
     capped: list[Outcome] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
+    fault_log: list[dict[str, Any]] = field(default_factory=list)  # both upstreams' faults served, by time
+    gateway_logs: list[str] = field(default_factory=list)  # each replica's output
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -111,8 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=120.0,
         help="seconds between policy reloads, and between Redis restarts (half of it apart; default: 120)",
     )
+    parser.add_argument(
+        "--fault-every", type=float, default=15.0, help="seconds between injected upstream faults (default: 15)"
+    )
+    parser.add_argument(
+        "--faults",
+        default=",".join(sorted({f["fault"] for f in FAULTS})),
+        help="the kinds of upstream faults injected, comma-separated (default: all of the soak's mix)",
+    )
     parser.add_argument("--seed", type=int, default=21)
     args = parser.parse_args(argv)
+    unknown = set(args.faults.split(",")) - {f["fault"] for f in FAULTS}
+    if unknown:
+        parser.error(f"--faults: not in the soak's mix: {', '.join(sorted(unknown))}")
     with ExitStack() as stack:
         run = _start(stack, Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="polyroute-soak-"))))
         print(
@@ -121,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             flush=True,
         )
         _drive(run, args)
+        _collect(run)
     return _report(run, args.minutes * 60)
 
 
@@ -176,6 +192,7 @@ def _drive(run: Run, args: argparse.Namespace) -> None:
     for thread in threads:
         thread.start()
     rng = random.Random(args.seed)
+    faults = [f for f in FAULTS if f["fault"] in args.faults.split(",")]
     next_sample = next_fault = next_print = start
     next_event, event_no = start + args.event_every / 2, 0
     while (now := time.monotonic()) < end:
@@ -183,13 +200,13 @@ def _drive(run: Run, args: argparse.Namespace) -> None:
             run.samples.append(_sample(run, now - start))
             next_sample += 10.0
         if now >= next_fault:
-            fault = rng.choice(FAULTS)
+            fault = rng.choice(faults)
             # The simulated Model Studio's native Messages and Responses streams do not simulate paced faults other
             # than in-band errors (they answer a 400): those go to the chat-only vLLM (whose streams polyroute
             # translates for Messages and Responses clients).
             paced = fault["fault"] in ("slow_first_token", "stall_mid_stream", "reset_mid_stream")
             (run.vllm if paced else rng.choice((run.cloud, run.vllm))).inject([fault])
-            next_fault += 15.0
+            next_fault += args.fault_every
         if now >= next_event:
             _event(run, event_no, now - start)
             event_no += 1
@@ -216,6 +233,9 @@ def _load(run: Run, index: int, args: argparse.Namespace) -> None:
             outcome = one_request(clients, rng, rng.choice(("cloud-first", "local-first")))
             with run.lock:
                 run.outcomes.append(outcome)
+    except BaseException as err:  # an answer no check foresaw: the soak's load thinned out, which must not pass
+        run.events.append(f"load thread {index} died: {err!r}"[:300])
+        raise
     finally:
         clients.close()
 
@@ -256,6 +276,14 @@ def _reload(gateway: GatewayProcess) -> int:
         return err.code
 
 
+def _collect(run: Run) -> None:
+    """What the upstreams and the replicas recorded, read before they stop: evidence for any failed check."""
+    for upstream in (run.cloud, run.vllm):
+        run.fault_log += [{**entry, "upstream": upstream.name} for entry in upstream.stats()["fault_log"]]
+    run.fault_log.sort(key=lambda entry: float(entry["at"]))
+    run.gateway_logs = [gateway.logs() for gateway in run.gateways]
+
+
 def _sample(run: Run, at: float) -> Sample:
     pids = [g.process.pid for g in run.gateways]
     return Sample(at, [_rss_kb(pid) for pid in pids], [len(os.listdir(f"/proc/{pid}/fd")) for pid in pids])
@@ -285,40 +313,94 @@ def _progress(run: Run, at: float) -> None:
 
 
 def _report(run: Run, seconds: float) -> int:
-    problems: list[str] = []
     results = Counter(o.result for o in run.outcomes)
     by_kind = Counter((o.kind, o.result) for o in run.outcomes)
     print("\n== soak summary")
     print(f"requests: {len(run.outcomes)} in {seconds / 60:.1f} min; outcomes: {dict(sorted(results.items()))}")
     for kind in sorted({k for k, _ in by_kind}):
         print(f"  {kind:17s} " + ", ".join(f"{r} {n}" for (k, r), n in sorted(by_kind.items()) if k == kind))
-    failed = [o for o in run.outcomes if o.result in FAILURES]
+    failed = [o for o in run.outcomes if is_failure(o)]
     for o in failed[:10]:
-        print(f"  {o.result}: {o.kind} at {time.strftime('%H:%M:%S', time.gmtime(o.sent))} {o.detail}")
+        print(f"  {o.result}: {o.kind} at {time.strftime('%H:%M:%S', time.gmtime(o.sent))} request {o.request_id} "
+              f"{o.detail}")
+        for line in _evidence_lines(run, o):
+            print(f"    {line}")
+    if failed:
+        print(f"evidence of every failed check: {_write_evidence(run, failed)}")
     errors = Counter(f"{o.result} {o.kind}: {o.detail}" for o in run.outcomes if o.result.startswith("http_"))
     for text, n in errors.most_common(8):
         print(f"  {n:4d} x {text}")
-    if failed:
-        problems.append(f"{len(failed)} lost or truncated responses")
-    over = _over_admissions(run.capped)
     capped = Counter(o.result for o in run.capped)
-    print(f"capped tenant (rpm {CAPPED_RPM}): {dict(sorted(capped.items()))}; over-admissions: {over}")
-    if over:
-        problems.append(f"{over} over-admissions of the capped tenant")
+    print(f"capped tenant (rpm {CAPPED_RPM}): {dict(sorted(capped.items()))}; "
+          f"over-admissions: {over_admissions(run.capped)}")
+    print(f"faults served: {dict(Counter(str(e['fault']) for e in run.fault_log).most_common())}")
     print("events:\n" + "\n".join(f"  {e}" for e in run.events))
-    if any("reload" in e and "200" not in e for e in run.events):
-        problems.append("a policy reload failed")
     print("replicas over time (RSS MB / open fds):")
     for s in run.samples[:: max(1, len(run.samples) // 20)]:
         print(
             f"  {s.at:6.0f}s  " + "  ".join(f"{kb / 1024:6.1f} / {n:3d}" for kb, n in zip(s.rss_kb, s.fds, strict=True))
         )
-    problems += _growth(run.samples)
+    lines, _ = growth(run.samples)
+    print("\n".join(lines))
+    problems = verdict(run.outcomes, run.capped, run.samples, run.events)
     print("verdict: " + ("PASS" if not problems else "FAIL: " + "; ".join(problems)))
     return 1 if problems else 0
 
 
-def _over_admissions(capped: list[Outcome]) -> int:
+def is_failure(outcome: Outcome) -> bool:
+    """A response lost, or a 200 that is not a complete answer: anything but a success or an error the client's
+    protocol carries (an HTTP error status, or a stream's error event)."""
+    return not (outcome.result in (OK, STREAM_ERROR) or outcome.result.startswith("http_"))
+
+
+def verdict(outcomes: list[Outcome], capped: list[Outcome], samples: list[Sample], events: list[str]) -> list[str]:
+    """What fails the soak: any lost or truncated response, any over-admission, a failed reload, any growth."""
+    problems = []
+    failed = sum(1 for o in outcomes if is_failure(o))
+    if failed:
+        problems.append(f"{failed} lost or truncated responses")
+    over = over_admissions(capped)
+    if over:
+        problems.append(f"{over} over-admissions of the capped tenant")
+    if any(_reload_failed(e) for e in events):
+        problems.append("a policy reload failed")
+    if any("died" in e for e in events):
+        problems.append("a load thread died")
+    return problems + growth(samples)[1]
+
+
+def _reload_failed(event: str) -> bool:
+    """Whether a `policy reload: [status, ...]` event has a status other than 200 (on any replica)."""
+    if "policy reload: [" not in event:
+        return False
+    statuses = event.rsplit("[", 1)[1].rstrip("]").split(",")
+    return any(status.strip() != "200" for status in statuses)
+
+
+def _evidence_lines(run: Run, outcome: Outcome) -> list[str]:
+    """The raw answer, the faults the upstreams served for this request (or near its time when none matched by
+    request id), and the replicas' log lines that name it."""
+    lines = [f"answer: {outcome.evidence}"] if outcome.evidence else []
+    matched = [e for e in run.fault_log if outcome.request_id and e.get("request_id") == outcome.request_id]
+    near = matched or [e for e in run.fault_log if outcome.sent - 2 <= float(e["at"]) <= outcome.received + 1]
+    label = "upstream faults for this request" if matched else "upstream faults near its time"
+    lines += [f"{label}: {json.dumps(e)}" for e in near[:6]]
+    for replica, logs in enumerate(run.gateway_logs, 1):
+        named = [line for line in logs.splitlines() if outcome.request_id and outcome.request_id in line]
+        lines += [f"replica {replica} log: {line}" for line in named[:4]]
+    return lines
+
+
+def _write_evidence(run: Run, failed: list[Outcome]) -> Path:
+    """One JSON line per failed check, kept after the run's directory is gone."""
+    path = Path(tempfile.gettempdir()) / f"polyroute-soak-{time.strftime('%Y%m%dT%H%M%S')}.evidence.jsonl"
+    with path.open("w") as out:
+        for o in failed:
+            out.write(json.dumps({**o.__dict__, "trace": _evidence_lines(run, o)}) + "\n")
+    return path
+
+
+def over_admissions(capped: list[Outcome]) -> int:
     """Admitted requests that make some 60-second span hold more than the limit, for sure (whatever the exact moment
     of admission between sending and receiving)."""
     admitted = sorted((o for o in capped if o.result == OK), key=lambda o: o.sent)
@@ -327,19 +409,20 @@ def _over_admissions(capped: list[Outcome]) -> int:
     )
 
 
-def _growth(samples: list[Sample]) -> list[str]:
+def growth(samples: list[Sample]) -> tuple[list[str], list[str]]:
+    """(report lines, problems): a replica's RSS or open files in the last third of the run (after warm-up) above
+    the first third by more than the tolerance."""
     settled = [s for s in samples if s.at >= WARMUP_S]
     if len(settled) < 6:
-        print("growth: not judged (it needs at least 2 minutes)")
-        return []
+        return ["growth: not judged (it needs at least 2 minutes)"], []
     third = len(settled) // 3
-    problems = []
+    lines, problems = [], []
     for replica in range(len(settled[0].rss_kb)):
         rss_first = statistics.median(s.rss_kb[replica] for s in settled[:third])
         rss_last = statistics.median(s.rss_kb[replica] for s in settled[-third:])
         fds_first = statistics.median(s.fds[replica] for s in settled[:third])
         fds_last = statistics.median(s.fds[replica] for s in settled[-third:])
-        print(
+        lines.append(
             f"replica {replica + 1}: RSS {rss_first / 1024:.1f} -> {rss_last / 1024:.1f} MB, "
             f"fds {fds_first:.0f} -> {fds_last:.0f} (first third after warm-up -> last third)"
         )
@@ -347,7 +430,7 @@ def _growth(samples: list[Sample]) -> list[str]:
             problems.append(f"replica {replica + 1} RSS grew {rss_last / rss_first - 1:.0%}")
         if fds_last > fds_first + FD_GROWTH_LIMIT:
             problems.append(f"replica {replica + 1} open files grew by {fds_last - fds_first:.0f}")
-    return problems
+    return lines, problems
 
 
 if __name__ == "__main__":

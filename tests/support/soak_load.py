@@ -1,9 +1,10 @@
 """The soak's requests: chat, Messages and Responses, stream and not, through the official clients; each one's outcome.
 
 An outcome is `ok`, `http_<status>` (an error the client's protocol carries), `stream_error` (a stream that ended with
-its protocol's error event after its first bytes), `truncated` (a stream that stopped without its last event or an
-error event), or `lost` (no response at all). Only the last two are failures: a gateway may refuse or fail a request,
-but never silently.
+its protocol's error event after its first bytes), `truncated` (a 200 that is not a complete answer: a stream that
+stopped without its last event or an error event, or a body without what its protocol requires), or `lost` (no
+response at all). Only the last two are failures: a gateway may refuse or fail a request, but never silently. A
+failed check keeps its evidence: the raw status, headers and body (or the stream's last events) and the request id.
 """
 
 from __future__ import annotations
@@ -12,10 +13,11 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import anthropic
 import httpx
+import httpx2
 import openai
 
 SOAK_KEY = "sk-soak"
@@ -26,7 +28,8 @@ OK = "ok"
 STREAM_ERROR = "stream_error"
 TRUNCATED = "truncated"
 LOST = "lost"
-FAILURES = (TRUNCATED, LOST)
+EVIDENCE_BYTES = 4000  # of a failed answer's body kept as evidence
+EVIDENCE_EVENTS = 20  # of a failed stream's last events kept as evidence
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,17 @@ class Outcome:
     sent: float  # wall-clock seconds
     received: float
     detail: str = ""
+    request_id: str = ""  # polyroute's x-request-id (also sent upstream), when a response came
+    evidence: str = ""  # for a failed check: the raw status, headers and body (or stream events) received
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What one call's check concluded, and what it saw."""
+
+    result: str
+    request_id: str = ""
+    evidence: str = ""
 
 
 class Clients:
@@ -60,75 +74,111 @@ def capped_request(clients: Clients, alias: str) -> Outcome:
     return run("chat", lambda: _chat(clients, alias))
 
 
-def run(kind: str, call: Callable[[], str]) -> Outcome:
+def run(kind: str, call: Callable[[], Checked]) -> Outcome:
     sent = time.time()
     try:
-        result = call()
+        checked = call()
     except (openai.APIStatusError, anthropic.APIStatusError) as err:
         # An error event inside a stream reaches the clients as a status error of the stream's 200.
+        request_id = err.response.headers.get("x-request-id", "")
         if err.status_code != 200:
-            return Outcome(kind, f"http_{err.status_code}", sent, time.time(), str(err.message)[:200])
-        result = STREAM_ERROR
+            return Outcome(kind, f"http_{err.status_code}", sent, time.time(), str(err.message)[:200], request_id)
+        checked = Checked(STREAM_ERROR, request_id)
     except (openai.APIConnectionError, anthropic.APIConnectionError) as err:
         return Outcome(kind, LOST, sent, time.time(), repr(err)[:200])
     except (openai.APIError, anthropic.APIError):
-        result = STREAM_ERROR  # openai's client raises a bare APIError for `data: {"error": ...}` in a stream
-    except httpx.HTTPError as err:  # the clients wrap errors before the response; this one broke a stream
+        checked = Checked(STREAM_ERROR)  # openai's client raises a bare APIError for `data: {"error": ...}` in a stream
+    except (httpx.HTTPError, httpx2.HTTPError) as err:  # the clients wrap errors before the response, not in a stream
+        # (anthropic's client runs on its own copy of httpx, httpx2)
         return Outcome(kind, TRUNCATED, sent, time.time(), repr(err)[:200])
-    return Outcome(kind, result, sent, time.time())
+    return Outcome(kind, checked.result, sent, time.time(), "", checked.request_id, checked.evidence)
 
 
-def _chat(clients: Clients, alias: str) -> str:
-    answer = clients.openai.chat.completions.create(
+class RawAnswer(Protocol):
+    """The raw HTTP response under either official client (anthropic's carries its own copy of httpx)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Any: ...
+
+    @property
+    def content(self) -> bytes: ...
+
+
+def _checked(result: str, response: RawAnswer, seen: str | None = None) -> Checked:
+    """The check's result with the request id; when it failed, the raw answer (or, for a stream, what it saw)."""
+    request_id = response.headers.get("x-request-id", "")
+    if result in (OK, STREAM_ERROR):
+        return Checked(result, request_id)
+    headers = {k: v for k, v in response.headers.items() if k.startswith(("x-", "content-"))}
+    body = seen if seen is not None else repr(response.content[:EVIDENCE_BYTES])
+    return Checked(result, request_id, f"HTTP {response.status_code} headers {headers} body {body}")
+
+
+def _chat(clients: Clients, alias: str) -> Checked:
+    raw = clients.openai.chat.completions.with_raw_response.create(
         model=alias, messages=[{"role": "user", "content": PROMPT}], max_tokens=64
     )
-    return OK if answer.choices and answer.choices[0].finish_reason else TRUNCATED
+    answer = raw.parse()
+    return _checked(OK if answer.choices and answer.choices[0].finish_reason else TRUNCATED, raw.http_response)
 
 
-def _chat_stream(clients: Clients, alias: str) -> str:
+def _chat_stream(clients: Clients, alias: str) -> Checked:
     stream = clients.openai.chat.completions.create(
         model=alias, messages=[{"role": "user", "content": PROMPT}], max_tokens=64, stream=True
     )
     finished = False
+    seen: list[str] = []
     with stream:
         for chunk in stream:
             finished = finished or any(choice.finish_reason for choice in chunk.choices)
-    return OK if finished else TRUNCATED
+            seen.append(chunk.model_dump_json()[:200])
+    return _checked(OK if finished else TRUNCATED, stream.response, f"events {seen[-EVIDENCE_EVENTS:]}")
 
 
-def _messages(clients: Clients, alias: str) -> str:
-    answer = clients.anthropic.messages.create(
+def _messages(clients: Clients, alias: str) -> Checked:
+    raw = clients.anthropic.messages.with_raw_response.create(
         model=alias, max_tokens=64, messages=[{"role": "user", "content": PROMPT}]
     )
-    return OK if answer.stop_reason and answer.content else TRUNCATED
+    answer = raw.parse()
+    return _checked(OK if answer.stop_reason and answer.content else TRUNCATED, raw.http_response)
 
 
-def _messages_stream(clients: Clients, alias: str) -> str:
+def _messages_stream(clients: Clients, alias: str) -> Checked:
     stopped = False
+    seen: list[str] = []
     with clients.anthropic.messages.stream(
         model=alias, max_tokens=64, messages=[{"role": "user", "content": PROMPT}]
     ) as stream:
         for event in stream:
             stopped = stopped or event.type == "message_stop"
-    return OK if stopped else TRUNCATED
+            seen.append(event.type)
+    return _checked(OK if stopped else TRUNCATED, stream.response, f"events {seen[-EVIDENCE_EVENTS:]}")
 
 
-def _responses(clients: Clients, alias: str) -> str:
-    answer = clients.openai.responses.create(model=alias, input=PROMPT, max_output_tokens=64)
-    return OK if answer.status in ("completed", "incomplete") else f"response_{answer.status}"
+def _responses(clients: Clients, alias: str) -> Checked:
+    raw = clients.openai.responses.with_raw_response.create(model=alias, input=PROMPT, max_output_tokens=64)
+    answer = raw.parse()
+    # A 200 that is not a finished Response (the soak of issue 21 saw `status: None`) is a truncated answer.
+    return _checked(OK if answer.status in ("completed", "incomplete") else TRUNCATED, raw.http_response)
 
 
-def _responses_stream(clients: Clients, alias: str) -> str:
-    last: Any = None
+def _responses_stream(clients: Clients, alias: str) -> Checked:
+    seen: list[str] = []
     with clients.openai.responses.create(model=alias, input=PROMPT, max_output_tokens=64, stream=True) as stream:
         for event in stream:
-            last = event.type
+            seen.append(event.type)
+    last = seen[-1] if seen else None
     if last in ("response.completed", "response.incomplete"):
-        return OK
-    return STREAM_ERROR if last in ("response.failed", "error") else TRUNCATED
+        result = OK
+    else:
+        result = STREAM_ERROR if last in ("response.failed", "error") else TRUNCATED
+    return _checked(result, stream.response, f"events {seen[-EVIDENCE_EVENTS:]}")
 
 
-KINDS: tuple[tuple[str, Callable[[Clients, str], str]], ...] = (
+KINDS: tuple[tuple[str, Callable[[Clients, str], Checked]], ...] = (
     ("chat", _chat),
     ("chat-stream", _chat_stream),
     ("messages", _messages),

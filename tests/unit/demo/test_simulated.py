@@ -324,6 +324,21 @@ def test_queued_faults_count_down_and_match_their_model(upstreams: dict[str, Ups
     assert api.chat.completions.create(model="Qwen/Qwen3-32B", messages=HELLO).choices
 
 
+def test_the_fault_log_names_each_fault_served_with_the_request_id_it_came_with(
+    upstreams: dict[str, Upstream],
+) -> None:
+    vllm = upstreams["vllm"]
+    vllm.reset_stats()
+    vllm.inject([{"fault": "inband_error"}])
+    api = client(vllm)
+    api.chat.completions.create(model="Qwen/Qwen3-32B", messages=HELLO, extra_headers={"x-request-id": "req-21"})
+    api.chat.completions.create(model="Qwen/Qwen3-32B", messages=HELLO)  # no fault: not logged
+    (entry,) = vllm.stats()["fault_log"]
+    assert entry["fault"] == "inband_error" and entry["request_id"] == "req-21"
+    assert entry["path"] == "/v1/chat/completions" and entry["stream"] is False
+    assert abs(entry["at"] - time.time()) < 60
+
+
 def test_forever_fault_lasts_until_cleared(upstreams: dict[str, Upstream]) -> None:
     ollama = upstreams["ollama"]
     ollama.inject([{"fault": "throttling", "count": -1}])

@@ -70,6 +70,7 @@ def bomb(encoding: bytes, content_type: bytes = b"application/json", prefix: byt
 
 JSON_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
 FIRST_EVENT = b'data: {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": null}]}\n\n'
+GOOD_REPLY = b'{"choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}]}'
 GOOD_STREAM = (
     CHUNKED
     + chunk(FIRST_EVENT)
@@ -118,10 +119,9 @@ CORPUS = {
 
 def hostile_first(case: Case) -> Callable[[Upstream, asyncio.StreamReader, Writer], Awaitable[None]]:
     """The first connection gets the hostile answer; every later one a good answer to each request."""
+    good = GOOD_STREAM if case.stream else ok(GOOD_REPLY)
     if case.endpoint is Endpoint.MESSAGES:
         good = MESSAGES_STREAM
-    else:
-        good = GOOD_STREAM if case.stream else ok(b'{"choices": []}')
 
     async def handler(up: Upstream, reader: asyncio.StreamReader, writer: Writer) -> None:
         first = up.connections == 1
@@ -156,7 +156,7 @@ async def test_a_hostile_answer_is_a_server_error_in_bounded_memory_and_the_pool
         assert peak < BODY_CAP + MARGIN, f"{peak / 2**20:.1f} MiB held at the peak"
         async with asyncio.timeout(LIMIT):
             answer = await exchange(provider, call)
-        assert answer.endswith((b'{"choices": []}', b"data: [DONE]\n\n", b'{"type": "message_stop"}\n\n'))
+        assert answer.endswith((GOOD_REPLY, b"data: [DONE]\n\n", b'{"type": "message_stop"}\n\n'))
         assert up.connections == 2  # the hostile connection was dropped, its place in the pool passed on
     finally:
         await provider.close()
