@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -239,7 +240,7 @@ class SqliteStateStore:
     def _open(self) -> None:
         db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        db.execute("PRAGMA journal_mode = WAL")
+        _set_wal(db)
         # WAL with NORMAL: a commit survives the crash of any worker; only a power loss may drop the last ones.
         db.execute("PRAGMA synchronous = NORMAL")
         self._db = db
@@ -267,3 +268,17 @@ class SqliteStateStore:
             raise
         db.execute("COMMIT")
         return result
+
+
+def _set_wal(db: sqlite3.Connection) -> None:
+    """Switch to WAL. Workers starting together on a new file race for the switch, and SQLite answers BUSY at once
+    there, without its busy handler: wait for the other worker's switch as long as for any other lock."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if err.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # on the store's own thread, never the event loop
