@@ -39,6 +39,7 @@ from types import TracebackType
 
 from gateway.providers.http1_wire import (
     AnswerRefused,
+    BodySink,
     BrokenExchange,
     ConnectFailed,
     Connection,
@@ -51,6 +52,7 @@ from gateway.providers.upstream_proxy import UpstreamProxy
 
 __all__ = [
     "AnswerRefused",
+    "BodySink",
     "BrokenExchange",
     "ConnectFailed",
     "ConnectTimeout",
@@ -101,6 +103,32 @@ class Response:
                 return b""
             await conn.wait()
 
+    def stream_to(self, sink: BodySink | None) -> bool:
+        """From now on hand the body to `sink` as it arrives, in the connection's callbacks (what was received and
+        not read yet first), instead of holding it for `readany`; None hands it back to `readany`. False, with
+        nothing changed, when the body is compressed (inflated only as fast as it is read) or already over: read
+        it with `readany` then. A sink stops it with `pause_reading` while its own reader is slow."""
+        conn = self._conn
+        if sink is None:
+            if conn is not None:
+                conn.sink = None
+            return True
+        unread = self._line_at < len(self._line)
+        if conn is None or unread or conn.compressed or conn.complete or conn.error is not None:
+            return False
+        conn.sink = sink
+        if conn.chunks:
+            sink.body(conn.take())
+        return True
+
+    def pause_reading(self) -> None:
+        if self._conn is not None:
+            self._conn.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._conn is not None:
+            self._conn.resume_reading()
+
     async def read(self) -> bytes:
         """The whole body (the rest of it, if some was read already), up to `limits.body_bytes` decoded."""
         rest = self._line[self._line_at :]
@@ -146,6 +174,7 @@ class Response:
         """Done with this answer: its connection goes back to the pool when the body was read to its end."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.sink = None
             self._timer.cancel()
             self._client._done(conn, reuse=conn.reusable() and self._line_at >= len(self._line))
 
@@ -153,6 +182,7 @@ class Response:
         """Done with this answer before its end: its connection is closed."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.sink = None
             self._timer.cancel()
             self._client._done(conn, reuse=False)
 
