@@ -33,7 +33,7 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -220,8 +220,10 @@ class HTTPClient:
         ssl_context: ssl.SSLContext | None = None,
         proxies: Mapping[str, UpstreamProxy] | None = None,
         limits: UpstreamLimits = UpstreamLimits(),
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
-        """`proxies`: the proxy for "http" and for "https" upstreams, if any (each with its own NO_PROXY list)."""
+        """`proxies`: the proxy for "http" and for "https" upstreams, if any (each with its own NO_PROXY list);
+        `on_wait(seconds)`: told how long each request that found every connection in use waited for one."""
         self.limits = limits
         self._max = max(1, max_connections)
         self._proxies: Mapping[str, UpstreamProxy] = proxies or {}
@@ -232,6 +234,7 @@ class HTTPClient:
         self._busy = 0
         self._queue: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        self._on_wait = on_wait
 
     @property
     def busy(self) -> int:
@@ -301,8 +304,10 @@ class HTTPClient:
         if self._busy < self._max and not self._queue:
             self._busy += 1
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._queue.append(waiter)
+        began = loop.time()
         try:
             async with asyncio.timeout_at(deadline):
                 await waiter  # the releasing request counted this one in
@@ -312,6 +317,9 @@ class HTTPClient:
         except BaseException:
             self._give_up(waiter)
             raise
+        finally:
+            if self._on_wait is not None:
+                self._on_wait(loop.time() - began)
 
     def _give_up(self, waiter: asyncio.Future[None]) -> None:
         """A request stops waiting for a place: a place already handed to it passes on."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 
@@ -35,7 +35,9 @@ class OpenAICompatibleProvider:
         *,
         proxies: Mapping[str, UpstreamProxy] | None = None,
         limits: UpstreamLimits | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
+        """`on_wait(seconds)`: told how long each request beyond `max_connections` waited for a connection."""
         self.name = provider.name
         self._base = (provider.base_url or "").rstrip("/")
         headers = {"content-type": "application/json", "accept": "application/json"}
@@ -55,7 +57,7 @@ class OpenAICompatibleProvider:
         self._own_names = frozenset({*(name.lower() for name in headers), "authorization", "x-api-key", "x-request-id"})
         self._http = HTTPClient(
             max_connections=provider.max_connections, keepalive_s=KEEPALIVE_S, proxies=proxies,
-            limits=limits or UpstreamLimits(),
+            limits=limits or UpstreamLimits(), on_wait=on_wait,
         )
 
     async def close(self) -> None:
