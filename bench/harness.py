@@ -34,7 +34,7 @@ class Plan:
     concurrency: tuple[int, ...]
     sequential: int
     leak_requests: int = 0
-    leak_max_s: int = 300
+    leak_max_s: int = 900
     rounds: int = 3  # interleaved: every scenario once per workload and concurrency, then the next round
     agent_seconds: int = 2
     agent_warmup_s: int = 1  # 0: no warm-up run for the coding-agent workloads
@@ -72,12 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/run", description="polyroute against its baselines, one machine.")
     parser.add_argument("--smoke", action="store_true", help="a few seconds per scenario (CI); not for numbers")
     parser.add_argument("--skip-litellm", action="store_true", help="leave out LiteLLM's proxy")
-    parser.add_argument("--long", action="store_true", help="also the leak check: 200,000 requests to polyroute")
+    parser.add_argument("--long", action="store_true", help="also the leak check: 1,000,000 requests to polyroute")
+    parser.add_argument("--leak-requests", type=int, help="the leak check's request count (implies --long)")
     parser.add_argument("--only", help=f"comma list of scenarios ({','.join(s.name for s in ALL)})")
     parser.add_argument("--seconds", type=int, help="override the seconds per load run")
     parser.add_argument("--rounds", type=int, help="override the number of interleaved rounds")
     parser.add_argument("--no-agent", action="store_true", help="leave out the coding-agent workloads")
     parser.add_argument("--no-streams", action="store_true", help="leave out the long-lived streams")
+    parser.add_argument("--streams-only", action="store_true",
+                        help="only the long-lived streams (no load rounds, no sequential requests)")
     parser.add_argument("--out", type=Path, help="where to write the report (default: bench/results, smoke: bench/out)")
     args = parser.parse_args(argv)
 
@@ -86,8 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, seconds=args.seconds)
     if args.rounds:
         plan = replace(plan, rounds=args.rounds)
-    if args.long:
-        plan = replace(plan, leak_requests=200_000)
+    if args.long or args.leak_requests:
+        plan = replace(plan, leak_requests=args.leak_requests or 1_000_000)
+    if args.streams_only and args.no_streams:
+        parser.error("--streams-only and --no-streams leave nothing to run")
     chosen = [s for s in ALL if not (args.skip_litellm and s.name == "litellm")]
     if args.only:
         wanted = {w.strip() for w in args.only.split(",")}
@@ -100,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     stamp = dt.datetime.now(dt.UTC)
     work_dir = Path(tempfile.mkdtemp(prefix="polyroute-bench-"))
-    results = run(chosen, plan, work_dir, workloads)
+    results = [] if args.streams_only else run(chosen, plan, work_dir, workloads)
     streams = [] if args.no_streams else run_streams(chosen, plan, work_dir)
     elapsed = time.monotonic() - began
 
-    partial = args.smoke or args.only or args.seconds or args.rounds or args.no_agent or args.no_streams
+    partial = (args.smoke or args.only or args.seconds or args.rounds or args.no_agent or args.no_streams
+               or args.streams_only or args.leak_requests)
     out_dir = args.out or (BENCH / "out" if partial else BENCH / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
     name = ("smoke-" if args.smoke else "") + stamp.strftime("%Y%m%dT%H%M%SZ")

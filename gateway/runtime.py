@@ -171,7 +171,10 @@ class Runtime:
 
     def _activate(self, table: PolicyTable, previous: ActivePolicy | None) -> ActivePolicy:
         reuse = previous.adapters if previous is not None else None
-        adapters = build_providers(table.providers, reuse, self._proxies, self._limits, self._provider_factory)
+        adapters = build_providers(
+            table.providers, reuse, self._proxies, self._limits, self._provider_factory,
+            connection_wait=self.metrics.upstream_connection_wait,
+        )
         self.metrics.set_known(
             aliases=table.aliases,
             deployments=table.deployments,

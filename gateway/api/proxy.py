@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api.asgi_io import body_chunk, content_type, read_body, response_start, send_whole
 from gateway.api.auth import authenticate
+from gateway.api.body_writer import body_writer
 from gateway.api.lifetime import Guard
 from gateway.api.parsing import ParsedRequest, parse_request, request_facts
 from gateway.api.protocol_request import ProtocolRequest, parse_protocol_request, protocol_error_response
@@ -23,7 +24,7 @@ from gateway.api.responses import error_response
 from gateway.errors import PolyrouteError, ShuttingDownError, UpstreamError
 from gateway.policy.plan import RequestFacts
 from gateway.protocols.adapters import CLIENT_PROTOCOLS
-from gateway.providers.base import Endpoint, UpstreamReply, UpstreamStream
+from gateway.providers.base import DirectStream, Endpoint, UpstreamReply, UpstreamStream
 from gateway.routing.admission import Admission
 from gateway.routing.proxied import ProxiedRequest, RequestFlow
 from gateway.runtime import Runtime
@@ -166,12 +167,16 @@ async def _stream(
     assert not isinstance(opened, UpstreamReply)
     job.outcome.first_token_s = time.perf_counter() - job.started
     job.trace.first_token()
-    await _relay(job, send, opened, guard)
+    await _relay(job, scope, send, opened, guard)
 
 
-async def _relay(job: ProxiedRequest, send: Send, stream: UpstreamStream, guard: Guard) -> None:
+async def _relay(job: ProxiedRequest, scope: Scope, send: Send, stream: UpstreamStream, guard: Guard) -> None:
     """Send the stream as it arrives; the guard cancels it when the client leaves or the drain deadline passes
-    (uvicorn drops what is sent after a disconnect without a word, so the relay must be stopped, not fail)."""
+    (uvicorn drops what is sent after a disconnect without a word, so the relay must be stopped, not fail).
+
+    A stream relayed unchanged (not translated, not captured for shadow evaluation) goes from the upstream
+    connection's callbacks straight to the client's (`DirectStream.relay_to`) when the server offers a writer for
+    it; what is left after that, if anything, comes from `events()` as for every other stream."""
     status = 200
     sent = 1  # events relayed
     ending: bytes | None = b""
@@ -185,6 +190,8 @@ async def _relay(job: ProxiedRequest, send: Send, stream: UpstreamStream, guard:
             await send(body_chunk(stream.first_event))
             if keep is not None:
                 keep.append(stream.first_event)
+            elif isinstance(stream, DirectStream) and (writer := body_writer(scope)) is not None:
+                sent += await stream.relay_to(writer)
             events = stream.events()
             while (batch := await anext(events, None)) is not None:
                 sent += batch.count(b"\n\n")  # an item may carry several events, each ending in a blank line

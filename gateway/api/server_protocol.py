@@ -31,6 +31,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from gateway.api.body_writer import BODY_WRITERS, BodyWriters
 from gateway.errors import PolyrouteError, RequestTimeoutError, TooManyConnectionsError, error_body
 from gateway.protocols import messages_reply
 from gateway.settings import Settings
@@ -86,6 +87,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_seen_at = 0.0  # the last time body bytes came (or the gateway resumed reading them)
         self._linger = False  # answered and to be closed, once the client finishes sending the body
         self._cycle_transport: _CycleTransport | None = None
+        self._body_writers: dict[object, object] = {"writers": BodyWriters(self)}  # an ASGI extension is a dict
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows it to Transport
@@ -126,6 +128,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None:
             self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
+            self.scope["extensions"] = {BODY_WRITERS: self._body_writers}  # body_writer.py
 
     def on_message_complete(self) -> None:
         self._reading_body = False

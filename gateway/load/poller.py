@@ -6,11 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from gateway.load.signals import EngineReading, learn_slots, read_signals
 from gateway.policy.table import Provider
+
+if TYPE_CHECKING:  # aiohttp is imported once an engine is polled: a server without one starts without it
+    import aiohttp
 
 log = logging.getLogger("polyroute.load")
 
@@ -57,6 +59,8 @@ class EnginePoller:
             await asyncio.sleep(self.poll_s)
 
     async def read_once(self) -> None:
+        import aiohttp
+
         timeout = aiohttp.ClientTimeout(total=read_timeout(self.poll_s))
         try:
             async with self._session.get(self.url, timeout=timeout, allow_redirects=False) as response:

@@ -7,14 +7,16 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from gateway.load.hysteresis import TierHysteresis
 from gateway.load.poller import EnginePoller
 from gateway.observability.metrics import Metrics
 from gateway.policy.plan import NO_LOAD, AliasLoad, EngineLoad, LoadSnapshot
 from gateway.policy.table import Alias, Deployment, Hosting, PolicyTable, Strategy
+
+if TYPE_CHECKING:  # imported when the first engine is polled (a tenth of a second of startup otherwise)
+    import aiohttp
 
 DEFAULT_TICK_S = 0.25
 
@@ -40,7 +42,8 @@ class LoadTracker:
         self._table: PolicyTable | None = None
         self._pollers: dict[str, EnginePoller] = {}  # by provider name
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # made when the first poller starts
+        self._started = False
         self._states: dict[str, TierHysteresis] = {}
         # Requests placed on each deployment since its engine's last good read (LoadSnapshot.sent)
         self._sent: dict[str, int] = {}
@@ -59,31 +62,34 @@ class LoadTracker:
         if self._metrics is not None:
             for name, state in self._states.items():  # the series exist before the first spill
                 self._metrics.spill(alias=name, from_tier=state.active_tier, to_tier=state.active_tier)
-        if self._session is not None:
+        if self._started:
             self._restart()
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16), trust_env=False)
+        self._started = True
         self._restart()
         self.evaluate()
 
     async def close(self) -> None:
+        self._started = False
         await self._stop_tasks()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def _restart(self) -> None:
-        assert self._session is not None and self._table is not None
+        assert self._table is not None
         old, self._tasks = self._tasks, []
         for task in old:
             task.cancel()
         self._reads_seen.clear()
-        self._pollers = {
-            p.name: EnginePoller(p, self._session, clock=self._clock)
-            for p in self._table.providers.values()
-            if p.metrics_url is not None
-        }
+        polled = [p for p in self._table.providers.values() if p.metrics_url is not None]
+        if polled and self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16), trust_env=False)
+        session = self._session
+        self._pollers = {p.name: EnginePoller(p, session, clock=self._clock) for p in polled if session is not None}
         if not self._pollers and not self._states:
             self._snapshot = NO_LOAD
             return

@@ -37,6 +37,7 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TTFT_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0)
 OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+CONNECTION_WAIT_BUCKETS: Final = (0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 SIMILARITY_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
 RATIO_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 10.0)
 
@@ -80,6 +81,9 @@ _HELP: Final[Mapping[str, str]] = {
     names.POLICY_RELOADS_TOTAL: "Policy reloads; a failed reload keeps the previous policy.",
     names.TRACE_SPANS_DROPPED_TOTAL: "Trace spans never exported (reason: queue_full = the batch queue was full, "
     "export_failed = the collector did not take them).",
+    names.UPSTREAM_CONNECTION_WAIT_SECONDS: "How long requests that found all of a provider's max_connections in use "
+    "waited for one (a stream holds its connection to the end; requests that did not wait are not counted; a wait "
+    f"ended by the total timeout is). {_PROVIDER}.",
     names.STATE_STORE_ERRORS_TOTAL: "Failed state store operations (limits, budgets, shared circuits, usage records).",
     names.VENDOR_SHARE: "Each vendor's share (0-1) of the last day's requests, tokens or spend (by), from usage "
     "records; recomputed periodically.",
@@ -223,6 +227,7 @@ class Metrics:
         self._reloads = counter(names.POLICY_RELOADS_TOTAL, "result")
         self._state_errors = counter(names.STATE_STORE_ERRORS_TOTAL, "op")
         self._spans_dropped = counter(names.TRACE_SPANS_DROPPED_TOTAL, "reason")
+        self._connection_wait = histogram(names.UPSTREAM_CONNECTION_WAIT_SECONDS, CONNECTION_WAIT_BUCKETS, "provider")
         # Computed from the shared usage by any worker: the latest computation wins.
         self._vendor_share = gauge(names.VENDOR_SHARE, "mostrecent", "by", "vendor")
         self._vendor_hhi = gauge(names.VENDOR_HHI, "mostrecent", "by")
@@ -499,6 +504,10 @@ class Metrics:
     def state_store_error(self, *, op: str) -> None:
         """Record a failed state store operation."""
         self._state_errors(_clamp(op, _STATE_STORE_OPS)).inc()
+
+    def upstream_connection_wait(self, provider: str, seconds: float) -> None:
+        """Record a request that waited `seconds` for a free connection of `provider` (none free at once)."""
+        self._connection_wait(_clamp(provider, self._known.providers)).observe(seconds)
 
     def spans_dropped(self, *, reason: str, count: int) -> None:
         """Record trace spans that were never exported: "queue_full" or "export_failed"."""

@@ -38,6 +38,7 @@ SHADOW_SIMILARITY: Final = "polyroute_shadow_similarity"
 SHADOW_LATENCY_RATIO: Final = "polyroute_shadow_latency_ratio"
 SHADOW_COST_RATIO: Final = "polyroute_shadow_cost_ratio"
 TRACE_SPANS_DROPPED_TOTAL: Final = "polyroute_trace_spans_dropped_total"
+UPSTREAM_CONNECTION_WAIT_SECONDS: Final = "polyroute_upstream_connection_wait_seconds"
 
 ALL: Final[tuple[str, ...]] = (
     REQUESTS_TOTAL,
@@ -74,10 +75,11 @@ ALL: Final[tuple[str, ...]] = (
     SHADOW_LATENCY_RATIO,
     SHADOW_COST_RATIO,
     TRACE_SPANS_DROPPED_TOTAL,
+    UPSTREAM_CONNECTION_WAIT_SECONDS,
 )
 
 # Histograms are exposed as <name>_bucket, <name>_sum and <name>_count series.
 HISTOGRAMS: Final[frozenset[str]] = frozenset(
     {REQUEST_DURATION_SECONDS, TIME_TO_FIRST_TOKEN_SECONDS, OVERHEAD_SECONDS, SHADOW_SIMILARITY, SHADOW_LATENCY_RATIO,
-     SHADOW_COST_RATIO}
+     SHADOW_COST_RATIO, UPSTREAM_CONNECTION_WAIT_SECONDS}
 )

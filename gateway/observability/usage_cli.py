@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
 import orjson
 
 from gateway.errors import PolyrouteError
@@ -75,6 +74,8 @@ async def fetch_admin(
     direct: str,
 ) -> dict[str, Any]:
     """GET an admin report from a running gateway (the CLI's `--url`); `direct` names what reads the store instead."""
+    import aiohttp  # only the CLI asks a running gateway: a server does not pay for the import at startup
+
     headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
     endpoint = f"{url.rstrip('/')}{path}"
     try:

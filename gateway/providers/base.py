@@ -182,6 +182,33 @@ class UpstreamStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+class BodyWriter(Protocol):
+    """The client's side of a stream relayed without an await per event (gateway/api/body_writer.py)."""
+
+    @property
+    def gone(self) -> bool:
+        """The client disconnected: nothing written reaches it any more."""
+        ...
+
+    def write(self, data: bytes) -> bool:
+        """Send body bytes now; False when the client cannot take more yet (await `drain`) or is gone."""
+        ...
+
+    async def drain(self) -> None:
+        """Until the client has read enough of what was written (or is gone)."""
+        ...
+
+
+@runtime_checkable
+class DirectStream(Protocol):
+    """A stream that can pass its events to the client straight from the upstream connection's callbacks."""
+
+    async def relay_to(self, writer: BodyWriter) -> int:
+        """Relay events as they arrive until the stream ends, fails or needs its reader (see SSERelay.relay_to);
+        returns the events relayed. Whatever is left is read from `events()` afterwards, as usual."""
+        ...
+
+
 @runtime_checkable
 class CountedStream(Protocol):
     """A stream that counts the events it has read (a native relay: a Responses error event carries the count)."""

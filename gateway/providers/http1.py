@@ -33,12 +33,13 @@ import contextlib
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
 from gateway.providers.http1_wire import (
     AnswerRefused,
+    BodySink,
     BrokenExchange,
     ConnectFailed,
     Connection,
@@ -51,6 +52,7 @@ from gateway.providers.upstream_proxy import UpstreamProxy
 
 __all__ = [
     "AnswerRefused",
+    "BodySink",
     "BrokenExchange",
     "ConnectFailed",
     "ConnectTimeout",
@@ -101,6 +103,32 @@ class Response:
                 return b""
             await conn.wait()
 
+    def stream_to(self, sink: BodySink | None) -> bool:
+        """From now on hand the body to `sink` as it arrives, in the connection's callbacks (what was received and
+        not read yet first), instead of holding it for `readany`; None hands it back to `readany`. False, with
+        nothing changed, when the body is compressed (inflated only as fast as it is read) or already over: read
+        it with `readany` then. A sink stops it with `pause_reading` while its own reader is slow."""
+        conn = self._conn
+        if sink is None:
+            if conn is not None:
+                conn.sink = None
+            return True
+        unread = self._line_at < len(self._line)
+        if conn is None or unread or conn.compressed or conn.complete or conn.error is not None:
+            return False
+        conn.sink = sink
+        if conn.chunks:
+            sink.body(conn.take())
+        return True
+
+    def pause_reading(self) -> None:
+        if self._conn is not None:
+            self._conn.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._conn is not None:
+            self._conn.resume_reading()
+
     async def read(self) -> bytes:
         """The whole body (the rest of it, if some was read already), up to `limits.body_bytes` decoded."""
         rest = self._line[self._line_at :]
@@ -146,6 +174,7 @@ class Response:
         """Done with this answer: its connection goes back to the pool when the body was read to its end."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.sink = None
             self._timer.cancel()
             self._client._done(conn, reuse=conn.reusable() and self._line_at >= len(self._line))
 
@@ -153,6 +182,7 @@ class Response:
         """Done with this answer before its end: its connection is closed."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            conn.sink = None
             self._timer.cancel()
             self._client._done(conn, reuse=False)
 
@@ -190,8 +220,10 @@ class HTTPClient:
         ssl_context: ssl.SSLContext | None = None,
         proxies: Mapping[str, UpstreamProxy] | None = None,
         limits: UpstreamLimits = UpstreamLimits(),
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
-        """`proxies`: the proxy for "http" and for "https" upstreams, if any (each with its own NO_PROXY list)."""
+        """`proxies`: the proxy for "http" and for "https" upstreams, if any (each with its own NO_PROXY list);
+        `on_wait(seconds)`: told how long each request that found every connection in use waited for one."""
         self.limits = limits
         self._max = max(1, max_connections)
         self._proxies: Mapping[str, UpstreamProxy] = proxies or {}
@@ -202,6 +234,7 @@ class HTTPClient:
         self._busy = 0
         self._queue: deque[asyncio.Future[None]] = deque()
         self._closed = False
+        self._on_wait = on_wait
 
     @property
     def busy(self) -> int:
@@ -290,8 +323,10 @@ class HTTPClient:
         if self._busy < self._max and not self._queue:
             self._busy += 1
             return
-        waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._queue.append(waiter)
+        began = loop.time()
         try:
             async with asyncio.timeout_at(deadline):
                 await waiter  # the releasing request counted this one in
@@ -301,6 +336,9 @@ class HTTPClient:
         except BaseException:
             self._give_up(waiter)
             raise
+        finally:
+            if self._on_wait is not None:
+                self._on_wait(loop.time() - began)
 
     def _give_up(self, waiter: asyncio.Future[None]) -> None:
         """A request stops waiting for a place: a place already handed to it passes on."""

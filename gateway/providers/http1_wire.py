@@ -13,7 +13,7 @@ import select
 import zlib
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import cast
+from typing import Protocol, cast
 from urllib.parse import quote, unquote, urlsplit
 
 import httptools
@@ -112,6 +112,16 @@ class Origin:
             self.prefix += b"authorization: Basic " + base64.b64encode(pair) + b"\r\n"
 
 
+class BodySink(Protocol):
+    """Takes an answer's body as it arrives, in the connection's own callbacks (`Connection.sink`)."""
+
+    def body(self, data: bytes) -> None:
+        """Body bytes just received (never b""); must not raise."""
+
+    def woken(self) -> None:
+        """The answer is complete, failed or lost its connection: the reader takes over from here."""
+
+
 class Connection(asyncio.Protocol):
     """One upstream connection and the exchange on it: httptools feeds the answer in, a reader awaits it."""
 
@@ -137,6 +147,7 @@ class Connection(asyncio.Protocol):
         self.complete = False  # the whole body is in `chunks` or was read (decoded, if it was compressed)
         self.keep_alive = False
         self.error: BaseException | None = None
+        self.sink: BodySink | None = None  # takes the body as it arrives instead of `chunks` (uncompressed only)
         self._parsed = False  # the parser saw the end of the answer (its body may still be inflating)
         self._until_close = False
         self._decoder: zlib._Decompress | None = None
@@ -251,6 +262,10 @@ class Connection(asyncio.Protocol):
     # the body on its way to the reader
 
     def _keep(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is not None:
+            sink.body(data)  # the sink writes it on (and pauses reading while its own reader is slow)
+            return
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered > _HIGH_WATER:
@@ -301,6 +316,20 @@ class Connection(asyncio.Protocol):
         if not self._paused and self.transport is not None and not self.lost:
             self._paused = True
             self.transport.pause_reading()
+
+    @property
+    def compressed(self) -> bool:
+        """The answer's body is inflated as it is read."""
+        return self._decoder is not None
+
+    def pause_reading(self) -> None:
+        """Read no more from the upstream until `resume_reading` (a sink whose reader is slow)."""
+        self._pause()
+
+    def resume_reading(self) -> None:
+        if self._paused and self.transport is not None and not self.lost:
+            self._paused = False
+            self.transport.resume_reading()
 
     # used by the client and the response
 
@@ -353,6 +382,8 @@ class Connection(asyncio.Protocol):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        elif self.sink is not None:
+            self.sink.woken()
 
     def peer_spoke(self) -> bool:
         """Whether the idle socket has something to read: the upstream closed it (say its keep-alive timeout ran

@@ -5,22 +5,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
-
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
-from redis.backoff import NoBackoff
 
 from gateway.settings import Settings
 from gateway.state.base import StateStore
 from gateway.state.memory import MemoryStateStore
-from gateway.state.redis import RedisStateStore
-from gateway.state.redis_pipe import PipelinedScripts, for_pool
-from gateway.state.redis_script import ScriptConnections
 from gateway.state.sqlite import DB_NAME, SqliteStateStore
+
+if TYPE_CHECKING:  # redis-py is imported only when a Redis URL is set: it costs a tenth of a second of startup
+    from redis.asyncio import ConnectionPool, Redis
+    from redis.asyncio.cluster import RedisCluster
+
+    from gateway.state.redis_pipe import PipelinedScripts
+    from gateway.state.redis_script import ScriptConnections
 
 # Short timeouts so that no request waits on an unreachable Redis; one retry so that a connection left stale by a
 # Redis restart is replaced transparently instead of surfacing as an outage.
@@ -76,6 +74,12 @@ def parse_redis_url(url: str) -> RedisTarget:
 
 def connect(target: RedisTarget) -> tuple[Redis | RedisCluster, list[Redis]]:
     """The client for a target, and companion clients to close with it (Sentinel's own connections)."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio.cluster import ClusterNode, RedisCluster
+    from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+    from redis.backoff import NoBackoff
+
     retry = Retry(NoBackoff(), RETRIES)
     if target.kind == "standalone":
         pool = BlockingConnectionPool.from_url(
@@ -131,6 +135,10 @@ def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -
         )
     if settings.redis_url is None:
         return MemoryStateStore(facts_per_day=settings.routing_facts_per_day)
+    from redis.asyncio import Redis
+
+    from gateway.state.redis import RedisStateStore
+
     target = parse_redis_url(settings.redis_url)
     client, companions = connect(target)
     lean = client.connection_pool if isinstance(client, Redis) and target.kind == "standalone" else None
@@ -150,6 +158,9 @@ def _lean_scripts(pool: ConnectionPool | None) -> ScriptConnections | PipelinedS
     """The per-request scripts' own path, for standalone Redis: pipelined on one connection where the URL allows."""
     if pool is None:
         return None
+    from gateway.state.redis_pipe import for_pool
+    from gateway.state.redis_script import ScriptConnections
+
     return for_pool(pool, retries=RETRIES) or ScriptConnections(
         pool, size=POOL_SIZE, wait_s=POOL_WAIT_S, retries=RETRIES
     )
