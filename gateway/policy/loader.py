@@ -14,21 +14,16 @@ import yaml
 from gateway.errors import PolicyError
 from gateway.policy.checks import check_policy
 from gateway.policy.describe import describe_policy
+from gateway.policy.parse_spec import NAMED_SECTIONS, Loc, Problem, key_hash, parse_policy, version_problem
 from gateway.policy.pricing import CurrencyRates, resolve_price
 from gateway.policy.schema import (
-    NAMED_SECTIONS,
     AliasSpec,
-    Loc,
     PolicySpec,
-    Problem,
     ProviderSpec,
     RequireSpec,
     ShadowSpec,
     ThinkingSpec,
     WhenSpec,
-    key_hash,
-    parse_policy,
-    version_problem,
 )
 from gateway.policy.table import (
     METRICLESS_ENGINES,
