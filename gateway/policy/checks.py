@@ -6,19 +6,15 @@ import re
 from collections.abc import Mapping
 from datetime import date
 
+from gateway.policy.parse_spec import SECTIONS, Loc, ParsedPolicy, Problem, key_hash
 from gateway.policy.schema import (
-    SECTIONS,
     AliasSpec,
     DeploymentSpec,
     FallbackSpec,
-    Loc,
-    ParsedPolicy,
     PriceSpec,
-    Problem,
     ProviderSpec,
     RuleSpec,
     TenantSpec,
-    key_hash,
 )
 from gateway.policy.table import METRICLESS_ENGINES, Protocol, Strategy
 

@@ -6,13 +6,10 @@ import asyncio
 import logging
 import math
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import date, timedelta
-from typing import Any
 
-from redis import exceptions as rx
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
@@ -33,17 +30,15 @@ from gateway.state.base import (
     admission_result,
     from_micro,
     to_micro,
-    utc_day,
 )
 from gateway.state.facts import DEFAULT_FACTS_PER_DAY, FACT_RETENTION_DAYS
-from gateway.state.memory import USAGE_RETENTION_DAYS, LocalCircuitBreakers, UsageKey, sort_rows, tally_usage, usage_row
+from gateway.state.memory import USAGE_RETENTION_DAYS, LocalCircuitBreakers, UsageKey, sort_rows, usage_row
 from gateway.state.redis_cluster import ClusterScript
-from gateway.state.redis_facts import FACTS_TTL_S, fact_args, fact_rows, facts_key
+from gateway.state.redis_facts import fact_rows, facts_key
 from gateway.state.redis_keys import (
     CIRCUIT_TTL_S,
     DAY_TTL_S,
     MONTH_TTL_S,
-    USAGE_TTL_S,
     WINDOW_TTL_S,
     admit_args,
     admit_reply,
@@ -54,12 +49,13 @@ from gateway.state.redis_keys import (
     parse_usage_field,
     quota_args,
     tenant_keys,
-    usage_field,
     usage_key,
     window_args,
 )
+from gateway.state.redis_outage import OUTAGE_ERRORS, RedisOutage
 from gateway.state.redis_pipe import PipelinedScripts
 from gateway.state.redis_script import ScriptConnections
+from gateway.state.redis_usage import RedisUsageWriter, ScriptCall
 
 log = logging.getLogger("polyroute.state")
 
@@ -67,22 +63,6 @@ log = logging.getLogger("polyroute.state")
 def _plain(client: Redis | RedisCluster, text: str) -> AsyncScript | ClusterScript:
     """A script through the client; on a Cluster, one that follows ASK redirects (see redis_cluster.py)."""
     return ClusterScript(client, text) if isinstance(client, RedisCluster) else AsyncScript(client, text)
-
-ScriptCall = Callable[[Sequence[str], Sequence[int | str]], Awaitable[Any]]
-
-# What an unreachable or failing-over Redis raises. Anything else (a script error, a bad reply) is a bug: it propagates.
-OUTAGE_ERRORS: tuple[type[Exception], ...] = (
-    rx.ConnectionError,  # refused, reset, authentication, loading, pool exhausted; Sentinel: no master known
-    rx.TimeoutError,
-    rx.ClusterError,  # cluster or a slot's master down
-    rx.RedisClusterException,  # no reachable node, slot not covered
-    rx.ReadOnlyError,  # a write reached a replica during a failover
-    rx.OutOfMemoryError,  # Redis at maxmemory refuses writes: as good as away for counting
-)
-
-PENDING_LIMIT = 100_000  # usage records kept in memory while Redis is away
-FLUSH_INTERVAL_S = 1.0
-FLUSH_CHUNK = 1_000
 
 
 class RedisStateStore:
@@ -110,41 +90,40 @@ class RedisStateStore:
         over connections of their own instead of through the client."""
         self._client = client
         self._failure_mode = failure_mode
-        self._on_error = on_error or (lambda op: None)
-        self._location = location
-        self._secrets = tuple(s for s in secrets if s)
+        outage = RedisOutage(
+            failure_mode=failure_mode, on_error=on_error or (lambda op: None), location=location, secrets=secrets
+        )
+        self._failed, self._recovered = outage.failed, outage.recovered
         self._companions = tuple(companions)  # e.g. Sentinel connections, closed with the store
         self._split = isinstance(client, RedisCluster) if split_admission is None else split_admission
         self._scripts = scripts
-        self._facts_per_day = facts_per_day
         self._admit_lua = self._script(client, lua("window.lua", "quota.lua", "admit.lua"), lean=not self._split)
         self._reserve_lua = _plain(client, lua("window.lua", "quota.lua", "reserve.lua"))
         self._adjust_lua = self._script(client, lua("window.lua", "adjust.lua"))
         self._record_lua = _plain(client, lua("circuit_record.lua"))
         self._probe_lua = _plain(client, lua("circuit_probe.lua"))
-        self._usage_lua = self._script(client, lua("usage_facts.lua"))
+        self._usage = RedisUsageWriter(
+            self._script(client, lua("usage_facts.lua")), outage, facts_per_day=facts_per_day
+        )
         self._local = LocalCircuitBreakers()  # routing keeps its breakers while Redis is away
-        self._pending: deque[UsageRecord] = deque()
-        self._dropped = 0
-        self._down = False
         self._flusher: asyncio.Task[None] | None = None
 
     @property
     def pending_usage(self) -> int:
         """Usage records waiting for Redis to come back."""
-        return len(self._pending)
+        return self._usage.pending
 
     async def start(self) -> None:
         await self.ping()  # logs an outage at startup; never fails it
-        self._flusher = asyncio.create_task(self._flush_forever(), name="polyroute-usage-flush")
+        self._flusher = asyncio.create_task(self._usage.flush_forever(), name="polyroute-usage-flush")
 
     async def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
             self._flusher = None
-        if self._pending and not await self.flush():
-            log.error("state store closed with %d usage records that never reached Redis", len(self._pending))
+        if self._usage.pending and not await self._usage.flush():
+            log.error("state store closed with %d usage records that never reached Redis", self._usage.pending)
         if self._scripts is not None:
             await self._scripts.aclose()
         await self._client.aclose()
@@ -265,8 +244,7 @@ class RedisStateStore:
 
     async def record_usage(self, records: Sequence[UsageRecord]) -> None:
         """Add records to their days' rows; while Redis is away, keep them (bounded) and let the flusher retry."""
-        if records:
-            await self._write_usage(records, self._buffer)
+        await self._usage.record(records)
 
     async def usage(self, since_day: str, until_day: str) -> list[UsageRow]:
         start, end = date.fromisoformat(since_day), date.fromisoformat(until_day)
@@ -318,11 +296,7 @@ class RedisStateStore:
 
     async def flush(self) -> bool:
         """Write buffered usage records to Redis; True when none are left."""
-        while self._pending:
-            chunk = [self._pending.popleft() for _ in range(min(FLUSH_CHUNK, len(self._pending)))]
-            if not await self._write_usage(chunk, self._requeue):
-                return False
-        return True
+        return await self._usage.flush()
 
     # --- internals ---
 
@@ -370,83 +344,3 @@ class RedisStateStore:
     async def _adjust(self, tenant: str, now: float, *, requests: int, tokens: int, cost: int) -> None:
         args = [requests, tokens, cost, WINDOW_TTL_S, DAY_TTL_S, MONTH_TTL_S, *window_args(now)]
         await self._adjust_lua(tenant_keys(tenant, now), args)
-
-    async def _write_usage(self, records: Sequence[UsageRecord], keep: Callable[[list[UsageRecord]], None]) -> bool:
-        """One atomic script per day; on an outage, `keep` receives the records of the days not written."""
-        by_day: dict[str, list[UsageRecord]] = {}
-        for record in records:
-            by_day.setdefault(utc_day(record.ts), []).append(record)
-        days = list(by_day)
-        for n, day in enumerate(days):
-            pairs: list[str | int] = []
-            for key, counts in tally_usage(by_day[day])[day].items():
-                for counter, value in counts.items():
-                    if value:
-                        pairs += [usage_field(key, counter), value]
-            args = [USAGE_TTL_S, FACTS_TTL_S, self._facts_per_day, len(pairs) // 2, *pairs, *fact_args(by_day[day])]
-            try:
-                await self._usage_lua([usage_key(day), facts_key(usage_key(day))], args)
-            except OUTAGE_ERRORS as err:
-                self._failed("usage", err)
-                keep([r for d in days[n:] for r in by_day[d]])
-                return False
-            except rx.RedisError:
-                keep([r for d in days[n:] for r in by_day[d]])
-                raise
-        self._recovered()
-        return True
-
-    def _buffer(self, records: list[UsageRecord]) -> None:
-        room = max(0, PENDING_LIMIT - len(self._pending))
-        self._pending.extend(records[:room])
-        if len(records) > room:
-            if not self._dropped:
-                log.error("usage buffer full (%d records): dropping usage records until Redis returns", PENDING_LIMIT)
-            self._dropped += len(records) - room
-
-    def _requeue(self, records: list[UsageRecord]) -> None:
-        self._pending.extendleft(reversed(records))  # back in front, in their order
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_INTERVAL_S)
-            if not self._pending:
-                continue
-            count = len(self._pending)
-            try:
-                flushed = await self.flush()
-            except rx.RedisError:  # not an outage but a bad reply: keep the records and the flusher alive
-                log.exception("writing buffered usage records failed; retrying")
-                continue
-            if flushed:
-                log.info("wrote %d buffered usage records to the state store", count)
-
-    def _failed(self, op: str, err: Exception) -> None:
-        self._on_error(op)
-        if self._down:
-            return
-        self._down = True
-        detail = str(err)
-        for secret in self._secrets:
-            detail = detail.replace(secret, "***")
-        consequence = (
-            "admitting requests without limits or budgets"
-            if self._failure_mode is StateFailureMode.OPEN
-            else "rejecting requests that need limits or budgets"
-        )
-        log.warning(
-            "state store %s unreachable (%s: %s): %s, buffering usage, circuit breakers local until it returns",
-            self._location,
-            type(err).__name__,
-            detail,
-            consequence,
-        )
-
-    def _recovered(self) -> None:
-        if not self._down:
-            return
-        self._down = False
-        if self._dropped:
-            log.error("%d usage records were dropped while the state store was unreachable", self._dropped)
-            self._dropped = 0
-        log.info("state store %s reachable again", self._location)

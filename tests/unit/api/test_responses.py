@@ -6,8 +6,6 @@ import orjson
 import pytest
 
 from gateway.errors import (
-    AllTargetsFailedError,
-    AttemptFailure,
     AuthenticationError,
     BadRequestError,
     BudgetExceededError,
@@ -24,6 +22,7 @@ from gateway.errors import (
     error_body,
     error_event,
 )
+from gateway.routing.all_failed import AllTargetsFailedError, AttemptFailure
 from tests.support.openai_schema import schema_errors
 
 ERRORS: list[PolyrouteError] = [

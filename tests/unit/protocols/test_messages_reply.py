@@ -8,8 +8,6 @@ import orjson
 import pytest
 
 from gateway.errors import (
-    AllTargetsFailedError,
-    AttemptFailure,
     AuthenticationError,
     ErrorClass,
     LimitExceededError,
@@ -18,6 +16,7 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.protocols.messages_reply import MessagesStreamTranslator, chat_to_message, error_body
+from gateway.routing.all_failed import AllTargetsFailedError, AttemptFailure
 
 REQUEST: dict[str, Any] = {"model": "coder", "max_tokens": 10, "stop_sequences": ["END"], "messages": []}
 USAGE = {"prompt_tokens": 120, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 100}}
