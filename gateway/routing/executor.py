@@ -11,6 +11,8 @@ from typing import TypeVar
 
 from gateway.errors import (
     RETRYABLE,
+    AllTargetsFailedError,
+    AttemptFailure,
     ErrorClass,
     UpstreamError,
     UpstreamRejectedError,
@@ -19,7 +21,6 @@ from gateway.errors import (
 )
 from gateway.policy.plan import RoutePlan
 from gateway.policy.table import Deployment, FallbackPolicy
-from gateway.routing.all_failed import AllTargetsFailedError, AttemptFailure
 from gateway.routing.health import HealthTracker
 from gateway.state.base import DeploymentQuota, StateStore, seconds_to_next_window
 

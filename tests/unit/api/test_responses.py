@@ -6,6 +6,8 @@ import orjson
 import pytest
 
 from gateway.errors import (
+    AllTargetsFailedError,
+    AttemptFailure,
     AuthenticationError,
     BadRequestError,
     BudgetExceededError,
@@ -22,7 +24,6 @@ from gateway.errors import (
     error_body,
     error_event,
 )
-from gateway.routing.all_failed import AllTargetsFailedError, AttemptFailure
 from tests.support.openai_schema import schema_errors
 
 ERRORS: list[PolyrouteError] = [

@@ -8,6 +8,8 @@ import orjson
 import pytest
 
 from gateway.errors import (
+    AllTargetsFailedError,
+    AttemptFailure,
     AuthenticationError,
     ErrorClass,
     LimitExceededError,
@@ -16,7 +18,6 @@ from gateway.errors import (
     UpstreamError,
 )
 from gateway.protocols.messages_reply import MessagesStreamTranslator, chat_to_message, error_body
-from gateway.routing.all_failed import AllTargetsFailedError, AttemptFailure
 
 REQUEST: dict[str, Any] = {"model": "coder", "max_tokens": 10, "stop_sequences": ["END"], "messages": []}
 USAGE = {"prompt_tokens": 120, "completion_tokens": 30, "prompt_tokens_details": {"cached_tokens": 100}}

@@ -11,11 +11,10 @@ import pytest
 from openai.types.responses import Response
 from pydantic import BaseModel
 
-from gateway.errors import BadRequestError, ErrorClass
+from gateway.errors import AllTargetsFailedError, AttemptFailure, BadRequestError, ErrorClass
 from gateway.protocols.adapters import RESPONSES, translate_reply
 from gateway.protocols.responses_reply import chat_to_response, error_body
 from gateway.providers.base import UpstreamReply
-from gateway.routing.all_failed import AllTargetsFailedError, AttemptFailure
 from tests.support.openai_schema import schema_errors
 
 REQUEST: dict[str, Any] = {

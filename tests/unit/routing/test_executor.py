@@ -6,13 +6,12 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from gateway.errors import ErrorClass, UpstreamError, UpstreamRejectedError
+from gateway.errors import AllTargetsFailedError, ErrorClass, UpstreamError, UpstreamRejectedError
 from gateway.policy.engine import decide
 from gateway.policy.loader import load_policy_text
 from gateway.policy.plan import HealthSnapshot, RequestFacts, RoutePlan
 from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import Deployment, PolicyTable
-from gateway.routing.all_failed import AllTargetsFailedError
 from gateway.routing.executor import AttemptObserver, Executor, Outcome, backoff_delay
 from gateway.routing.health import HealthTracker
 from gateway.state.base import DeploymentQuota

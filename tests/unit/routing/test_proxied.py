@@ -9,7 +9,7 @@ import pytest
 from starlette.datastructures import Headers
 
 from gateway.api.parsing import parse_request, request_facts
-from gateway.errors import ErrorClass, LimitExceededError, UpstreamError
+from gateway.errors import AllTimedOutError, ErrorClass, LimitExceededError, UpstreamError
 from gateway.load.tracker import LoadTracker
 from gateway.observability.accounting import Accountant
 from gateway.observability.metrics import Metrics
@@ -17,7 +17,6 @@ from gateway.policy.table import PolicyTable
 from gateway.providers.base import Endpoint, UpstreamReply
 from gateway.providers.registry import build_providers
 from gateway.routing.admission import Admission
-from gateway.routing.all_failed import AllTimedOutError
 from gateway.routing.executor import AttemptObserver, Executor
 from gateway.routing.health import HealthTracker
 from gateway.routing.proxied import ProxiedRequest, RequestFlow
