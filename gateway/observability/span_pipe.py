@@ -27,7 +27,7 @@ log = logging.getLogger("polyroute.tracing")
 SpanRecord = list[Any]
 
 BATCH_SPANS = 256
-BATCH_DELAY_S = 0.005
+BATCH_DELAY_S = 0.05  # the SDK's batch processor waits OTEL_BSP_SCHEDULE_DELAY (5 s) anyway: no one sees this
 # Spans written but not yet read by the exporter process (it stalled): past this many bytes a batch is dropped.
 MAX_BACKLOG_BYTES = 4 * 1024 * 1024
 STOP_TIMEOUT_S = 5.0  # a stopping worker waits this long for its exporter process to send what it holds

@@ -266,8 +266,14 @@ class RecordingTracer(Tracer):
 
     def request(self, headers: Headers, endpoint: Endpoint, started: float) -> RequestTrace:
         parent = remote_parent(headers) if "traceparent" in headers else None
-        trace_id = f"{getrandbits(128):032x}" if parent is None else parent.trace_id
-        if not self._sampler.sampled(int(trace_id[16:], 16), None if parent is None else parent.sampled):
+        if parent is None:
+            number = getrandbits(128)
+            sampled = self._sampler.sampled(number, None)
+            trace_id = f"{number:032x}"
+        else:
+            trace_id = parent.trace_id
+            sampled = self._sampler.sampled(int(trace_id[16:], 16), parent.sampled)
+        if not sampled:
             return UnsampledRequest(trace_id)
         start_ns = time.time_ns() - int((time.perf_counter() - started) * 1e9)
         return RecordedRequest(self, trace_id, parent, _OPERATIONS.get(endpoint, "chat"), start_ns)
