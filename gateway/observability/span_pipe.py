@@ -30,7 +30,7 @@ BATCH_SPANS = 256
 BATCH_DELAY_S = 0.05  # the SDK's batch processor waits OTEL_BSP_SCHEDULE_DELAY (5 s) anyway: no one sees this
 # Spans written but not yet read by the exporter process (it stalled): past this many bytes a batch is dropped.
 MAX_BACKLOG_BYTES = 4 * 1024 * 1024
-STOP_TIMEOUT_S = 5.0  # a stopping worker waits this long for its exporter process to send what it holds
+STOP_TIMEOUT_S = 8.0  # a stopping worker waits this long for its exporter process to send what it holds
 _RESTART_DELAY_S = (0.1, 30.0)  # first and longest wait before restarting an exporter process that exited
 _STEADY_S = 30.0  # a process that ran this long before exiting is restarted after the first delay again
 _OUTCOMES = {b"exported": None, b"export_failed": "export_failed", b"queue_full": "queue_full"}

@@ -196,6 +196,21 @@ def test_content_is_not_captured_by_default(traced: Traced) -> None:
     assert all(PROMPT not in str(v) for s in traced.receiver.trace(trace_id) for v in s.attributes.values())
 
 
+def test_a_client_trace_that_is_not_sampled_is_not_recorded_but_still_propagated(traced: Traced) -> None:
+    unsampled, sampled = "0cf92f3577b34da6a3ce929d0e0e4746", "1cf92f3577b34da6a3ce929d0e0e4747"
+    traced.cloud.reset_stats()
+    client = traced.client(traced.plain)  # OTEL_TRACES_SAMPLER unset: parentbased_always_on
+    client.chat.completions.create(model="chain", messages=[{"role": "user", "content": "hi"}],
+                                   extra_headers={"traceparent": f"00-{unsampled}-{CLIENT_SPAN}-00"})
+    client.chat.completions.create(model="chain", messages=[{"role": "user", "content": "hi"}],
+                                   extra_headers=_traceparent(sampled))
+    _server_span(traced.receiver, sampled)  # spans leave in order: the first request's would have come first
+    assert traced.receiver.trace(unsampled) == []
+    first, second = traced.cloud.stats()["traceparents"]
+    assert first.startswith(f"00-{unsampled}-") and first.endswith("-00")
+    assert second.startswith(f"00-{sampled}-") and second.endswith("-01")
+
+
 def test_a_litellm_provider_sends_the_trace_context_upstream_too(traced: Traced) -> None:
     trace_id = "9bf92f3577b34da6a3ce929d0e0e4741"
     traced.vllm.reset_stats()
