@@ -83,12 +83,24 @@ def otlp_exporter(protocol: str) -> SpanExporter:
     return HttpExporter()
 
 
+class SteadyResource(Resource):
+    """A resource that computes its hash once: the SDK's encoder hashes the resource of every span it encodes (a
+    JSON dump of its attributes each time, an eighth of the encoding), and this process has one for its life."""
+
+    def __init__(self, found: Resource) -> None:
+        super().__init__(found.attributes, found.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
 def resource() -> Resource:
     """OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES over the SDK's defaults; service.name "polyroute" if unnamed."""
     found = Resource.create()
     if str(found.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
         found = found.merge(Resource({SERVICE_NAME: "polyroute"}))
-    return found
+    return SteadyResource(found)
 
 
 class SpanBuilder:
