@@ -1,11 +1,12 @@
 """The span exporter process: builds the SDK's spans from a gateway worker's span records and exports them over OTLP.
 
 A worker starts it (observability/span_pipe.py) as `python -m gateway.observability.span_exporter --protocol P
---queue N [--cpus LIST]` and writes span records to its stdin, one JSON array of spans per line; what became of them
-goes back on stdout as `exported N`, `export_failed N` and `queue_full N` lines. Encoding and sending happen here, in
-the SDK's BatchSpanProcessor and OTLPSpanExporter (http/protobuf or grpc), which read their OTEL_* variables
-themselves (endpoint, headers, timeout, compression, certificates, OTEL_BSP_*); the resource comes from
-OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES. The process exits when its stdin closes: when its worker stops or dies.
+--queue N [--cpus LIST]` and writes span records to its stdin, one JSON array of a request's spans per line; what
+became of them goes back on stdout as `exported N`, `export_failed N` and `queue_full N` lines. Encoding and sending
+happen here, in the SDK's BatchSpanProcessor and OTLPSpanExporter (http/protobuf or grpc), which read their OTEL_*
+variables themselves (endpoint, headers, timeout, compression, certificates, OTEL_BSP_*); the resource comes from
+OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES. The process exits when its stdin closes: when its worker stops or
+dies.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def serve(source: IO[bytes], report: Reports, exporter: SpanExporter, queue: int
         try:
             records = orjson.loads(line)
         except orjson.JSONDecodeError:
-            log.error("skipped a line that is not a batch of span records")
+            log.error("skipped a line that is not a list of span records")
             continue
         full = 0
         for record in records:

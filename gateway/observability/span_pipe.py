@@ -1,8 +1,9 @@
 """A worker's span exporter process, seen from the worker: started with it, fed span records in batches over a pipe,
 restarted when it dies. What it cannot take is dropped and counted, never waited for.
 
-A request appends its spans to a list; the list goes down the pipe as one JSON line when it holds `BATCH_SPANS`
-spans or `BATCH_DELAY_S` after its first span, whichever comes first. The process (observability/span_exporter.py)
+A finished request's spans become one JSON line at once (bytes: nothing for the garbage collector to track while
+they wait), and the lines go down the pipe together when they hold `BATCH_SPANS` spans or `BATCH_DELAY_S` after
+the first, whichever comes first. The process (observability/span_exporter.py)
 answers on its stdout with what became of them, so that spans lost with a process that died are counted too.
 """
 
@@ -42,7 +43,8 @@ class SpanPipe:
     def __init__(self, metrics: Metrics, command: Sequence[str]) -> None:
         self._metrics = metrics
         self._command = tuple(command)
-        self._pending: list[SpanRecord] = []
+        self._pending: list[bytes] = []  # one JSON line per request
+        self._pending_spans = 0
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._process: asyncio.subprocess.Process | None = None
@@ -69,10 +71,10 @@ class SpanPipe:
         self._watcher = asyncio.create_task(self._run(first), name="polyroute-span-exporter")
 
     def add(self, spans: list[SpanRecord]) -> None:
-        """Queue one request's spans (the request path's whole cost: a list extend, at times a write)."""
-        pending = self._pending
-        pending.extend(spans)
-        if len(pending) >= BATCH_SPANS:
+        """Queue one request's spans (the request path's whole cost: one JSON dump, at times a write)."""
+        self._pending.append(orjson.dumps(spans, option=orjson.OPT_APPEND_NEWLINE))
+        self._pending_spans += len(spans)
+        if self._pending_spans >= BATCH_SPANS:
             self._flush()
         elif self._timer is None and self._loop is not None:
             self._timer = self._loop.call_later(BATCH_DELAY_S, self._flush)
@@ -81,18 +83,19 @@ class SpanPipe:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        batch, self._pending = self._pending, []
-        if not batch:
+        lines, spans = self._pending, self._pending_spans
+        if not lines:
             return
+        self._pending, self._pending_spans = [], 0
         process = self._process
         stdin = process.stdin if process is not None else None
         if stdin is None or stdin.is_closing():
-            self._metrics.spans_dropped(reason="exporter_exited", count=len(batch))
+            self._metrics.spans_dropped(reason="exporter_exited", count=spans)
         elif stdin.transport.get_write_buffer_size() > MAX_BACKLOG_BYTES:
-            self._metrics.spans_dropped(reason="queue_full", count=len(batch))
+            self._metrics.spans_dropped(reason="queue_full", count=spans)
         else:
-            stdin.write(orjson.dumps(batch, option=orjson.OPT_APPEND_NEWLINE))
-            self._in_flight += len(batch)
+            stdin.write(b"".join(lines))
+            self._in_flight += spans
 
     async def _spawn(self) -> asyncio.subprocess.Process | None:
         try:
