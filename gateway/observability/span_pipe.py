@@ -59,11 +59,6 @@ class SpanPipe:
                    "--queue", str(queue)]
         return cls(metrics, [*command, "--cpus", cpus] if cpus else command)
 
-    @property
-    def pid(self) -> int | None:
-        """The exporter process's pid while one runs."""
-        return self._process.pid if self._process is not None and self._process.returncode is None else None
-
     async def start(self) -> None:
         """Start the exporter process (before the worker serves: no early request's spans are lost)."""
         self._loop = asyncio.get_running_loop()
