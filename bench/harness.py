@@ -280,7 +280,8 @@ def _load(
     print(
         f"  {scenario.name:<16} {workload.name:<22} c={concurrency:<3} {load.rps:9.0f} req/s  "
         f"p50 {load.p50_ms:7.2f} ms  p99 {load.p99_ms:7.2f} ms  "
-        f"CPU/req {load.cpu_us_per_req or 0:7.0f} us  non-2xx {load.non_2xx}",
+        f"CPU/req {load.cpu_us_per_req or 0:7.0f} us  non-2xx {load.non_2xx}"
+        + (f"  (span exporter {load.exporter_us_per_req:.0f} us)" if load.exporter_us_per_req else ""),
         flush=True,
     )
 

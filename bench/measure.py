@@ -18,6 +18,7 @@ from bench.workloads import NON_STREAM, STREAM, Workload
 LUA = Path(__file__).with_name("post.lua")
 PATH = "/v1/chat/completions"
 NATIVE_MODEL = "bench-messages"  # polyroute's alias whose provider speaks Messages itself (bench/policy.yaml)
+SPAN_EXPORTER = b"gateway.observability.span_exporter"  # a traced gateway's exporter processes (command line)
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class LoadResult:
     cpu_us_per_req: float | None
     workload: str = ""
     round: int = 0
+    exporter_us_per_req: float | None = None  # the part of cpu_us_per_req spent in span exporter processes
 
 
 def run_wrk(
@@ -80,6 +82,7 @@ def run_wrk(
         argv = ["taskset", "-c", core, *argv]
     env = {**os.environ, "BENCH_BODY_FILE": str(body_file), "BENCH_AUTH": target.key}
     cpu_before = cpu_seconds(gateway_pid) if gateway_pid else None
+    exporter_before = cpu_seconds(gateway_pid, only=SPAN_EXPORTER) if gateway_pid else None
     began = time.perf_counter()
     try:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=seconds + 60, check=False)
@@ -87,6 +90,8 @@ def run_wrk(
         body_file.unlink(missing_ok=True)
     wall = time.perf_counter() - began
     cpu_used = cpu_seconds(gateway_pid) - cpu_before if gateway_pid and cpu_before is not None else None
+    exporter_used = (cpu_seconds(gateway_pid, only=SPAN_EXPORTER) - exporter_before
+                     if gateway_pid and exporter_before is not None else None)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
@@ -106,6 +111,7 @@ def run_wrk(
         socket_errors=int(data["connect_errors"] + data["read_errors"] + data["write_errors"] + data["timeouts"]),
         cpu_cores=cpu_used / wall if cpu_used is not None else None,
         cpu_us_per_req=cpu_used / requests * 1e6 if cpu_used is not None and requests else None,
+        exporter_us_per_req=exporter_used / requests * 1e6 if exporter_used and requests else None,
     )
 
 

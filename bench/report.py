@@ -265,6 +265,17 @@ def targets(by: dict[str, ScenarioResult], levels: list[StreamsLevel]) -> Iterab
         yield "added p50 latency at c=1 <= 350 µs (non-stream)", f"{added:.0f} µs", _yes(added <= 350)
         added = (p.ttft.ttft_p50_ms - d.ttft.ttft_p50_ms) * 1000
         yield "added time to first token at c=1 <= 350 µs", f"{added:.0f} µs", _yes(added <= 350)
+    for name, where in (("polyroute-traced", "exporter on another core"), ("polyroute-traced-1core", "on one core")):
+        for workload in ("non-stream", "stream"):
+            kept = spread.throughput_ratio(by.get(name), p, workload, 16)
+            if kept is not None:
+                exporter = spread.metric(by.get(name), workload, 16, lambda x: x.exporter_us_per_req)
+                cpu = spread.cpu_ratio(by.get(name), p, workload, 16)
+                worker = spread.cpu_ratio(by.get(name), p, workload, 16, without_exporter=True)
+                yield (f"100% traced >= 0.85x untraced ({where}; {workload}, c=16)",
+                       f"{kept.ratio()}; by CPU {_ratio(cpu)}, by the worker's CPU alone {_ratio(worker)} (span "
+                       f"exporter process: {'-' if exporter is None else f'{exporter.median:,.0f} µs'} per request)",
+                       _yes(kept.median >= 0.85))
     mine = [x.cpu_us_per_chunk for x in levels if x.scenario == "polyroute" and x.cpu_us_per_chunk]
     if mine:
         worst = max(mine)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procs import HOST
+from bench.procs import HOST, cores
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -96,7 +96,18 @@ def _polyroute_sqlite(ctx: Context, port: int) -> tuple[list[str], dict[str, str
 
 def _polyroute_traced(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
     """polyroute with every request traced: the spans go over OTLP/HTTP to the bench upstream, which answers 404
-    (exporting costs what it costs against a collector: encoding and one POST per batch; no collector to run)."""
+    (exporting costs what it costs against a collector: encoding and one POST per batch; no collector to run). The
+    span exporter process runs on the client core (POLYROUTE_OTEL_EXPORTER_CPUS), as it would on another core of a
+    machine where the gateway had one to itself; its CPU is counted in the gateway's and reported apart too."""
+    argv, env = _traced(ctx, port)
+    client_core, _ = cores()
+    if client_core is not None:
+        env["POLYROUTE_OTEL_EXPORTER_CPUS"] = client_core
+    return argv, env
+
+
+def _traced(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    """Traced, the span exporter process on the gateway's own core (where `serve` pinned by taskset puts it)."""
     argv, env = _polyroute(ctx, port)
     env.update({
         "OTEL_EXPORTER_OTLP_ENDPOINT": ctx.upstream_url,
@@ -136,6 +147,10 @@ POLYROUTE_TRACED = Scenario(
     "polyroute-traced", "polyroute, full pipeline, in-process store, 100% of requests traced (OTLP)", model="bench",
     key=TENANT_KEY, command=_polyroute_traced, is_polyroute=True,
 )
+POLYROUTE_TRACED_ONE_CORE = Scenario(
+    "polyroute-traced-1core", "polyroute, 100% traced, the span exporter process on the gateway's core",
+    model="bench", key=TENANT_KEY, command=_traced, is_polyroute=True,
+)
 # Two workers on the one gateway core: CPU per request must not rise with workers (req/s cannot show scaling here).
 POLYROUTE_2W = Scenario(
     "polyroute-2w", "polyroute, full pipeline, in-process store, --workers 2", model="bench", key=TENANT_KEY,
@@ -150,5 +165,6 @@ ALL = (
     POLYROUTE_REDIS,
     POLYROUTE_SHADOW,
     POLYROUTE_TRACED,
+    POLYROUTE_TRACED_ONE_CORE,
     POLYROUTE_2W,
 )

@@ -59,12 +59,16 @@ def throughput_ratio(r: ScenarioResult | None, base: ScenarioResult | None, work
     return of([mine[n].rps / theirs[n].rps for n in sorted(mine.keys() & theirs.keys()) if theirs[n].rps])
 
 
-def cpu_ratio(r: ScenarioResult | None, base: ScenarioResult | None, workload: str, c: int) -> Spread | None:
-    """The base's gateway CPU per request over this scenario's, round by round: what one core would serve."""
+def cpu_ratio(r: ScenarioResult | None, base: ScenarioResult | None, workload: str, c: int, *,
+              without_exporter: bool = False) -> Spread | None:
+    """The base's gateway CPU per request over this scenario's, round by round: what one core would serve
+    (`without_exporter`: this scenario's span exporter processes left out, the gateway worker's core alone)."""
     mine, theirs = loads(r, workload, c), loads(base, workload, c)
     values = []
     for n in sorted(mine.keys() & theirs.keys()):
         a, b = mine[n].cpu_us_per_req, theirs[n].cpu_us_per_req
+        if a and without_exporter:
+            a -= mine[n].exporter_us_per_req or 0.0
         if a and b:
             values.append(b / a)
     return of(values)

@@ -191,6 +191,7 @@ class Runtime:
         await self.health.start()
         await self.load.start()
         await self.accountant.start()
+        await self.tracer.start()
         if self.settings.policy is not None and self.settings.watch_policy:
             self._watcher = asyncio.create_task(self._watch(self.settings.policy), name="polyroute-watch")
         loop = asyncio.get_running_loop()
@@ -216,7 +217,7 @@ class Runtime:
         self._stop_signals()
         async with contextlib.AsyncExitStack() as steps:  # callbacks run last-pushed first
             steps.push_async_callback(self.store.close)
-            steps.push_async_callback(asyncio.to_thread, self.tracer.shutdown)  # a dead collector blocks no loop
+            steps.push_async_callback(self.tracer.close)  # bounded: a dead collector holds no shutdown
             steps.push_async_callback(close_shared_clients)
             for adapter in [*self._stale, *(adapter for _, adapter in self.active.adapters.values())]:
                 steps.push_async_callback(adapter.close)

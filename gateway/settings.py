@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     otel_service_name: str | None = Field(default=None, validation_alias="OTEL_SERVICE_NAME")
     otel_capture_content: bool = False
     otel_bsp_max_queue_size: int = Field(default=2048, gt=0, validation_alias="OTEL_BSP_MAX_QUEUE_SIZE")
+    otel_traces_sampler: str | None = Field(default=None, validation_alias="OTEL_TRACES_SAMPLER")
+    otel_traces_sampler_arg: str | None = Field(default=None, validation_alias="OTEL_TRACES_SAMPLER_ARG")
+    # The CPUs each worker's span exporter process runs on (a list such as 2,3 or 2-3); unset = the worker's.
+    otel_exporter_cpus: str | None = Field(default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
 
     @property
     def tracing(self) -> bool:
@@ -129,7 +133,7 @@ def export_for_workers(settings: Settings, multiproc_dir: Path | None) -> None:
     for name in ("policy", "redis_url", "admin_key", "max_body_bytes", "state_failure_mode", "metrics_port",
                  "max_upstream_body_bytes", "max_sse_event_bytes", "cors_origins", "header_timeout_seconds",
                  "body_timeout_seconds", "max_connections", "routing_facts_per_day", "lockin_refresh_seconds", "docs",
-                 "state_dir", "otel_capture_content"):
+                 "state_dir", "otel_capture_content", "otel_exporter_cpus"):
         value = getattr(settings, name)
         if value is not None:
             os.environ[f"POLYROUTE_{name.upper()}"] = str(getattr(value, "value", value))

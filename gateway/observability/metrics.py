@@ -44,6 +44,7 @@ RATIO_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 10.0)
 _IDENTITY_CACHE: Final = 4096
 _STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _TOKEN_TYPES: Final = ("input", "output", "cached", "reasoning", "audio_input", "audio_output")
+_SPAN_DROP_REASONS: Final = ("queue_full", "export_failed", "exporter_exited")
 
 _ALIAS = "alias = the model name the client sent (gen_ai.request.model as the client asked for it)"
 _DEPLOYMENT = "deployment = gen_ai.request.model on gen_ai.provider.name, as named in the policy"
@@ -80,7 +81,8 @@ _HELP: Final[Mapping[str, str]] = {
     names.BUDGET_REMAINING_USD: "US dollars a tenant may still spend in the current budget period (day or month).",
     names.POLICY_RELOADS_TOTAL: "Policy reloads; a failed reload keeps the previous policy.",
     names.TRACE_SPANS_DROPPED_TOTAL: "Trace spans never exported (reason: queue_full = the batch queue was full, "
-    "export_failed = the collector did not take them).",
+    "export_failed = the collector did not take them, exporter_exited = lost with a span exporter process that "
+    "exited).",
     names.UPSTREAM_CONNECTION_WAIT_SECONDS: "How long requests that found all of a provider's max_connections in use "
     "waited for one (a stream holds its connection to the end; requests that did not wait are not counted; a wait "
     f"ended by the total timeout is). {_PROVIDER}.",
@@ -510,8 +512,8 @@ class Metrics:
         self._connection_wait(_clamp(provider, self._known.providers)).observe(seconds)
 
     def spans_dropped(self, *, reason: str, count: int) -> None:
-        """Record trace spans that were never exported: "queue_full" or "export_failed"."""
-        self._spans_dropped("queue_full" if reason == "queue_full" else "export_failed").inc(count)
+        """Record trace spans that were never exported: "queue_full", "export_failed" or "exporter_exited"."""
+        self._spans_dropped(reason if reason in _SPAN_DROP_REASONS else "export_failed").inc(count)
 
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of this process, or of all workers in multi-process mode."""

@@ -1,7 +1,8 @@
 """What a request tells its trace: the interface routing and the proxy call, no-op unless tracing is on.
 
-This module never imports opentelemetry; observability/otel.py implements it with the SDK and is imported only
-when the settings turn tracing on, so an untraced gateway pays one method call per request and nothing else.
+This module never imports opentelemetry; observability/spans.py implements it (plain records on the request path,
+exported by a separate process with the SDK, observability/span_exporter.py) and is imported only when the settings
+turn tracing on, so an untraced gateway pays one method call per request and nothing else.
 """
 
 from __future__ import annotations
@@ -80,7 +81,10 @@ class Tracer:
         """The trace of one request that began at perf_counter() `started`, continuing the client's traceparent."""
         return NO_TRACE
 
-    def shutdown(self) -> None:
+    async def start(self) -> None:
+        """Start what exports the spans (before the first request)."""
+
+    async def close(self) -> None:
         """Export what is queued (bounded in time) and stop."""
 
 
@@ -89,9 +93,15 @@ NO_TRACE = RequestTrace()
 
 
 def build_tracer(settings: Settings, metrics: Metrics) -> Tracer:
-    """The SDK's tracer when the settings turn tracing on, else the no-op one (opentelemetry is never imported)."""
+    """The recording tracer when the settings turn tracing on, else the no-op one (neither imports opentelemetry:
+    the SDK and its exporters run in the span exporter process)."""
     if not settings.tracing:
         return Tracer()
-    from gateway.observability.otel import OtelTracer  # the SDK and its exporters load only here
+    from gateway.observability.sampling import sampler_from
+    from gateway.observability.span_pipe import SpanPipe
+    from gateway.observability.spans import RecordingTracer
 
-    return OtelTracer(settings, metrics)
+    pipe = SpanPipe.exporter_process(metrics, protocol=settings.otel_protocol, queue=settings.otel_bsp_max_queue_size,
+                                     cpus=settings.otel_exporter_cpus)
+    sampler = sampler_from(settings.otel_traces_sampler, settings.otel_traces_sampler_arg)
+    return RecordingTracer(sampler, pipe, capture_content=settings.otel_capture_content)

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = (
     "direct", "passthrough", "polyroute", "polyroute-sqlite", "polyroute-redis", "polyroute-shadow", "polyroute-traced",
-    "polyroute-2w",
+    "polyroute-traced-1core", "polyroute-2w",
 )
 AGENT_WORKLOADS = {"chat-100k", "chat-1m", "messages-100k", "messages-100k-relayed", "stream-2000"}
 

@@ -1,8 +1,10 @@
 """OpenTelemetry traces exported to a real OTLP receiver: span tree, GenAI attributes, propagation, content capture,
-and a collector that is down."""
+sampling, a collector that is down, and the span exporter process's lifetime (it lives and dies with its worker)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,7 +13,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.support.otlp import OtlpGrpcReceiver, OtlpReceiver, ReceivedSpan, until
+from tests.support.otlp import OtlpGrpcReceiver, OtlpReceiver, ReceivedSpan, alive, span_exporters, until
 from tests.support.processes import GatewayProcess, Upstream, free_port, start_gateway, start_simulated
 from tests.support.resilience import metric
 
@@ -194,6 +196,21 @@ def test_content_is_not_captured_by_default(traced: Traced) -> None:
     assert all(PROMPT not in str(v) for s in traced.receiver.trace(trace_id) for v in s.attributes.values())
 
 
+def test_a_client_trace_that_is_not_sampled_is_not_recorded_but_still_propagated(traced: Traced) -> None:
+    unsampled, sampled = "0cf92f3577b34da6a3ce929d0e0e4746", "1cf92f3577b34da6a3ce929d0e0e4747"
+    traced.cloud.reset_stats()
+    client = traced.client(traced.plain)  # OTEL_TRACES_SAMPLER unset: parentbased_always_on
+    client.chat.completions.create(model="chain", messages=[{"role": "user", "content": "hi"}],
+                                   extra_headers={"traceparent": f"00-{unsampled}-{CLIENT_SPAN}-00"})
+    client.chat.completions.create(model="chain", messages=[{"role": "user", "content": "hi"}],
+                                   extra_headers=_traceparent(sampled))
+    _server_span(traced.receiver, sampled)  # spans leave in order: the first request's would have come first
+    assert traced.receiver.trace(unsampled) == []
+    first, second = traced.cloud.stats()["traceparents"]
+    assert first.startswith(f"00-{unsampled}-") and first.endswith("-00")
+    assert second.startswith(f"00-{sampled}-") and second.endswith("-01")
+
+
 def test_a_litellm_provider_sends_the_trace_context_upstream_too(traced: Traced) -> None:
     trace_id = "9bf92f3577b34da6a3ce929d0e0e4741"
     traced.vllm.reset_stats()
@@ -240,3 +257,76 @@ def test_spans_go_over_grpc_when_asked(policy: tuple[Path, Upstream, Upstream]) 
             assert server.attributes["polyroute.deployment"] == "primary"
         finally:
             gateway.stop()
+
+
+def _exporter_of(gateway: GatewayProcess) -> int:
+    until(lambda: len(span_exporters(gateway.process.pid)) == 1, "one span exporter process")
+    return span_exporters(gateway.process.pid)[0]
+
+
+def _ask(gateway: GatewayProcess, trace_id: str | None = None) -> None:
+    with openai.OpenAI(base_url=gateway.url("/v1"), api_key=TEAM_KEY, max_retries=0) as client:
+        reply = client.chat.completions.create(model="chain", messages=[{"role": "user", "content": "hi"}],
+                                               extra_headers=_traceparent(trace_id) if trace_id else None)
+        assert reply.choices[0].message.content
+
+
+def test_the_exporter_process_exits_with_its_gateway(policy: tuple[Path, Upstream, Upstream]) -> None:
+    path, _, _ = policy
+    trace_id = "bbf92f3577b34da6a3ce929d0e0e4743"
+    with OtlpReceiver() as receiver:
+        killed = start_gateway(path, env=_env(receiver.endpoint))
+        # Spans wait for a full batch or a minute: only the exporter's shutdown sends this one.
+        stopped = start_gateway(path, env=_env(receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="60000"))
+        try:
+            orphan = _exporter_of(killed)
+            os.kill(killed.process.pid, signal.SIGKILL)  # the gateway alone, not its process group
+            until(lambda: not alive(orphan), "the exporter process of a killed gateway exits", limit_s=30)
+
+            exporter = _exporter_of(stopped)
+            _ask(stopped, trace_id)
+            assert receiver.trace(trace_id) == []
+            stopped.stop()
+            assert not alive(exporter)
+            # What the exporter process held when its gateway stopped was exported first.
+            assert _server_span(receiver, trace_id).name == "chat chain"
+        finally:
+            killed.stop()
+            stopped.stop()
+
+
+def test_a_killed_exporter_process_fails_no_request_and_is_replaced(policy: tuple[Path, Upstream, Upstream]) -> None:
+    path, _, _ = policy
+    trace_id = "dbf92f3577b34da6a3ce929d0e0e4744"
+    with OtlpReceiver() as receiver:
+        gateway = start_gateway(path, env=_env(receiver.endpoint))
+        try:
+            first = _exporter_of(gateway)
+            os.kill(first, signal.SIGKILL)
+            for _ in range(20):
+                _ask(gateway)
+            until(lambda: span_exporters(gateway.process.pid) not in ([], [first]), "a new exporter process")
+            _ask(gateway, trace_id)
+            assert _server_span(receiver, trace_id).attributes["polyroute.deployment"] == "primary"
+            assert "exited with code -9; starting a new one" in gateway.logs()
+        finally:
+            gateway.stop()
+
+
+def test_each_worker_has_its_own_exporter_process(policy: tuple[Path, Upstream, Upstream]) -> None:
+    path, _, _ = policy
+    trace_id = "ebf92f3577b34da6a3ce929d0e0e4745"
+    with OtlpReceiver() as receiver:
+        gateway = start_gateway(path, env=_env(receiver.endpoint), workers=2, timeout=60)  # a busy machine
+        try:
+            until(lambda: len(span_exporters(gateway.process.pid)) == 2, "two span exporter processes")
+            parents = {_parent(pid) for pid in span_exporters(gateway.process.pid)}
+            assert len(parents) == 2 and gateway.process.pid not in parents  # one under each worker
+            _ask(gateway, trace_id)
+            assert _server_span(receiver, trace_id).name == "chat chain"
+        finally:
+            gateway.stop()
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -141,3 +142,41 @@ def until(condition: Callable[[], bool], what: str, limit_s: float = 15.0) -> No
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {limit_s:.0f}s: {what}")
         time.sleep(0.05)
+
+
+SPAN_EXPORTER = b"gateway.observability.span_exporter"
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found.extend(int(c) for c in (task / "children").read_text().split())
+    except OSError:
+        pass
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether a process exists and has not exited (an exited child nobody reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def span_exporters(pid: int) -> list[int]:
+    """The live span exporter processes under process `pid` (a gateway, or one of its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        for child in _children(current):
+            todo.append(child)
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if SPAN_EXPORTER in command and alive(child):
+                found.append(child)
+    return found
