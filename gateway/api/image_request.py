@@ -66,7 +66,7 @@ def read_image_body(body: dict[str, Any], endpoint: Endpoint, headers: Headers) 
 
 def _one_of(body: dict[str, Any], name: str, allowed: frozenset[str]) -> None:
     value = body.get(name)
-    if value is not None and value not in allowed:
+    if value is not None and (not isinstance(value, str) or value not in allowed):
         raise BadRequestError(f"'{name}' must be one of {', '.join(sorted(allowed))}.", param=name)
 
 

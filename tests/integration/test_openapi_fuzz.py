@@ -100,3 +100,16 @@ def test_a_prompt_or_input_of_no_openai_shape_is_the_clients_400(
         create(model=alias, **{field: value})  # type: ignore[call-overload]
     assert caught.value.status_code == 400
     assert caught.value.body["param"] == field  # type: ignore[index]
+
+
+@pytest.mark.parametrize("alias", ["conf-litellm", "conf-openai", "embed-openai"])
+def test_an_image_request_to_an_alias_of_another_kind_is_the_clients_400(
+    stack: Stack, session: requests.Session, alias: str
+) -> None:
+    """Found by fuzzing: an images body (with an object `response_format`) sent to a chat alias answered 500."""
+    body = {"model": alias, "prompt": "r", "n": 8, "quality": "high", "size": None,
+            "response_format": {"x": []}}
+    answer = session.post(stack.gateway.url("/v1/images/generations"), json=body,
+                          headers={"authorization": "Bearer adm"}, timeout=REQUEST_TIMEOUT_S)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["type"] == "invalid_request_error"
