@@ -199,6 +199,26 @@ class LocalCircuitBreakers:
             b.failures.popleft()
 
 
+class ProcessCircuits:
+    """The StateStore's circuit operations over this process's own breakers (the in-process and SQLite stores:
+    circuits are per process without Redis)."""
+
+    _circuits: LocalCircuitBreakers
+
+    async def record_outcome(
+        self, deployment: str, ok: bool, *, failures: int, window_s: float, cooldown_s: float, now: float
+    ) -> CircuitState:
+        return self._circuits.record(
+            deployment, ok, failures=failures, window_s=window_s, cooldown_s=cooldown_s, now=now
+        )
+
+    async def circuit_states(self, deployments: Sequence[str], now: float) -> dict[str, CircuitState]:
+        return {name: self._circuits.state(name, now) for name in deployments}
+
+    async def claim_probe(self, deployment: str, now: float, cooldown_s: float) -> bool:
+        return self._circuits.claim_probe(deployment, now, cooldown_s)
+
+
 class _PeriodCounters:
     """Integer counters that start again from zero when their period (day or month) changes."""
 
@@ -215,7 +235,7 @@ class _PeriodCounters:
         return value
 
 
-class MemoryStateStore:
+class MemoryStateStore(ProcessCircuits):
     """Every StateStore operation in this process, with no I/O: exact because no call awaits mid-way."""
 
     def __init__(self, *, facts_per_day: int = DEFAULT_FACTS_PER_DAY) -> None:
@@ -298,19 +318,6 @@ class MemoryStateStore:
             from_micro(c.get("usd_day", tenant, utc_day(now))),
             from_micro(c.get("usd_month", tenant, utc_month(now))),
         )
-
-    async def record_outcome(
-        self, deployment: str, ok: bool, *, failures: int, window_s: float, cooldown_s: float, now: float
-    ) -> CircuitState:
-        return self._circuits.record(
-            deployment, ok, failures=failures, window_s=window_s, cooldown_s=cooldown_s, now=now
-        )
-
-    async def circuit_states(self, deployments: Sequence[str], now: float) -> dict[str, CircuitState]:
-        return {name: self._circuits.state(name, now) for name in deployments}
-
-    async def claim_probe(self, deployment: str, now: float, cooldown_s: float) -> bool:
-        return self._circuits.claim_probe(deployment, now, cooldown_s)
 
     async def record_usage(self, records: Sequence[UsageRecord]) -> None:
         for day, rows in tally_usage(records).items():

@@ -23,7 +23,6 @@ from gateway.settings import StateFailureMode
 from gateway.state.base import (
     AdmissionRequest,
     AdmissionResult,
-    CircuitState,
     DeploymentQuota,
     RoutingFacts,
     StateUnavailableError,
@@ -43,6 +42,7 @@ from gateway.state.facts import (
 )
 from gateway.state.memory import (
     LocalCircuitBreakers,
+    ProcessCircuits,
     sort_rows,
     usage_row,
 )
@@ -76,7 +76,7 @@ SCHEMA = (
 T = TypeVar("T")
 
 
-class SqliteStateStore:
+class SqliteStateStore(ProcessCircuits):
     """Limits, budgets, usage and routing facts in one SQLite file that every worker of the machine opens."""
 
     def __init__(
@@ -168,19 +168,6 @@ class SqliteStateStore:
             return from_micro(day), from_micro(period_value(db, ("usd_month", tenant), utc_month(now)))
 
         return await self._guarded("other", read)
-
-    async def record_outcome(
-        self, deployment: str, ok: bool, *, failures: int, window_s: float, cooldown_s: float, now: float
-    ) -> CircuitState:
-        return self._circuits.record(
-            deployment, ok, failures=failures, window_s=window_s, cooldown_s=cooldown_s, now=now
-        )
-
-    async def circuit_states(self, deployments: Sequence[str], now: float) -> dict[str, CircuitState]:
-        return {name: self._circuits.state(name, now) for name in deployments}
-
-    async def claim_probe(self, deployment: str, now: float, cooldown_s: float) -> bool:
-        return self._circuits.claim_probe(deployment, now, cooldown_s)
 
     async def record_usage(self, records: Sequence[UsageRecord]) -> None:
         if records:
