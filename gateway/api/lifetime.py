@@ -21,6 +21,10 @@ async def _until_disconnected(receive: Receive) -> None:
             return
 
 
+def _nothing() -> None:
+    return None
+
+
 class _Watch:
     """Runs `_until_disconnected` beside the request without a task of its own, then calls `on_disconnect`.
 
@@ -63,6 +67,9 @@ class _Watch:
             raise RuntimeError(f"receive() awaited {type(awaited).__name__}, not an asyncio future")
 
     def stop(self) -> None:
+        # The callback is the guard's own method, and the guard holds this watch: let go of it, so that the request's
+        # guard, task and coroutine are freed when it ends, not left as a cycle for the garbage collector.
+        self._on_disconnect = _nothing
         coro, self._coro = self._coro, None
         if coro is not None:
             if self._waiting is not None:

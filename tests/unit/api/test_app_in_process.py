@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -134,3 +136,28 @@ async def test_a_wrong_method_is_a_405_envelope_naming_the_allowed_ones() -> Non
     assert answer.headers["allow"] == "POST"
     assert answer.json()["error"]["code"] == "method_not_allowed"
     assert messages.status_code == 405 and messages.json()["type"] == "error"  # Anthropic's shape there
+
+
+async def test_a_proxied_request_leaves_no_reference_cycle_for_the_garbage_collector() -> None:
+    """The gateway raises Python's young-collection threshold (GC_YOUNG_THRESHOLD): that is safe only while a
+    request's objects are freed when it ends. A cycle through a request's guard kept its task, coroutine and
+    frame alive until a collection."""
+    from gateway.api.lifetime import Guard
+
+    body, key = {"model": "chat", "messages": MESSAGES}, {"authorization": "Bearer sk-open"}
+    async with app_client({"first": Script(text="hello")}) as http:
+        await http.post("/v1/chat/completions", json=body, headers=key)  # warm: caches filled
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(20):
+                answer = await http.post("/v1/chat/completions", json=body, headers=key)
+                assert answer.status_code == 200
+            gc.collect()
+            left = [type(o).__qualname__ for o in gc.garbage if isinstance(o, Guard | asyncio.Task)]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert left == []
