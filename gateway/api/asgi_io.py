@@ -8,12 +8,33 @@ proxied request would pay for nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.datastructures import Headers
-from starlette.types import Message, Receive, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from gateway.errors import ClientGoneError, RequestTooLargeError
 
 RawHeaders = list[tuple[bytes, bytes]]
+
+
+class RequestHeaders(Headers):
+    """A request's headers, read once into a dict: each lookup is then one dict access, where Starlette's `Headers`
+    encodes the name and scans the whole list on every `get` (a proxied request asks for half a dozen). As there,
+    names match case-insensitively and the first of repeated headers wins; `getlist` and the rest are Starlette's."""
+
+    def __init__(self, scope: Scope) -> None:
+        super().__init__(scope=scope)
+        self._first = {name.decode("latin-1"): value.decode("latin-1") for name, value in reversed(self._list)}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._first.get(key.lower(), default)
+
+    def __getitem__(self, key: str) -> str:
+        return self._first[key.lower()]
+
+    def __contains__(self, key: Any) -> bool:
+        return isinstance(key, str) and key.lower() in self._first
 
 
 async def read_body(receive: Receive, headers: Headers, max_bytes: int) -> bytes:

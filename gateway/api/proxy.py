@@ -6,15 +6,15 @@ What happens between (the plan, admission, attempts, outcome, usage record) is r
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
+from random import getrandbits
 
 from starlette.datastructures import Headers
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.asgi_io import body_chunk, content_type, read_body, response_start, send_whole
+from gateway.api.asgi_io import RequestHeaders, body_chunk, content_type, read_body, response_start, send_whole
 from gateway.api.auth import authenticate
 from gateway.api.body_writer import body_writer
 from gateway.api.lifetime import Guard
@@ -60,9 +60,9 @@ class ProxyService:
         self, scope: Scope, receive: Receive, send: Send, endpoint: Endpoint, parse: BodyParser | None = None
     ) -> None:
         started = time.perf_counter()
-        headers = Headers(scope=scope)
+        headers = RequestHeaders(scope)
         given_id = headers.get("x-request-id")
-        request_id = given_id if given_id and _REQUEST_ID.match(given_id) else os.urandom(16).hex()
+        request_id = given_id if given_id and _REQUEST_ID.match(given_id) else f"{getrandbits(128):032x}"
         active = self._rt.active
         tenant_name, alias = "none", "none"
         facts: RequestFacts | None = None

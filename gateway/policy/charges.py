@@ -9,7 +9,7 @@ from gateway.policy.table import Price, PriceTier
 _PER_MTOK = 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # one per request: a frozen dataclass costs several times as much to build
 class Charge:
     """One request's cost in US dollars and in the price's own currency, and the price entry it came from."""
 
@@ -29,6 +29,15 @@ def tier_for(price: Price, input_tokens: int) -> PriceTier:
     return PriceTier(
         None, price.input_per_mtok_usd, price.output_per_mtok_usd, price.cached_input_per_mtok_usd
     )
+
+
+def text_estimate(price: Price, input_tokens: int, output_tokens: int) -> float:
+    """USD of one request of only text tokens, none cached or reasoned: what `charge` gives for those counts, without
+    its general bill. Routing estimates every target of every request with it (`charge` is for what was used)."""
+    total_in = max(input_tokens, 0)
+    tier = tier_for(price, total_in)
+    amount = (total_in * tier.input_per_mtok + max(output_tokens, 0) * tier.output_per_mtok) / _PER_MTOK
+    return amount * price.usd_per_unit if price.tiers else amount
 
 
 def charge(

@@ -6,7 +6,7 @@ import math
 import random
 from collections.abc import Sequence
 
-from gateway.policy.charges import charge
+from gateway.policy.charges import charge, text_estimate
 from gateway.policy.plan import HealthSnapshot, RequestFacts
 from gateway.policy.table import Alias, Deployment, Strategy
 
@@ -25,6 +25,8 @@ def estimated_cost(deployment: Deployment, facts: RequestFacts) -> float | None:
     """
     if deployment.price.source == "unknown":
         return None
+    if not facts.images:
+        return text_estimate(deployment.price, facts.prompt_tokens, expected_output_tokens(facts))
     return charge(
         deployment.price, input_tokens=facts.prompt_tokens, output_tokens=expected_output_tokens(facts),
         images=facts.images, image_variant=facts.image_variant,

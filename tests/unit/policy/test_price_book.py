@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from gateway.errors import PolicyError
-from gateway.policy.charges import charge
+from gateway.policy.charges import charge, text_estimate
 from gateway.policy.loader import load_policy_text
 from gateway.policy.pricing import CurrencyRates
 from gateway.policy.retirement import retirement_notes
@@ -202,3 +202,13 @@ def test_a_gpu_hour_cost_in_cny_is_counted_in_cny() -> None:
     assert (bill.currency, bill.entry) == ("CNY", "gpu_hour")
     assert bill.amount == pytest.approx(3.6 * per_mtok_cny, abs=1e-12)
     assert bill.usd == pytest.approx(3.6 * per_mtok_cny * 0.14, abs=1e-12)
+
+
+@pytest.mark.parametrize("book", [QWEN36, "price: {input_per_mtok: 0.8, output_per_mtok: 4.8, currency: CNY}",
+                                  "price: {input_per_mtok: 3, output_per_mtok: 15}",
+                                  "price: {gpu_hour: 2.5, tokens_per_second: 1200, currency: USD}"])
+@pytest.mark.parametrize(("prompt", "output"), [(0, 0), (1, 256), (255_999, 32), (256_000, 1), (256_001, 4096),
+                                                (1_000_000, 0), (-5, -1)])
+def test_routings_text_estimate_is_exactly_what_the_bill_would_be(book: str, prompt: int, output: int) -> None:
+    price = price_of(book)
+    assert text_estimate(price, prompt, output) == charge(price, input_tokens=prompt, output_tokens=output).usd
