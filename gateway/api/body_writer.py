@@ -1,4 +1,4 @@
-"""A streamed response's body written straight to its connection: what a relay without an await per event writes to.
+"""Responses written straight to their connection: a streamed body without an await per event, a whole answer at once.
 
 uvicorn's `send` costs an ASGI message, an await and a task step per body piece; a stream relayed from the upstream
 connection's callbacks (providers/sse_relay.py, `SSERelay.relay_to`) writes each piece here instead, framed exactly
@@ -6,6 +6,10 @@ as `send` frames it (one HTTP/1.1 chunk per piece), with the same flow control: 
 buffer is full and awaits `drain`. The response's start and its last piece still go through `send`, so uvicorn's
 own bookkeeping (keep-alive, completion) is unchanged. Offered by gateway.api.server_protocol as an ASGI extension;
 under another server there is none and the relay sends as usual.
+
+A proxied non-stream answer is written whole (`BodyWriters.whole`): its head and body in one write, without the two
+ASGI messages and uvicorn's per-header checks (two regular expressions a header, a dozen headers an answer); the
+values are checked at once instead, and uvicorn's state is left as its own `send` leaves it after such an answer.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.types import Scope
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 BODY_WRITERS = "polyroute.body_writers"  # the scope's `extensions` key
 
@@ -66,10 +70,56 @@ class BodyWriters:
             return None
         return ChunkedBodyWriter(cycle)
 
+    def whole(self, scope: Scope, status: int, media_type: bytes, headers: dict[str, str], body: bytes) -> bool:
+        """Write a complete answer with a Content-Length, as uvicorn's `send` would write it from the two messages;
+        False (nothing written) when the request's cycle is not in a state to take it here: send it as usual."""
+        cycle = self._protocol.cycle
+        if (
+            cycle is None
+            or cycle.scope is not scope
+            or cycle.response_started
+            or cycle.disconnected
+            or cycle.flow.write_paused
+            or scope["method"] == "HEAD"
+            or not "".join(headers.values()).isprintable()  # no CR, LF or other control character in a value
+        ):
+            return False
+        head = [STATUS_LINE[status]]
+        for name, value in cycle.default_headers:  # date and server
+            head += (name, b": ", value, b"\r\n")
+        head += (b"content-type: ", media_type, b"\r\ncontent-length: %d\r\n" % len(body))
+        for key, text in headers.items():
+            head += (key.encode("latin-1"), b": ", text.encode("latin-1"), b"\r\n")
+        if not cycle.keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        cycle.chunked_encoding = False
+        cycle.expected_content_length = 0
+        cycle.transport.writelines((b"".join(head), body))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            cycle.transport.close()
+        cycle.on_response()
+        return True
 
-def body_writer(scope: Scope) -> ChunkedBodyWriter | None:
-    """The writer the server offers for this request's streamed body, if it offers one."""
+
+def _offered(scope: Scope) -> BodyWriters | None:
     extensions: dict[str, Any] | None = scope.get("extensions")
     offered = extensions.get(BODY_WRITERS) if extensions else None
     writers = offered.get("writers") if isinstance(offered, dict) else None
-    return writers.open(scope) if isinstance(writers, BodyWriters) else None
+    return writers if isinstance(writers, BodyWriters) else None
+
+
+def body_writer(scope: Scope) -> ChunkedBodyWriter | None:
+    """The writer the server offers for this request's streamed body, if it offers one."""
+    writers = _offered(scope)
+    return writers.open(scope) if writers is not None else None
+
+
+def write_whole(scope: Scope, status: int, media_type: bytes, headers: dict[str, str], body: bytes) -> bool:
+    """Write a complete answer straight to the connection when the server offers it; False: send it as usual."""
+    writers = _offered(scope)
+    return writers is not None and writers.whole(scope, status, media_type, headers, body)

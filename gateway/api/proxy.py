@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api.asgi_io import RequestHeaders, body_chunk, content_type, read_body, response_start, send_whole
 from gateway.api.auth import authenticate
-from gateway.api.body_writer import body_writer
+from gateway.api.body_writer import body_writer, write_whole
 from gateway.api.lifetime import Guard
 from gateway.api.parsing import ParsedRequest, parse_request, request_facts
 from gateway.api.protocol_request import ProtocolRequest, parse_protocol_request, protocol_error_response
@@ -142,7 +142,9 @@ async def _once(
     headers = job.headers()
     headers["x-polyroute-cost-usd"] = f"{cost:.8f}"
     try:
-        await send_whole(send, 200, _media_type(reply.content_type), headers, reply.body)
+        media_type = _media_type(reply.content_type)
+        if not write_whole(scope, 200, media_type, headers, reply.body):
+            await send_whole(send, 200, media_type, headers, reply.body)
     finally:
         job.finish(200, usage, None, cost)  # metrics and the usage record: the client need not wait for them
 

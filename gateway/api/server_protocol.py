@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import http
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,6 +259,11 @@ class _CycleTransport:
             self._loop.call_soon(self.flush)
         else:
             self._transport.write(data)
+
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        """A whole answer (body_writer.py): after any head still waiting, in one system call."""
+        self.flush()
+        self._transport.writelines(parts)
 
     def flush(self) -> None:
         """Send a head still waiting for its body."""

@@ -236,6 +236,24 @@ def test_pipelined_requests_are_answered_whole_and_in_order(gateway: GatewayProc
         assert pending == b""
 
 
+def test_a_whole_answer_is_one_well_formed_http_answer_and_honours_connection_close(gateway: GatewayProcess) -> None:
+    # A proxied answer is written whole, past uvicorn's `send`: its head must still be what `send` would write.
+    with raw_connection(gateway) as sock:
+        sock.sendall(b"".join(chat_request("kept")))
+        head, body, pending = read_answer(sock)
+        lines = head.split(b"\r\n")
+        names = [line.split(b":")[0] for line in lines[1:]]
+        assert lines[0] == b"HTTP/1.1 200 OK"
+        assert names.count(b"content-length") == names.count(b"content-type") == names.count(b"date") == 1
+        assert b"server" in names and b"connection" not in names and b"transfer-encoding" not in names
+        assert json.loads(body)["object"] == "chat.completion" and pending == b""
+        sock.sendall(b"".join(chat_request("closing", "connection: close\r\n")))  # the same connection, kept
+        received = read_until_closed(sock)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert b"x-request-id: closing" in head and b"\r\nconnection: close" in head
+    assert json.loads(body)["object"] == "chat.completion"  # the whole body, then the gateway closed
+
+
 def test_a_client_that_waits_for_100_continue_gets_it_before_sending_the_body(gateway: GatewayProcess) -> None:
     head, body = chat_request("continued", "expect: 100-continue\r\n")
     with raw_connection(gateway) as sock:
