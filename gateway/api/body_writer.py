@@ -73,6 +73,37 @@ class BodyWriters:
     def whole(self, scope: Scope, status: int, media_type: bytes, headers: dict[str, str], body: bytes) -> bool:
         """Write a complete answer with a Content-Length, as uvicorn's `send` would write it from the two messages;
         False (nothing written) when the request's cycle is not in a state to take it here: send it as usual."""
+        cycle = self._startable(scope, headers)
+        if cycle is None:
+            return False
+        head = _head(cycle, status, media_type, headers, b"content-length: %d\r\n" % len(body))
+        cycle.chunked_encoding = False
+        cycle.expected_content_length = 0
+        cycle.transport.writelines((head, body))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            cycle.transport.close()
+        cycle.on_response()
+        return True
+
+    def start_chunked(
+        self, scope: Scope, status: int, media_type: bytes, headers: dict[str, str], first: bytes
+    ) -> bool:
+        """Start a streamed answer with its first piece, in one write (uvicorn's `send` takes two messages and checks
+        every header); the rest follows through `open`'s writer or `send`. False: nothing written, start it as usual."""
+        cycle = self._startable(scope, headers)
+        if cycle is None:
+            return False
+        head = _head(cycle, status, media_type, headers, b"transfer-encoding: chunked\r\n")
+        cycle.chunked_encoding = True
+        cycle.expected_content_length = 0
+        cycle.transport.writelines((head, b"%x\r\n" % len(first) + first + b"\r\n") if first else (head,))
+        return True
+
+    def _startable(self, scope: Scope, headers: dict[str, str]) -> RequestResponseCycle | None:
+        """The request's cycle when an answer may be started here: nothing sent yet, the client reading, header
+        values free of CR, LF and other control characters (uvicorn's `send` refuses those too)."""
         cycle = self._protocol.cycle
         if (
             cycle is None
@@ -81,29 +112,28 @@ class BodyWriters:
             or cycle.disconnected
             or cycle.flow.write_paused
             or scope["method"] == "HEAD"
-            or not "".join(headers.values()).isprintable()  # no CR, LF or other control character in a value
+            or not "".join(headers.values()).isprintable()
         ):
-            return False
-        head = [STATUS_LINE[status]]
-        for name, value in cycle.default_headers:  # date and server
-            head += (name, b": ", value, b"\r\n")
-        head += (b"content-type: ", media_type, b"\r\ncontent-length: %d\r\n" % len(body))
-        for key, text in headers.items():
-            head += (key.encode("latin-1"), b": ", text.encode("latin-1"), b"\r\n")
-        if not cycle.keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
+            return None
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
-        cycle.chunked_encoding = False
-        cycle.expected_content_length = 0
-        cycle.transport.writelines((b"".join(head), body))
-        cycle.response_complete = True
-        cycle.message_event.set()
-        if not cycle.keep_alive:
-            cycle.transport.close()
-        cycle.on_response()
-        return True
+        return cycle
+
+
+def _head(
+    cycle: RequestResponseCycle, status: int, media_type: bytes, headers: dict[str, str], framing: bytes
+) -> bytes:
+    """An answer's head as uvicorn's `send` writes it: status line, its date and server, then the answer's own."""
+    head = [STATUS_LINE[status]]
+    for name, value in cycle.default_headers:
+        head += (name, b": ", value, b"\r\n")
+    head += (b"content-type: ", media_type, b"\r\n", framing)
+    for key, text in headers.items():
+        head += (key.encode("latin-1"), b": ", text.encode("latin-1"), b"\r\n")
+    if not cycle.keep_alive:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    return b"".join(head)
 
 
 def _offered(scope: Scope) -> BodyWriters | None:
@@ -117,6 +147,13 @@ def body_writer(scope: Scope) -> ChunkedBodyWriter | None:
     """The writer the server offers for this request's streamed body, if it offers one."""
     writers = _offered(scope)
     return writers.open(scope) if writers is not None else None
+
+
+def start_chunked(scope: Scope, status: int, media_type: bytes, headers: dict[str, str], first: bytes) -> bool:
+    """Start a streamed answer with its first piece straight on the connection when the server offers it; False: start
+    it with `send` as usual."""
+    writers = _offered(scope)
+    return writers is not None and writers.start_chunked(scope, status, media_type, headers, first)
 
 
 def write_whole(scope: Scope, status: int, media_type: bytes, headers: dict[str, str], body: bytes) -> bool:

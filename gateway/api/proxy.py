@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api.asgi_io import RequestHeaders, body_chunk, content_type, read_body, response_start, send_whole
 from gateway.api.auth import authenticate
-from gateway.api.body_writer import body_writer, write_whole
+from gateway.api.body_writer import body_writer, start_chunked, write_whole
 from gateway.api.lifetime import Guard
 from gateway.api.parsing import ParsedRequest, parse_request, request_facts
 from gateway.api.protocol_request import ProtocolRequest, parse_protocol_request, protocol_error_response
@@ -188,8 +188,10 @@ async def _relay(job: ProxiedRequest, scope: Scope, send: Send, stream: Upstream
         if job.parsed.endpoint is Endpoint.SPEECH:  # audio bytes (providers/audio_relay.py), not events
             media_type = _media_type(getattr(stream, "content_type", "application/octet-stream"))
         try:
-            await send(response_start(200, media_type, job.headers(), None))
-            await send(body_chunk(stream.first_event))
+            headers = job.headers()
+            if not start_chunked(scope, 200, media_type, headers, stream.first_event):
+                await send(response_start(200, media_type, headers, None))
+                await send(body_chunk(stream.first_event))
             if keep is not None:
                 keep.append(stream.first_event)
             elif isinstance(stream, DirectStream) and (writer := body_writer(scope)) is not None:
