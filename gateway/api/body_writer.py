@@ -14,6 +14,7 @@ values are checked at once instead, and uvicorn's state is left as its own `send
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import Scope
@@ -27,9 +28,9 @@ class ChunkedBodyWriter:
 
     __slots__ = ("_cycle", "_flow", "_write")
 
-    def __init__(self, cycle: RequestResponseCycle) -> None:
+    def __init__(self, cycle: RequestResponseCycle, write: Callable[[bytes], object]) -> None:
         self._cycle = cycle
-        self._write = cycle.transport.write
+        self._write = write
         self._flow = cycle.flow
 
     @property
@@ -68,7 +69,9 @@ class BodyWriters:
             or cycle.disconnected
         ):
             return None
-        return ChunkedBodyWriter(cycle)
+        # The connection's own transport: the response's head already went out with its first piece (a head waits
+        # in the cycle's transport only until a body write, gateway.api.server_protocol).
+        return ChunkedBodyWriter(cycle, self._protocol.transport.write)
 
     def whole(self, scope: Scope, status: int, media_type: bytes, headers: dict[str, str], body: bytes) -> bool:
         """Write a complete answer with a Content-Length, as uvicorn's `send` would write it from the two messages;

@@ -286,8 +286,8 @@ class SSERelay:
         """BodySink: a read of the upstream's body, in its connection's callback."""
         if self._finished or self._failure is not None:
             return
-        if self._pos >= len(self._buf) and not self._held and _plain_events(data):
-            self._send(data)
+        if self._pos >= len(self._buf) and not self._held and (events := _plain_events(data)):
+            self._send(data, events)
         else:
             try:
                 self._receive(data)
@@ -303,11 +303,12 @@ class SSERelay:
         self._over = True
         self._wake_task()
 
-    def _send(self, out: bytes) -> None:
+    def _send(self, out: bytes, events: int = 0) -> None:
+        """Write `out` to the client (`events`: how many it holds, when already counted)."""
         writer = self._writer
         if not out or writer is None:
             return
-        self._relayed += out.count(b"\n\n")
+        self._relayed += events or out.count(b"\n\n")
         if not writer.write(out) and not self._client_slow:
             self._client_slow = True
             self._resp.pause_reading()
@@ -331,13 +332,14 @@ class SSERelay:
             signal.set_result(None)
 
 
-def _plain_events(data: bytes) -> bool:
-    """Whether `data` is whole content chunks to relay as they came: one `data: {...}` line each, with no usage,
-    error, finish reason or [DONE] (what `SSERelay._take_plain_run` checks, for a read on its own)."""
+def _plain_events(data: bytes) -> int:
+    """How many whole content chunks `data` is, when it is only such chunks to relay as they came: one `data: {...}`
+    line each, with no usage, error, finish reason or [DONE] (what `SSERelay._take_plain_run` checks, for a read on
+    its own); 0 otherwise."""
     if not data.startswith(b"data: {") or not data.endswith(b"\n\n"):
-        return False
+        return 0
     events = data.count(b"\n\n")
-    return (
+    plain = (
         data.count(b"\n") == 2 * events
         and data.count(b"\n\ndata: {") == events - 1
         and b'"usage"' not in data
@@ -346,3 +348,4 @@ def _plain_events(data: bytes) -> bool:
         and b"[DONE]" not in data
         and data.count(b'"finish_reason"') == data.count(b'"finish_reason":null')
     )
+    return events if plain else 0
