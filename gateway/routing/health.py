@@ -104,7 +104,9 @@ class HealthTracker:
         prev = self.latency_ewma_s.get(name)
         self.latency_ewma_s[name] = latency_s if prev is None else prev + EWMA_ALPHA * (latency_s - prev)
         state = self._circuits.get(name)
-        if state is not None and (state.failures or state.phase is not CircuitPhase.CLOSED):
+        # Only a half-open circuit's probe changes anything: a success in a closed circuit clears no failure (they
+        # age out of the window), so it costs no store round trip, however many failures the window holds.
+        if state is not None and state.phase is not CircuitPhase.CLOSED:
             await self._record(name, ok=True)
 
     async def failed(self, name: str, error_class: ErrorClass) -> None:

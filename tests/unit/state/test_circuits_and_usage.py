@@ -196,3 +196,32 @@ async def test_usage_is_summed_per_day_and_row(store: StateStore) -> None:
     ]  # fmt: skip
     assert [r.day for r in await store.usage("2025-05-31", "2025-05-31")] == ["2025-05-31"]
     assert await store.usage("2025-06-03", "2025-06-09") == []
+
+
+async def test_successes_after_a_failure_cost_no_redis_round_trip(redis_server: RedisServer) -> None:
+    """A failure in the window used to make every later success record itself in Redis (one more round trip per
+    request for the whole window), though a success in a closed circuit changes nothing there."""
+    import redis
+
+    store = create_state_store(Settings(redis_url=redis_server.url), on_error=lambda _op: None)
+    await store.start()
+    health = HealthTracker(store, on_circuit=lambda _d, _o: None, clock=lambda: T0)
+    health.configure(("qwen",), CircuitBreakerPolicy(failures=3, window_s=30.0, cooldown_s=60.0))
+    counter = redis.Redis.from_url(redis_server.url)
+
+    def scripts_run() -> int:
+        stats = counter.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("evalsha", "eval"))
+
+    try:
+        await health.failed("qwen", ErrorClass.SERVER_ERROR)
+        before = scripts_run()
+        for _ in range(20):
+            await health.succeeded("qwen", 0.1)
+        assert scripts_run() == before
+        await health.failed("qwen", ErrorClass.SERVER_ERROR)
+        await health.failed("qwen", ErrorClass.SERVER_ERROR)  # the first failure still counts: three open it
+        assert (await store.circuit_states(["qwen"], T0 + 1))["qwen"].phase is CircuitPhase.OPEN
+    finally:
+        counter.close()
+        await store.close()
