@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api.admin import admin_routes
+from gateway.api.body_writer import SEND_WRAPPED, STARTED_DIRECTLY
 from gateway.api.cors import BrowserCORS
 from gateway.api.health import health_routes
 from gateway.api.openai_routes import model_routes
@@ -199,7 +200,9 @@ class Gateway(FastAPI):
         try:
             await route(scope, receive, sent)
         except Exception as exc:
-            if not started:  # past the first byte, only the server can end the response (as Starlette does)
+            # Past the first byte (sent, or written straight to the connection by api/body_writer.py), only the
+            # server can end the response (as Starlette does).
+            if not started and STARTED_DIRECTLY not in scope:
                 response = internal_error(scope["path"], exc)
                 await response(scope, receive, send)
             raise
@@ -214,6 +217,7 @@ class BrowserGateway(Gateway):
         self._cors = BrowserCORS(super().__call__, origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[SEND_WRAPPED] = True  # every answer's start goes through `send`, where CORS adds its headers
         await self._cors(scope, receive, send)
 
 

@@ -21,6 +21,10 @@ from starlette.types import Scope
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 BODY_WRITERS = "polyroute.body_writers"  # the scope's `extensions` key
+# Scope keys: set by an app that wraps `send` to change an answer's start (CORS headers), so that no answer starts
+# past it; set here once an answer started past `send`, so that an app that would answer an error knows it cannot.
+SEND_WRAPPED = "polyroute.send_wrapped"
+STARTED_DIRECTLY = "polyroute.started_directly"
 
 
 class ChunkedBodyWriter:
@@ -79,6 +83,7 @@ class BodyWriters:
         cycle = self._startable(scope, headers)
         if cycle is None:
             return False
+        scope[STARTED_DIRECTLY] = True
         head = _head(cycle, status, media_type, headers, b"content-length: %d\r\n" % len(body))
         cycle.chunked_encoding = False
         cycle.expected_content_length = 0
@@ -98,6 +103,7 @@ class BodyWriters:
         cycle = self._startable(scope, headers)
         if cycle is None:
             return False
+        scope[STARTED_DIRECTLY] = True
         head = _head(cycle, status, media_type, headers, b"transfer-encoding: chunked\r\n")
         cycle.chunked_encoding = True
         cycle.expected_content_length = 0
@@ -111,6 +117,7 @@ class BodyWriters:
         if (
             cycle is None
             or cycle.scope is not scope
+            or SEND_WRAPPED in scope
             or cycle.response_started
             or cycle.disconnected
             or cycle.flow.write_paused
