@@ -64,28 +64,37 @@ def usage_key(record: UsageRecord) -> UsageKey:
     )
 
 
+# The counters of a usage row, in the order tally_usage reads them from a record.
+_COUNTER_NAMES = (
+    "requests", "errors", "fallbacks", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+    "cost_micro_usd", "latency_us", "cache_write_tokens", "audio_input_tokens", "audio_output_tokens", "audio_ms",
+    "characters", "images",
+)
+
+
 def tally_usage(records: Iterable[UsageRecord]) -> dict[str, dict[UsageKey, dict[str, int]]]:
     """Sum records by day and key, so that a batch costs one write per row, not one per record."""
     days: dict[str, dict[UsageKey, dict[str, int]]] = {}
     for record in records:
         counts = days.setdefault(utc_day(record.ts), {}).setdefault(usage_key(record), {})
-        for name, value in (
-            ("requests", 1),
-            ("errors", 1 if record.status >= 400 else 0),
-            ("fallbacks", 1 if record.fallback else 0),
-            ("input_tokens", record.input_tokens),
-            ("output_tokens", record.output_tokens),
-            ("cached_tokens", record.cached_tokens),
-            ("reasoning_tokens", record.reasoning_tokens),
-            ("cost_micro_usd", to_micro(record.cost_usd)),
-            ("latency_us", round(record.latency_s * 1_000_000)),
-            ("cache_write_tokens", record.cache_write_tokens),
-            ("audio_input_tokens", record.audio_input_tokens),
-            ("audio_output_tokens", record.audio_output_tokens),
-            ("audio_ms", record.audio_ms),
-            ("characters", record.characters),
-            ("images", record.images),
-        ):
+        values = (
+            1,
+            1 if record.status >= 400 else 0,
+            1 if record.fallback else 0,
+            record.input_tokens,
+            record.output_tokens,
+            record.cached_tokens,
+            record.reasoning_tokens,
+            to_micro(record.cost_usd),
+            round(record.latency_s * 1_000_000),
+            record.cache_write_tokens,
+            record.audio_input_tokens,
+            record.audio_output_tokens,
+            record.audio_ms,
+            record.characters,
+            record.images,
+        )
+        for name, value in zip(_COUNTER_NAMES, values, strict=True):
             counts[name] = counts.get(name, 0) + value
         if record.price_entry and record.cost_usd:
             name = PRICE_COST_PREFIX + record.price_entry
