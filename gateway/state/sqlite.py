@@ -3,11 +3,11 @@
 Every admission is one `BEGIN IMMEDIATE` transaction, so checks and counts of all workers are serialized by SQLite's
 write lock and a limit of N admits N across the process group, like the in-process store does for one process. The
 sliding windows, periods and usage rows follow the in-process store's rules (window.py, memory.py) to the bucket and
-the micro-dollar. Admission, settlement and small usage batches run on the event loop when the write lock is free at
-once (a thread hop would cost more than the transaction); when another worker holds it, and for everything else, they
-wait on the store's own thread, so that no event loop ever waits for a lock. The event loop's connection never
-checkpoints: the store's thread does, every CHECKPOINT_EVERY of its transactions. Circuit breakers stay per worker
-(each opens on the failures it sees).
+the micro-dollar. Admission, settlement and small usage batches run on the event loop (a thread hop would cost more
+than the transaction); when another worker holds the write lock, the loop tries again after a pause and serves other
+requests meanwhile, so that no event loop ever waits for a lock. Reads, large usage batches and checkpoints run on the
+store's own thread. The event loop's connection never checkpoints: the thread does, every CHECKPOINT_EVERY of its
+transactions. Circuit breakers stay per worker (each opens on the failures it sees).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ from gateway.state.sqlite_ops import (
 
 DB_NAME = "polyroute-state.sqlite3"
 BUSY_TIMEOUT_MS = 5_000  # how long a worker waits for another's transaction before the store counts as unreachable
+FIRST_PAUSE_S, LAST_PAUSE_S = 0.001, 0.016  # between tries for a write lock another worker holds (doubling)
 CHECKPOINT_EVERY = 256  # transactions on the event loop between two checkpoints (a few pages each: about 4 MB of WAL)
 WAL_LIMIT_BYTES = 4 * 2**20  # what a WAL larger than this (after a burst) is cut back to when it starts over
 LOOP_USAGE_RECORDS = 32  # usage batches up to this size are written on the event loop (a few hundred µs at most)
@@ -224,19 +225,33 @@ class SqliteStateStore(ProcessCircuits):
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
     async def _transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work` in one write transaction: right here when the lock is free, else on the store's thread."""
-        if self._fast is not None:
+        """`work` in one write transaction, right here; while another worker holds the lock, again after a pause.
+
+        SQLite itself only polls for a lock (its busy handler sleeps 1, 2, 5, 10 ms ... between tries): polling from
+        the event loop waits as long without a thread hop, and the loop serves other requests meanwhile.
+        """
+        if self._fast is None:
+            raise sqlite3.OperationalError("the state store is not started")
+        deadline = 0.0
+        pause = FIRST_PAUSE_S
+        while True:
             try:
                 result = self._write(self._fast, work)
             except sqlite3.OperationalError as err:
                 if err.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
-            else:
-                self._fast_commits += 1
-                if self._fast_commits % CHECKPOINT_EVERY == 0:
-                    self._thread.submit(self._checkpoint)  # not awaited: nothing waits for it
-                return result
-        return await self._run(lambda: self._write(self._conn(), work))
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + BUSY_TIMEOUT_MS / 1000
+                elif now >= deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LAST_PAUSE_S)
+                continue
+            self._fast_commits += 1
+            if self._fast_commits % CHECKPOINT_EVERY == 0:
+                self._thread.submit(self._checkpoint)  # not awaited: nothing waits for it
+            return result
 
     def _checkpoint(self) -> None:
         """Copy the WAL's pages into the database, so that the next writer starts the WAL over (and cuts it back to
