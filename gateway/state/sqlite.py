@@ -230,11 +230,11 @@ class SqliteStateStore(ProcessCircuits):
         SQLite itself only polls for a lock (its busy handler sleeps 1, 2, 5, 10 ms ... between tries): polling from
         the event loop waits as long without a thread hop, and the loop serves other requests meanwhile.
         """
-        if self._fast is None:
-            raise sqlite3.OperationalError("the state store is not started")
         deadline = 0.0
         pause = FIRST_PAUSE_S
         while True:
+            if self._fast is None:  # not started, or closed while this transaction waited for the lock
+                raise sqlite3.OperationalError("the state store is not open")
             try:
                 result = self._write(self._fast, work)
             except sqlite3.OperationalError as err:

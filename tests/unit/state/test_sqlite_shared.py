@@ -91,3 +91,22 @@ async def test_the_write_ahead_log_shrinks_back_after_a_burst_of_admissions(tmp_
     finally:
         await store.close()  # the last connection to close checkpoints and deletes the log
     assert errors == []
+
+
+async def test_an_admission_waiting_for_the_lock_when_the_store_closes_ends_degraded(
+    tmp_path: Path, errors: list[str]
+) -> None:
+    settings = Settings(redis_url=None, state_dir=tmp_path, state_failure_mode=StateFailureMode.OPEN)
+    store = create_state_store(settings, on_error=errors.append)
+    await store.start()
+    stuck = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)  # another worker, in a transaction
+    try:
+        stuck.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.create_task(store.admit(req(tenant_rpm=5)))
+        await asyncio.sleep(0.05)  # it has found the lock taken and waits to try again
+        await store.close()  # the worker shuts down meanwhile
+        result = await waiting
+    finally:
+        stuck.close()
+    assert (result.allowed, result.degraded) == (True, True)  # open mode: served without the limit, and counted
+    assert errors == ["admit"]
