@@ -64,8 +64,12 @@ class Workers:
         return total(scrape(self.gateway.url("/metrics")), names.REQUESTS_TOTAL, alias="chat", status_class="2xx")
 
     def file_pids(self) -> set[int]:
-        """The pids in the names of the metric files (`counter_<pid>.db`, `gauge_livesum_<pid>.db`, ...)."""
-        return {int(path.stem.rpartition("_")[2]) for path in self.metrics_dir.glob("*.db")}
+        return files(self.metrics_dir)
+
+
+def files(metrics_dir: Path) -> set[int]:
+    """The pids in the names of the metric files (`counter_<pid>.db`, `gauge_livesum_<pid>.db`, ...)."""
+    return {int(path.stem.rpartition("_")[2]) for path in metrics_dir.glob("*.db")}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +81,8 @@ def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workers]:
     metrics_dir = here / "metrics"
     gateway = start_gateway(policy, env={"POLYROUTE_MULTIPROC_DIR": str(metrics_dir)}, workers=2)
     try:
-        wait_for("both workers", lambda: len(worker_pids(gateway)) == 2 and healthy(gateway))
+        # A worker creates its metric files when its app starts, before it accepts a connection.
+        wait_for("both workers to start", lambda: len(pids := worker_pids(gateway)) == 2 and files(metrics_dir) == pids)
         yield Workers(gateway, vllm, metrics_dir)
     finally:
         gateway.stop()
@@ -126,10 +131,9 @@ def test_two_workers_count_every_request_and_a_restarted_worker_writes_files_of_
     wait_for(
         "a new worker", lambda: len(worker_pids(workers.gateway)) == 2 and killed not in worker_pids(workers.gateway)
     )
-    wait_for("the gateway to answer", lambda: healthy(workers.gateway))
     (replacement,) = worker_pids(workers.gateway) - first
+    wait_for("the new worker to start", lambda: replacement in workers.file_pids() and healthy(workers.gateway))
     workers.call(20)
 
     assert workers.served() == before + 40  # the killed worker's counts stay, the new one's add up
-    assert replacement in workers.file_pids()
-    assert workers.file_pids() <= first | {replacement}
+    assert workers.file_pids() <= first | {replacement}  # its files are named with its own pid, no one else's
