@@ -107,7 +107,7 @@ class _Pid:
     """This process's id, read once and again in the child after a fork.
 
     prometheus_client's files-backed values ask for the pid on every update, to notice a fork; os.getpid() is a
-    system call, two to four of them per request. The fork hook keeps the answer true in a forked child.
+    system call, about a dozen of them per request. The fork hook keeps the answer true in a forked child.
     """
 
     def __init__(self) -> None:

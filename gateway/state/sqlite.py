@@ -64,6 +64,7 @@ DB_NAME = "polyroute-state.sqlite3"
 BUSY_TIMEOUT_MS = 5_000  # how long a worker waits for another's transaction before the store counts as unreachable
 FIRST_PAUSE_S, LAST_PAUSE_S = 0.001, 0.016  # between tries for a write lock another worker holds (doubling)
 CHECKPOINT_EVERY = 256  # transactions on the event loop between two checkpoints (a few pages each: about 4 MB of WAL)
+RESTART_WAIT_MS = 10  # how long a checkpoint waits for the lock and for readers before it leaves the rest to the next
 WAL_LIMIT_BYTES = 4 * 2**20  # what a WAL larger than this (after a burst) is cut back to when it starts over
 LOOP_USAGE_RECORDS = 32  # usage batches up to this size are written on the event loop (a few hundred µs at most)
 
@@ -255,12 +256,21 @@ class SqliteStateStore(ProcessCircuits):
 
     def _checkpoint(self) -> None:
         """Copy the WAL's pages into the database, so that the next writer starts the WAL over (and cuts it back to
-        WAL_LIMIT_BYTES) instead of growing it: the event loop's connection never checkpoints. PASSIVE copies without
-        waiting for anyone; RESTART then copies what was written meanwhile, holding writers off for those few pages:
-        under steady load a writer would otherwise never find the whole log copied, and the WAL would only grow."""
-        with contextlib.suppress(sqlite3.Error):  # busy past BUSY_TIMEOUT_MS: the next checkpoint copies the rest
-            for mode in ("PASSIVE", "RESTART"):
-                self._conn().execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        WAL_LIMIT_BYTES) instead of growing it: the event loop's connection never checkpoints.
+
+        PASSIVE copies without waiting for anyone. Under steady load writers add pages meanwhile, and a writer would
+        never find the whole log copied: RESTART then takes the write lock and copies the few pages left, holding new
+        writers off while it copies them and for at most RESTART_WAIT_MS more while readers of older pages (an
+        /admin/usage read) finish; if they do not, it gives up and the next checkpoint tries again.
+        """
+        with contextlib.suppress(sqlite3.Error):  # the store cannot be written: the next checkpoint tries again
+            db = self._conn()
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            db.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+            try:
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     async def _guarded(self, op: str, call: Callable[[], T]) -> T:
         try:
