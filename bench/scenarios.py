@@ -86,10 +86,10 @@ def _polyroute(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
     return argv, env
 
 
-def _polyroute_sqlite(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+def _polyroute_sqlite(ctx: Context, port: int, name: str = "polyroute-state") -> tuple[list[str], dict[str, str]]:
     # One worker on the store `--workers N` shares without Redis: the store's own cost, apart from the workers'.
     argv, env = _polyroute(ctx, port)
-    state_dir = ctx.work_dir / "polyroute-state"
+    state_dir = ctx.work_dir / name
     state_dir.mkdir(parents=True, exist_ok=True)
     return argv, {**env, "POLYROUTE_STATE_DIR": str(state_dir)}
 
@@ -118,7 +118,9 @@ def _traced(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
 
 
 def _polyroute_two_workers(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
-    argv, env = _polyroute(ctx, port)
+    # The store `serve --workers 2` would create in a temporary directory, in a directory of the bench's own, like
+    # polyroute-sqlite's: the two scenarios differ only in the number of workers.
+    argv, env = _polyroute_sqlite(ctx, port, "polyroute-2w-state")
     argv[argv.index("--workers") + 1] = "2"
     return argv, env
 
@@ -151,9 +153,10 @@ POLYROUTE_TRACED_ONE_CORE = Scenario(
     "polyroute-traced-1core", "polyroute, 100% traced, the span exporter process on the gateway's core",
     model="bench", key=TENANT_KEY, command=_traced, is_polyroute=True,
 )
-# Two workers on the one gateway core: CPU per request must not rise with workers (req/s cannot show scaling here).
+# Two workers on the one gateway core, sharing the SQLite store (no Redis): CPU per request must not rise over
+# polyroute-sqlite's, one worker on that store (req/s cannot show scaling here).
 POLYROUTE_2W = Scenario(
-    "polyroute-2w", "polyroute, full pipeline, in-process store, --workers 2", model="bench", key=TENANT_KEY,
+    "polyroute-2w", "polyroute, full pipeline, --workers 2 sharing the SQLite store", model="bench", key=TENANT_KEY,
     command=_polyroute_two_workers, is_polyroute=True,
 )
 ALL = (

@@ -83,7 +83,10 @@ def serve_multiprocess_metrics(port: int, host: str, multiprocess_dir: Path) -> 
 
 
 def check_multiprocess_mode(multiprocess_dir: Path | None) -> None:
-    """Refuse a metrics directory that prometheus_client does not write to (or one it writes to unasked)."""
+    """Refuse a metrics directory that prometheus_client does not write to (or one it writes to unasked).
+
+    Called before any metric is created; in multi-process mode it also makes the values read a cached pid (_Pid).
+    """
     # prometheus_client fixed its value storage when it was imported; a mismatch would silently lose metrics.
     files_backed = bool(getattr(values.ValueClass, "_multiprocess", False))
     if multiprocess_dir is not None and not files_backed:
@@ -96,6 +99,41 @@ def check_multiprocess_mode(multiprocess_dir: Path | None) -> None:
             "metrics: PROMETHEUS_MULTIPROC_DIR is set but no multiprocess_dir was given; "
             "pass the same directory to Metrics"
         )
+    if multiprocess_dir is not None:
+        _use_cached_pid(multiprocess_dir)
+
+
+class _Pid:
+    """This process's id, read once and again in the child after a fork.
+
+    prometheus_client's files-backed values ask for the pid on every update, to notice a fork; os.getpid() is a
+    system call, about a dozen of them per request. The fork hook keeps the answer true in a forked child.
+    """
+
+    def __init__(self) -> None:
+        self.value = os.getpid()
+        os.register_at_fork(after_in_child=self._refresh)
+
+    def _refresh(self) -> None:
+        self.value = os.getpid()
+
+    def __call__(self) -> int:
+        return self.value
+
+
+def _use_cached_pid(multiprocess_dir: Path) -> None:
+    """Have metrics created from now on write through a value class that reads the pid from a _Pid.
+
+    Once per process, and only while this process has no metric file yet: two value classes writing the same
+    process's file would each keep their own index of it and overwrite each other's entries.
+    """
+    if getattr(values.ValueClass, "_polyroute_cached_pid", False):
+        return
+    if any(multiprocess_dir.glob(f"*_{os.getpid()}.db")):
+        return
+    cached = values.MultiProcessValue(process_identifier=_Pid())  # type: ignore[no-untyped-call]
+    cached._polyroute_cached_pid = True
+    values.ValueClass = cached
 
 
 def check_files_land_in(multiprocess_dir: Path) -> None:

@@ -3,15 +3,17 @@
 Every admission is one `BEGIN IMMEDIATE` transaction, so checks and counts of all workers are serialized by SQLite's
 write lock and a limit of N admits N across the process group, like the in-process store does for one process. The
 sliding windows, periods and usage rows follow the in-process store's rules (window.py, memory.py) to the bucket and
-the micro-dollar. Admission and settlement run on the event loop when the write lock is free at once (a thread hop
-would cost more than the transaction); when another worker holds it, and for everything else, they wait on the store's
-own thread, so that no event loop ever waits for a lock. Circuit breakers stay per worker (each opens on the failures
-it sees).
+the micro-dollar. Admission, settlement and small usage batches run on the event loop (a thread hop would cost more
+than the transaction); when another worker holds the write lock, the loop tries again after a pause and serves other
+requests meanwhile, so that no event loop ever waits for a lock. Reads, large usage batches and checkpoints run on the
+store's own thread. The event loop's connection never checkpoints: the thread does, every CHECKPOINT_EVERY of its
+transactions. Circuit breakers stay per worker (each opens on the failures it sees).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -50,8 +52,8 @@ from gateway.state.sqlite_ops import (
     admit,
     count_deployment,
     fact_key,
-    period_add,
-    period_value,
+    periods,
+    periods_add,
     record_usage,
     usage_key,
     walk,
@@ -60,6 +62,11 @@ from gateway.state.sqlite_ops import (
 
 DB_NAME = "polyroute-state.sqlite3"
 BUSY_TIMEOUT_MS = 5_000  # how long a worker waits for another's transaction before the store counts as unreachable
+FIRST_PAUSE_S, LAST_PAUSE_S = 0.001, 0.016  # between tries for a write lock another worker holds (doubling)
+CHECKPOINT_EVERY = 256  # transactions on the event loop between two checkpoints (a few pages each: about 4 MB of WAL)
+RESTART_WAIT_MS = 10  # how long a checkpoint waits for the lock and for readers before it leaves the rest to the next
+WAL_LIMIT_BYTES = 4 * 2**20  # what a WAL larger than this (after a burst) is cut back to when it starts over
+LOOP_USAGE_RECORDS = 32  # usage batches up to this size are written on the event loop (a few hundred µs at most)
 
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS window (kind TEXT, name TEXT, bucket INTEGER, requests INTEGER, tokens INTEGER,"
@@ -95,6 +102,8 @@ class SqliteStateStore(ProcessCircuits):
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="polyroute-state")
         self._db: sqlite3.Connection | None = None  # the store's thread's: waits for the lock
         self._fast: sqlite3.Connection | None = None  # the event loop's: never waits
+        self._fast_commits = 0
+        self._forgotten_until = ""  # the day up to which this worker deleted usage past retention (sqlite_ops)
 
     async def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,8 +161,7 @@ class SqliteStateStore(ProcessCircuits):
             if token_delta:
                 window_add(db, ("tenant", tenant), bucket_index(now), 0, token_delta)
             if cost:
-                period_add(db, ("usd_day", tenant), utc_day(now), cost)
-                period_add(db, ("usd_month", tenant), utc_month(now), cost)
+                periods_add(db, tenant, utc_day(now), utc_month(now), cost)
 
         if token_delta or cost:
             try:
@@ -163,18 +171,28 @@ class SqliteStateStore(ProcessCircuits):
 
     async def spent(self, tenant: str, now: float) -> tuple[float, float]:
         def read() -> tuple[float, float]:
-            db = self._conn()
-            day = period_value(db, ("usd_day", tenant), utc_day(now))
-            return from_micro(day), from_micro(period_value(db, ("usd_month", tenant), utc_month(now)))
+            day, month = periods(self._conn(), tenant, utc_day(now), utc_month(now))
+            return from_micro(day), from_micro(month)
 
         return await self._guarded("other", read)
 
     async def record_usage(self, records: Sequence[UsageRecord]) -> None:
-        if records:
-            per_day = self._facts_per_day
-            await self._guarded(
-                "usage", lambda: self._write(self._conn(), lambda db: record_usage(db, records, per_day))
-            )
+        if not records:
+            return
+        per_day, forgotten = self._facts_per_day, self._forgotten_until
+
+        def write(db: sqlite3.Connection) -> str:
+            return record_usage(db, records, per_day, forgotten)
+
+        try:
+            # A batch of a few records costs less than the thread hop: on the event loop when the lock is free.
+            if len(records) <= LOOP_USAGE_RECORDS:
+                self._forgotten_until = await self._transact(write)
+            else:
+                self._forgotten_until = await self._run(lambda: self._write(self._conn(), write))
+        except sqlite3.Error:
+            self._on_error("usage")
+            raise StateUnavailableError("the state store cannot be read (usage)") from None
 
     async def usage(self, since_day: str, until_day: str) -> list[UsageRow]:
         def read() -> list[UsageRow]:
@@ -208,14 +226,51 @@ class SqliteStateStore(ProcessCircuits):
         return await asyncio.get_running_loop().run_in_executor(self._thread, call)
 
     async def _transact(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        """`work` in one write transaction: right here when the lock is free, else on the store's thread."""
-        if self._fast is not None:
+        """`work` in one write transaction, right here; while another worker holds the lock, again after a pause.
+
+        SQLite itself only polls for a lock (its busy handler sleeps 1, 2, 5, 10 ms ... between tries): polling from
+        the event loop waits as long without a thread hop, and the loop serves other requests meanwhile.
+        """
+        deadline = 0.0
+        pause = FIRST_PAUSE_S
+        while True:
+            if self._fast is None:  # not started, or closed while this transaction waited for the lock
+                raise sqlite3.OperationalError("the state store is not open")
             try:
-                return self._write(self._fast, work)
+                result = self._write(self._fast, work)
             except sqlite3.OperationalError as err:
                 if err.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
                     raise
-        return await self._run(lambda: self._write(self._conn(), work))
+                now = time.monotonic()
+                if not deadline:
+                    deadline = now + BUSY_TIMEOUT_MS / 1000
+                elif now >= deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, LAST_PAUSE_S)
+                continue
+            self._fast_commits += 1
+            if self._fast_commits % CHECKPOINT_EVERY == 0:
+                self._thread.submit(self._checkpoint)  # not awaited: nothing waits for it
+            return result
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL's pages into the database, so that the next writer starts the WAL over (and cuts it back to
+        WAL_LIMIT_BYTES) instead of growing it: the event loop's connection never checkpoints.
+
+        PASSIVE copies without waiting for anyone. Under steady load writers add pages meanwhile, and a writer would
+        never find the whole log copied: RESTART then takes the write lock and copies the few pages left, holding new
+        writers off while it copies them and for at most RESTART_WAIT_MS more while readers of older pages (an
+        /admin/usage read) finish; if they do not, it gives up and the next checkpoint tries again.
+        """
+        with contextlib.suppress(sqlite3.Error):  # the store cannot be written: the next checkpoint tries again
+            db = self._conn()
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            db.execute(f"PRAGMA busy_timeout = {RESTART_WAIT_MS}")
+            try:
+                db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            finally:
+                db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
     async def _guarded(self, op: str, call: Callable[[], T]) -> T:
         try:
@@ -230,12 +285,14 @@ class SqliteStateStore(ProcessCircuits):
         _set_wal(db)
         # WAL with NORMAL: a commit survives the crash of any worker; only a power loss may drop the last ones.
         db.execute("PRAGMA synchronous = NORMAL")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
         self._db = db
         self._write(db, lambda conn: [conn.execute(statement) for statement in SCHEMA])
         fast = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         fast.execute("PRAGMA busy_timeout = 0")
         fast.execute("PRAGMA synchronous = NORMAL")
         fast.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run on the store's thread, not the event loop
+        fast.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
         self._fast = fast
 
     def _conn(self) -> sqlite3.Connection:

@@ -47,9 +47,9 @@ def admit(db: sqlite3.Connection, request: AdmissionRequest) -> Counted:
     tenant: Subject = ("tenant", request.tenant)
     bucket, day, month = bucket_index(request.now), utc_day(request.now), utc_month(request.now)
     cost = to_micro(request.est_cost_usd)
-    requests, used = window(db, tenant, bucket)
-    spent_day = period_value(db, ("usd_day", request.tenant), day)
-    spent_month = period_value(db, ("usd_month", request.tenant), month)
+    read = window_read(db, tenant, bucket)
+    _, _, requests, used = read
+    spent_day, spent_month = periods(db, request.tenant, day, month)
     reason = _tenant_reason(request, requests, used, spent_day + cost, spent_month + cost)
     chosen: DeploymentQuota | None = None
     saturated: tuple[DeploymentQuota, ...] = ()
@@ -65,9 +65,8 @@ def admit(db: sqlite3.Connection, request: AdmissionRequest) -> Counted:
             db, tenant, bucket, excess_requests, _excess(request.tenant_tpm, used, request.tokens)
         )
     if reason is None:
-        requests, used = window_add(db, tenant, bucket, 1, request.tokens)
-        spent_day = period_add(db, ("usd_day", request.tenant), day, cost)
-        spent_month = period_add(db, ("usd_month", request.tenant), month, cost)
+        requests, used = window_add(db, tenant, bucket, 1, request.tokens, read)
+        spent_day, spent_month = periods_add(db, request.tenant, day, month, cost, (spent_day, spent_month))
         if chosen is not None:
             count_deployment(db, chosen, request.tokens, bucket)
     return Counted(
@@ -118,44 +117,69 @@ def count_deployment(db: sqlite3.Connection, quota: DeploymentQuota, tokens: int
 # bucket stored, so that a worker whose clock runs behind still counts (and writes at or above) what the others see.
 
 
+# The floor, the oldest bucket stored and the sums of a subject's window, in one statement (the floor as window_floor
+# computes it; ?3 is the current bucket, ?4 WINDOW_BUCKETS - 1).
+_WINDOW_READ = (
+    "SELECT f.lo, f.oldest, coalesce(sum(w.requests), 0), coalesce(sum(w.tokens), 0) FROM"
+    " (SELECT max(?3, coalesce(max(bucket), ?3)) - ?4 AS lo, min(bucket) AS oldest FROM window"
+    " WHERE kind = ?1 AND name = ?2) AS f"
+    " LEFT JOIN window AS w ON w.kind = ?1 AND w.name = ?2 AND w.bucket >= f.lo"
+)
+WindowRead = tuple[int, int | None, int, int]  # (floor, oldest bucket stored or None, requests, tokens)
+
+
 def window_floor(db: sqlite3.Connection, subject: Subject, bucket: int) -> int:
     newest = db.execute("SELECT max(bucket) FROM window WHERE kind = ? AND name = ?", subject).fetchone()[0]
     return max(bucket, bucket if newest is None else int(newest)) - WINDOW_BUCKETS + 1
 
 
+def window_read(db: sqlite3.Connection, subject: Subject, bucket: int) -> WindowRead:
+    lo, oldest, requests, tokens = db.execute(_WINDOW_READ, (*subject, bucket, WINDOW_BUCKETS - 1)).fetchone()
+    return int(lo), None if oldest is None else int(oldest), int(requests), int(tokens)
+
+
 def window(db: sqlite3.Connection, subject: Subject, bucket: int) -> tuple[int, int]:
-    row = db.execute(
-        "SELECT coalesce(sum(requests), 0), coalesce(sum(tokens), 0) FROM window"
-        " WHERE kind = ? AND name = ? AND bucket >= ?",
-        (*subject, window_floor(db, subject, bucket)),
-    ).fetchone()
-    return int(row[0]), int(row[1])
+    _, _, requests, tokens = window_read(db, subject, bucket)
+    return requests, tokens
 
 
-def window_add(db: sqlite3.Connection, subject: Subject, bucket: int, requests: int, tokens: int) -> tuple[int, int]:
-    """Count more (negative tokens: give them back, oldest bucket first); returns the window's new sums."""
-    lo = window_floor(db, subject, bucket)
-    db.execute("DELETE FROM window WHERE kind = ? AND name = ? AND bucket < ?", (*subject, lo))
-    add_tokens = max(tokens, 0)
-    if requests > 0 or add_tokens > 0:
+def window_add(
+    db: sqlite3.Connection,
+    subject: Subject,
+    bucket: int,
+    requests: int,
+    tokens: int,
+    read: WindowRead | None = None,
+) -> tuple[int, int]:
+    """Count more (negative tokens: give them back, oldest bucket first); returns the window's new sums.
+
+    `read`: what window_read returned for this subject and bucket earlier in the same transaction.
+    """
+    lo, oldest, held_requests, held_tokens = window_read(db, subject, bucket) if read is None else read
+    if oldest is not None and oldest < lo:
+        db.execute("DELETE FROM window WHERE kind = ? AND name = ? AND bucket < ?", (*subject, lo))
+    add_requests, add_tokens = max(requests, 0), max(tokens, 0)
+    if add_requests or add_tokens:
+        # At or above the floor, which adding there does not move: the sums grow by what is added.
         db.execute(
             "INSERT INTO window VALUES (?, ?, ?, ?, ?) ON CONFLICT (kind, name, bucket) DO UPDATE"
             " SET requests = requests + excluded.requests, tokens = tokens + excluded.tokens",
-            (*subject, max(bucket, lo), max(requests, 0), add_tokens),
+            (*subject, max(bucket, lo), add_requests, add_tokens),
         )
-    if tokens < 0:
-        amount = -tokens
-        rows = db.execute(
-            "SELECT bucket, tokens FROM window WHERE kind = ? AND name = ? AND tokens > 0 ORDER BY bucket", subject
-        ).fetchall()
-        for at, held in rows:
-            if amount <= 0:
-                break
-            taken = min(amount, held)
-            db.execute(
-                "UPDATE window SET tokens = ? WHERE kind = ? AND name = ? AND bucket = ?", (held - taken, *subject, at)
-            )
-            amount -= taken
+    if tokens >= 0:
+        return held_requests + add_requests, held_tokens + add_tokens
+    amount = -tokens
+    rows = db.execute(
+        "SELECT bucket, tokens FROM window WHERE kind = ? AND name = ? AND tokens > 0 ORDER BY bucket", subject
+    ).fetchall()
+    for at, held in rows:
+        if amount <= 0:
+            break
+        taken = min(amount, held)
+        db.execute(
+            "UPDATE window SET tokens = ? WHERE kind = ? AND name = ? AND bucket = ?", (held - taken, *subject, at)
+        )
+        amount -= taken
     return window(db, subject, bucket)
 
 
@@ -178,21 +202,43 @@ def window_passes_at(
 # --- budgets: integer counters that start from zero when their period (day, month) changes ---
 
 
-def period_value(db: sqlite3.Connection, subject: Subject, period: str) -> int:
-    row = db.execute("SELECT period, value FROM counter WHERE kind = ? AND name = ?", subject).fetchone()
-    return int(row[1]) if row is not None and row[0] == period else 0
+def periods(db: sqlite3.Connection, tenant: str, day: str, month: str) -> tuple[int, int]:
+    """What `tenant` spent this day and this month (micro-dollars), in one statement."""
+    spent_day = spent_month = 0
+    rows = db.execute(
+        "SELECT kind, period, value FROM counter WHERE kind IN ('usd_day', 'usd_month') AND name = ?", (tenant,)
+    )
+    for kind, period, value in rows:
+        if kind == "usd_day" and period == day:
+            spent_day = int(value)
+        elif kind == "usd_month" and period == month:
+            spent_month = int(value)
+    return spent_day, spent_month
 
 
-def period_add(db: sqlite3.Connection, subject: Subject, period: str, delta: int) -> int:
-    value = max(0, period_value(db, subject, period) + delta)
-    db.execute("INSERT OR REPLACE INTO counter VALUES (?, ?, ?, ?)", (*subject, period, value))
-    return value
+def periods_add(
+    db: sqlite3.Connection, tenant: str, day: str, month: str, delta: int, spent: tuple[int, int] | None = None
+) -> tuple[int, int]:
+    """Add `delta` to both periods (never below zero); `spent`: what periods() returned earlier in the transaction."""
+    spent_day, spent_month = periods(db, tenant, day, month) if spent is None else spent
+    if not delta:
+        return spent_day, spent_month
+    spent_day, spent_month = max(0, spent_day + delta), max(0, spent_month + delta)
+    db.execute(
+        "INSERT OR REPLACE INTO counter VALUES ('usd_day', ?1, ?2, ?3), ('usd_month', ?1, ?4, ?5)",
+        (tenant, day, spent_day, month, spent_month),
+    )
+    return spent_day, spent_month
 
 
 # --- usage rows and routing facts ---
 
 
-def record_usage(db: sqlite3.Connection, records: Sequence[UsageRecord], facts_per_day: int) -> None:
+def record_usage(db: sqlite3.Connection, records: Sequence[UsageRecord], facts_per_day: int, forgotten: str) -> str:
+    """Add the records to the usage rows and routing facts; returns the day retention now runs up to.
+
+    Rows past retention are deleted once per day a worker writes (`forgotten`: the day it last did), not per batch.
+    """
     for day, rows in tally_usage(records).items():
         for key, counts in rows.items():
             text = orjson.dumps(key).decode()
@@ -221,7 +267,11 @@ def record_usage(db: sqlite3.Connection, records: Sequence[UsageRecord], facts_p
             else:
                 db.execute("INSERT INTO fact VALUES (?, ?, ?, ?, ?, ?, ?)", (day, text, *sums))
                 stored += 1
-    forget_old(db, max(utc_day(r.ts) for r in records))
+    today = max(utc_day(r.ts) for r in records)
+    if today > forgotten:
+        forget_old(db, today)
+        return today
+    return forgotten
 
 
 def forget_old(db: sqlite3.Connection, today: str) -> None:

@@ -75,3 +75,38 @@ async def test_a_database_locked_past_the_wait_refuses_in_closed_mode(
         stuck.close()
     errors.clear()
     assert (await a.admit(req(tenant_rpm=5))).allowed  # the lock is free again
+
+
+async def test_the_write_ahead_log_shrinks_back_after_a_burst_of_admissions(tmp_path: Path, errors: list[str]) -> None:
+    store = create_state_store(Settings(redis_url=None, state_dir=tmp_path), on_error=errors.append)
+    await store.start()
+    wal = tmp_path / f"{DB_NAME}-wal"
+    try:
+        for i in range(3000):  # each one a transaction on the event loop's connection, about 8 KiB of log
+            assert (await store.admit(req(now=T0 + i / 100, tenant_rpm=10_000, est_cost_usd=0.001))).allowed
+        assert await store.ping()  # a moment without writes, as between bursts
+        assert (await store.admit(req(now=T0 + 31, tenant_rpm=10_000))).allowed
+        # Without checkpoints the log would keep every transaction's pages: 24 MiB here, and growing.
+        assert wal.stat().st_size <= 4 * 2**20
+    finally:
+        await store.close()  # the last connection to close checkpoints and deletes the log
+    assert errors == []
+
+
+async def test_an_admission_waiting_for_the_lock_when_the_store_closes_ends_degraded(
+    tmp_path: Path, errors: list[str]
+) -> None:
+    settings = Settings(redis_url=None, state_dir=tmp_path, state_failure_mode=StateFailureMode.OPEN)
+    store = create_state_store(settings, on_error=errors.append)
+    await store.start()
+    stuck = sqlite3.connect(tmp_path / DB_NAME, isolation_level=None)  # another worker, in a transaction
+    try:
+        stuck.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.create_task(store.admit(req(tenant_rpm=5)))
+        await asyncio.sleep(0.05)  # it has found the lock taken and waits to try again
+        await store.close()  # the worker shuts down meanwhile
+        result = await waiting
+    finally:
+        stuck.close()
+    assert (result.allowed, result.degraded) == (True, True)  # open mode: served without the limit, and counted
+    assert errors == ["admit"]
