@@ -27,11 +27,12 @@ CONNECT_TIMEOUT_S = 0.5
 RETRIES = 1
 POOL_SIZE = 256  # standalone: callers beyond it wait (up to POOL_WAIT_S) for a connection instead of failing
 POOL_WAIT_S = 1.0
-# Sentinel: every command shares the primary's pool; callers beyond it wait (up to POOL_WAIT_S), and new connections
-# are opened one at a time, so that a cold burst never connects a hundred at once (redis_sentinel.py).
-SENTINEL_POOL_SIZE = 64
-# Cluster: the scripts of every request run in LANES_PER_NODE lanes per node (redis_lanes.py), which open connections
-# one at a time and wait (up to POOL_WAIT_S) for a free one; the client's own node pools, used by the rest (pipelines,
+# Sentinel: every command shares the primary's pool, opened at startup one connection at a time; callers beyond it
+# wait (up to POOL_WAIT_S), and a connection lost later is reopened one at a time (redis_sentinel.py). A primary runs
+# one command at a time: 16 in flight per process keep it busy at up to 16x its service time in round trip.
+SENTINEL_POOL_SIZE = 16
+# Cluster: the scripts of every request run in LANES_PER_NODE lanes per node (redis_lanes.py), opened at startup one
+# at a time; callers beyond them wait (up to POOL_WAIT_S). The client's own node pools, used by the rest (pipelines,
 # ping), fail rather than wait when full: keep them roomy.
 NODE_POOL_SIZE = 1024
 

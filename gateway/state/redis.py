@@ -56,6 +56,7 @@ from gateway.state.redis_lanes import ClusterLanes
 from gateway.state.redis_outage import OUTAGE_ERRORS, RedisOutage
 from gateway.state.redis_pipe import PipelinedScripts
 from gateway.state.redis_script import ScriptConnections
+from gateway.state.redis_sentinel import PacedSentinelPool
 from gateway.state.redis_usage import RedisUsageWriter, ScriptCall
 
 log = logging.getLogger("polyroute.state")
@@ -119,8 +120,8 @@ class RedisStateStore:
         return self._usage.pending
 
     async def start(self) -> None:
-        if await self.ping() and isinstance(self._client, RedisCluster):  # logs an outage at startup; never fails it
-            await self._warm(self._client)
+        if await self.ping():  # logs an outage at startup; never fails it
+            await self._warm()
         self._flusher = asyncio.create_task(self._usage.flush_forever(), name="polyroute-usage-flush")
 
     async def close(self) -> None:
@@ -306,10 +307,14 @@ class RedisStateStore:
 
     # --- internals ---
 
-    async def _warm(self, client: RedisCluster) -> None:
-        """A connection to every primary before the first request (Sentinel's first one is the ping's)."""
+    async def _warm(self) -> None:
+        """Cluster and Sentinel: open the connections that requests will use before the first request, one at a
+        time, so that a first burst opens none (standalone's per-request path keeps one connection)."""
         try:
-            await self._lanes.warm(client)
+            if isinstance(self._client, RedisCluster):
+                await self._lanes.warm(self._client)
+            elif isinstance(self._client.connection_pool, PacedSentinelPool):
+                await self._client.connection_pool.fill()
         except OUTAGE_ERRORS as err:
             self._failed("ping", err)
 

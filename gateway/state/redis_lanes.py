@@ -1,13 +1,17 @@
-"""Calls to each Redis Cluster node: a bounded number at once, over connections opened one at a time.
+"""Commands to each Redis Cluster node: a bounded number at once, on connections opened one at a time.
 
 redis-py's async cluster client opens a new connection for every command that finds none of a node's connections
 free, with no bound on how many connect at once and no way to wait for one in use (its node pool raises when full;
 its client takes no connection class to pace connects). A cold gateway hit by a burst therefore opened one connection
 per request, a hundred at once; under load some missed the connect timeout, and each such admission followed the
-failure mode (open: admitted beyond its quota) although the node was up. Here each node has `size` lanes: a call
-takes one, on a connection already open when one is free, else it opens one more while no other is being opened;
-otherwise it waits, and a wait longer than `wait_s` fails the call as an unreachable node does (`ConnectionError`),
-which the store turns into its failure mode.
+failure mode (open: admitted beyond its quota) although the node was up. Worse, redis-py answers one failed command
+by dropping every idle connection of that node, so the next burst reconnected all at once again.
+
+Here every lane's connection is opened at startup (`warm`), one at a time. A command takes one of its node's `size`
+lanes, runs on one of the node's own connections (taken from and given back to redis-py's node pool), and connects
+that connection, when it is not connected (after a Redis restart, say), only while no other command of this client
+connects to the node. Waiting for a lane and for the turn to connect share one bound, `wait_s`; past it the command
+fails as an unreachable node does (`ConnectionError`), which the store turns into its failure mode.
 """
 
 from __future__ import annotations
@@ -15,65 +19,55 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from redis import exceptions as rx
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-LANES_PER_NODE = 32
+# A node runs one command at a time: 8 in flight per process keep it busy at up to 8x its service time in round trip,
+# and keep a burst after a reconnect (connections are opened one at a time) short.
+LANES_PER_NODE = 8
 LANE_WAIT_S = 1.0
 
 
+class LaneWaitError(rx.ConnectionError):
+    """No lane, or no turn to connect, within the wait bound: an outage to the store, not a cue to retry elsewhere."""
+
+
 class NodeLanes:
-    """One node's lanes; `opened` counts the connections its calls have opened (and so can reuse)."""
+    """One node's lanes and its turn to connect."""
 
     def __init__(self, *, size: int, wait_s: float) -> None:
-        self._size = size
         self._wait_s = wait_s
-        self._running = 0
-        self._opened = 0
-        self._opening = False
-        self._waiting = 0
-        self._changed = asyncio.Condition()
+        self._lanes = asyncio.Semaphore(size)
+        self._connecting = asyncio.Lock()
+
+    async def execute(self, node: ClusterNode, *args: Any) -> Any:
+        """`node.execute_command(*args)`, in a lane, on a connection connected in turn."""
+        deadline = asyncio.get_running_loop().time() + self._wait_s
+        async with self._waiting(deadline, self._lanes, "commands in flight"):
+            connection = node.acquire_connection()
+            try:
+                await node.disconnect_if_needed(connection)
+                if not connection.is_connected:
+                    async with self._waiting(deadline, self._connecting, "another connection being opened"):
+                        await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                await connection.send_packed_command(connection.pack_command(*args))
+                return await node.parse_response(connection, args[0])
+            finally:
+                node.release(connection)
 
     @asynccontextmanager
-    async def lane(self) -> AsyncIterator[None]:
-        if self._running < self._opened:  # a connection is free: the common case takes no lock
-            self._running += 1
-            opens = False
-        else:
-            opens = await self._wait()
-        done = False
+    async def _waiting(self, deadline: float, gate: asyncio.Semaphore | asyncio.Lock, what: str) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await gate.acquire()
+        except TimeoutError as err:
+            raise LaneWaitError(f"No connection available within {self._wait_s}s ({what}).") from err
         try:
             yield
-            done = True
         finally:
-            self._running -= 1
-            if opens:
-                self._opening = False
-                self._opened += done  # a connect that failed leaves the next caller to try again, one at a time
-            if self._waiting:
-                async with self._changed:
-                    self._changed.notify_all()
-
-    async def _wait(self) -> bool:
-        self._waiting += 1
-        try:
-            async with self._changed:
-                async with asyncio.timeout(self._wait_s):
-                    await self._changed.wait_for(self._may_run)
-        except TimeoutError as err:
-            raise rx.ConnectionError(
-                f"No connection available: {self._running} commands in flight, none done within {self._wait_s}s."
-            ) from err
-        finally:
-            self._waiting -= 1
-        self._running += 1
-        opens = self._running > self._opened
-        self._opening = self._opening or opens
-        return opens
-
-    def _may_run(self) -> bool:
-        return self._running < self._opened or (not self._opening and self._running < self._size)
+            gate.release()
 
 
 class ClusterLanes:
@@ -93,8 +87,14 @@ class ClusterLanes:
         return lanes
 
     async def warm(self, client: RedisCluster) -> None:
-        """Open one connection to every primary, so that a first burst finds each node's first connection open."""
+        """Open every lane's connection to every primary, one at a time, so that a first burst opens none."""
         await client.initialize()
         for node in client.get_primaries():
-            async with self.of(node).lane():
-                await node.execute_command("PING")
+            connections = [node.acquire_connection() for _ in range(self._size)]
+            try:
+                for connection in connections:
+                    if not connection.is_connected:
+                        await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+            finally:
+                for connection in connections:
+                    node.release(connection)

@@ -4,7 +4,8 @@ redis-py's Sentinel pool raises when full and, like its other pools, opens a con
 none free, all at once. A cold gateway hit by a burst therefore opened one connection per request to the primary;
 under load some missed the connect timeout, and each such call followed the failure mode although Redis was up.
 This pool is redis-py's Sentinel pool with its own blocking pool's wait (`max_connections`, `timeout`), and its
-connections take the pool's `opening` lock to connect, waiting for it no longer than the pool's `timeout`.
+connections take the pool's `opening` lock to connect, waiting for it no longer than the pool's `timeout`; the store
+opens them all at startup (`fill`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ class PacedSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
         super().__init__(service_name, sentinel_manager, **kwargs)  # type: ignore[no-untyped-call]  # unannotated
         self.opening = asyncio.Lock()
+
+    async def fill(self) -> None:
+        """Open every connection the pool may hold, one at a time, so that a first burst opens none."""
+        taken: list[Any] = []
+        try:
+            for _ in range(self.max_connections):
+                taken.append(await self.get_connection())  # type: ignore[no-untyped-call]  # unannotated
+        finally:
+            for connection in taken:
+                await self.release(connection)
 
 
 class PacedSentinelConnection(SentinelManagedConnection):

@@ -81,7 +81,7 @@ async def test_a_cold_burst_on_a_cluster_admits_exactly_the_deployment_quotas(
             assert (got.count("a"), got.count("b"), got.count(False)) == (30, 20, BURST - 50)
             assert errors == []  # no admission was let through as an outage
             opened = [clients_of(m.port) - n for m, n in zip(narrow_cluster.masters, before, strict=True)]
-            assert max(opened) <= LANES_PER_NODE
+            assert max(opened) <= LANES_PER_NODE + 2  # and the client's own: its slot-map query and its ping
         finally:
             await store.close()
 
