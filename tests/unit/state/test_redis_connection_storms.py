@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from gateway.settings import Settings, StateFailureMode
-from gateway.state.base import AdmissionRequest, DeploymentQuota, StateStore
+from gateway.state.base import AdmissionRequest, DeploymentQuota, StateStore, StateUnavailableError
 from gateway.state.factory import SENTINEL_POOL_SIZE, create_state_store
 from gateway.state.redis_lanes import LANES_PER_NODE
 from tests.support.processes import HOST
@@ -34,6 +34,7 @@ BURST = 200
 ROUNDS = 5  # each round a gateway's cold start: a new store, its first requests all at once
 PLAN = (DeploymentQuota("a", rpm=30), DeploymentQuota("b", rpm=20))
 TENANT_RPM = 50
+SAFETY_S = 30.0  # a bound so that a hang fails the test instead of stalling the suite; not a timing assertion
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +111,29 @@ def test_the_nodes_here_have_a_one_slot_backlog(
     for port in [m.port for m in narrow_cluster.masters] + [narrow_sentinel.primary.port]:
         with redis.Redis(HOST, port, socket_timeout=2, decode_responses=True) as c:
             assert c.config_get("tcp-backlog") == {"tcp-backlog": "1"}
+
+
+async def test_a_burst_on_a_cluster_that_stops_answering_ends_in_the_failure_mode(
+    narrow_cluster: RedisClusterNodes,
+) -> None:
+    """Waiting for a lane is bounded: with every master hung, each request of a burst is refused (closed mode)."""
+    narrow_cluster.flush()
+    errors: list[str] = []
+    settings = Settings(redis_url=narrow_cluster.url, state_failure_mode=StateFailureMode.CLOSED)
+    store = create_state_store(settings, on_error=errors.append)
+    await store.start()
+    request = AdmissionRequest("team-a", tokens=100, est_cost_usd=0.0, now=time.time(), deployments=PLAN)
+    try:
+        for master in narrow_cluster.masters:
+            master.pause()
+        try:
+            calls = asyncio.gather(*(store.admit(request) for _ in range(BURST)), return_exceptions=True)
+            outcomes = await asyncio.wait_for(calls, SAFETY_S)
+        finally:
+            for master in narrow_cluster.masters:
+                master.resume()
+        assert [type(o) for o in outcomes] == [StateUnavailableError] * BURST
+        assert errors == ["admit"] * BURST
+    finally:
+        await store.close()
+        narrow_cluster.wait_healthy()
