@@ -17,8 +17,6 @@ fails as an unreachable node does (`ConnectionError`), which the store turns int
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from redis import exceptions as rx
@@ -44,30 +42,35 @@ class NodeLanes:
 
     async def execute(self, node: ClusterNode, *args: Any) -> Any:
         """`node.execute_command(*args)`, in a lane, on a connection connected in turn."""
-        deadline = asyncio.get_running_loop().time() + self._wait_s
-        async with self._waiting(deadline, self._lanes, "commands in flight"):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s
+        if self._lanes.locked():
+            await self._acquire(self._lanes, deadline, "commands in flight")
+        else:
+            await self._lanes.acquire()  # a free lane: no wait, no timer
+        try:
             connection = node.acquire_connection()
             try:
                 await node.disconnect_if_needed(connection)
                 if not connection.is_connected:
-                    async with self._waiting(deadline, self._connecting, "another connection being opened"):
+                    await self._acquire(self._connecting, deadline, "another connection being opened")
+                    try:
                         await connection.connect()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+                    finally:
+                        self._connecting.release()
                 await connection.send_packed_command(connection.pack_command(*args))
                 return await node.parse_response(connection, args[0])
             finally:
                 node.release(connection)
+        finally:
+            self._lanes.release()
 
-    @asynccontextmanager
-    async def _waiting(self, deadline: float, gate: asyncio.Semaphore | asyncio.Lock, what: str) -> AsyncIterator[None]:
+    async def _acquire(self, gate: asyncio.Semaphore | asyncio.Lock, deadline: float, what: str) -> None:
         try:
             async with asyncio.timeout_at(deadline):
                 await gate.acquire()
         except TimeoutError as err:
             raise LaneWaitError(f"No connection available within {self._wait_s}s ({what}).") from err
-        try:
-            yield
-        finally:
-            gate.release()
 
 
 class ClusterLanes:
