@@ -27,7 +27,14 @@ CONNECT_TIMEOUT_S = 0.5
 RETRIES = 1
 POOL_SIZE = 256  # standalone: callers beyond it wait (up to POOL_WAIT_S) for a connection instead of failing
 POOL_WAIT_S = 1.0
-NODE_POOL_SIZE = 1024  # Sentinel and Cluster pools fail rather than wait when full: keep them roomy
+# Sentinel: every command shares the primary's pool, opened at startup one connection at a time; callers beyond it
+# wait (up to POOL_WAIT_S), and a connection lost later is reopened one at a time (redis_sentinel.py). A primary runs
+# one command at a time: 16 in flight per process keep it busy at up to 16x its service time in round trip.
+SENTINEL_POOL_SIZE = 16
+# Cluster: the scripts of every request run in LANES_PER_NODE lanes per node (redis_lanes.py), opened at startup one
+# at a time; callers beyond them wait (up to POOL_WAIT_S). The client's own node pools, used by the rest (pipelines,
+# ping), fail rather than wait when full: keep them roomy.
+NODE_POOL_SIZE = 1024
 
 RedisKind = Literal["standalone", "sentinel", "cluster"]
 
@@ -77,8 +84,10 @@ def connect(target: RedisTarget) -> tuple[Redis | RedisCluster, list[Redis]]:
     from redis.asyncio import BlockingConnectionPool, Redis
     from redis.asyncio.cluster import ClusterNode, RedisCluster
     from redis.asyncio.retry import Retry
-    from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
+    from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
+
+    from gateway.state.redis_sentinel import PacedSentinelConnection, PacedSentinelPool, PacedSentinelSSLConnection
 
     retry = Retry(NoBackoff(), RETRIES)
     if target.kind == "standalone":
@@ -103,8 +112,10 @@ def connect(target: RedisTarget) -> tuple[Redis | RedisCluster, list[Redis]]:
             username=target.username,
             password=target.password,
             decode_responses=True,
-            max_connections=NODE_POOL_SIZE,
-            connection_class=SentinelManagedSSLConnection if target.ssl else SentinelManagedConnection,
+            connection_pool_class=PacedSentinelPool,
+            max_connections=SENTINEL_POOL_SIZE,
+            timeout=POOL_WAIT_S,
+            connection_class=PacedSentinelSSLConnection if target.ssl else PacedSentinelConnection,
         )
         return master, list(sentinel.sentinels)
     cluster = RedisCluster(
@@ -138,6 +149,7 @@ def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -
     from redis.asyncio import Redis
 
     from gateway.state.redis import RedisStateStore
+    from gateway.state.redis_lanes import LANES_PER_NODE, ClusterLanes
 
     target = parse_redis_url(settings.redis_url)
     client, companions = connect(target)
@@ -150,6 +162,7 @@ def create_state_store(settings: Settings, *, on_error: Callable[[str], None]) -
         secrets=[target.password] if target.password else [],
         companions=companions,
         scripts=_lean_scripts(lean),
+        lanes=ClusterLanes(size=LANES_PER_NODE, wait_s=POOL_WAIT_S),
         facts_per_day=settings.routing_facts_per_day,
     )
 

@@ -52,17 +52,20 @@ from gateway.state.redis_keys import (
     usage_key,
     window_args,
 )
+from gateway.state.redis_lanes import ClusterLanes
 from gateway.state.redis_outage import OUTAGE_ERRORS, RedisOutage
 from gateway.state.redis_pipe import PipelinedScripts
 from gateway.state.redis_script import ScriptConnections
+from gateway.state.redis_sentinel import PacedSentinelPool
 from gateway.state.redis_usage import RedisUsageWriter, ScriptCall
 
 log = logging.getLogger("polyroute.state")
 
 
-def _plain(client: Redis | RedisCluster, text: str) -> AsyncScript | ClusterScript:
-    """A script through the client; on a Cluster, one that follows ASK redirects (see redis_cluster.py)."""
-    return ClusterScript(client, text) if isinstance(client, RedisCluster) else AsyncScript(client, text)
+def _plain(client: Redis | RedisCluster, text: str, lanes: ClusterLanes) -> AsyncScript | ClusterScript:
+    """A script through the client; on a Cluster, one that follows ASK redirects and waits for a lane of its node
+    (see redis_cluster.py, redis_lanes.py)."""
+    return ClusterScript(client, text, lanes) if isinstance(client, RedisCluster) else AsyncScript(client, text)
 
 
 class RedisStateStore:
@@ -84,11 +87,14 @@ class RedisStateStore:
         companions: Sequence[Redis] = (),
         split_admission: bool | None = None,
         scripts: ScriptConnections | PipelinedScripts | None = None,
+        lanes: ClusterLanes | None = None,
         facts_per_day: int = DEFAULT_FACTS_PER_DAY,
     ) -> None:
         """`scripts` (standalone only) runs admission, settlement and usage writes, the commands of every request,
-        over connections of their own instead of through the client."""
+        over connections of their own instead of through the client; `lanes` (Cluster only) bounds the scripts'
+        calls and connects per node."""
         self._client = client
+        self._lanes = lanes or ClusterLanes()
         self._failure_mode = failure_mode
         outage = RedisOutage(
             failure_mode=failure_mode, on_error=on_error or (lambda op: None), location=location, secrets=secrets
@@ -98,10 +104,10 @@ class RedisStateStore:
         self._split = isinstance(client, RedisCluster) if split_admission is None else split_admission
         self._scripts = scripts
         self._admit_lua = self._script(client, lua("window.lua", "quota.lua", "admit.lua"), lean=not self._split)
-        self._reserve_lua = _plain(client, lua("window.lua", "quota.lua", "reserve.lua"))
+        self._reserve_lua = _plain(client, lua("window.lua", "quota.lua", "reserve.lua"), self._lanes)
         self._adjust_lua = self._script(client, lua("window.lua", "adjust.lua"))
-        self._record_lua = _plain(client, lua("circuit_record.lua"))
-        self._probe_lua = _plain(client, lua("circuit_probe.lua"))
+        self._record_lua = _plain(client, lua("circuit_record.lua"), self._lanes)
+        self._probe_lua = _plain(client, lua("circuit_probe.lua"), self._lanes)
         self._usage = RedisUsageWriter(
             self._script(client, lua("usage_facts.lua")), outage, facts_per_day=facts_per_day
         )
@@ -114,7 +120,8 @@ class RedisStateStore:
         return self._usage.pending
 
     async def start(self) -> None:
-        await self.ping()  # logs an outage at startup; never fails it
+        if await self.ping():  # logs an outage at startup; never fails it
+            await self._warm()
         self._flusher = asyncio.create_task(self._usage.flush_forever(), name="polyroute-usage-flush")
 
     async def close(self) -> None:
@@ -300,10 +307,21 @@ class RedisStateStore:
 
     # --- internals ---
 
+    async def _warm(self) -> None:
+        """Cluster and Sentinel: open the connections that requests will use before the first request, one at a
+        time, so that a first burst opens none (standalone's per-request path keeps one connection)."""
+        try:
+            if isinstance(self._client, RedisCluster):
+                await self._lanes.warm(self._client)
+            elif isinstance(self._client.connection_pool, PacedSentinelPool):
+                await self._client.connection_pool.fill()
+        except OUTAGE_ERRORS as err:
+            self._failed("ping", err)
+
     def _script(self, client: Redis | RedisCluster, text: str, *, lean: bool = True) -> ScriptCall:
         if self._scripts is not None and lean and not isinstance(client, RedisCluster):
             return self._scripts.script(text)
-        return _plain(client, text)
+        return _plain(client, text, self._lanes)
 
     async def _admit_atomic(self, r: AdmissionRequest) -> Counted:
         keys = tenant_keys(r.tenant, r.now) + deployment_keys(r.deployments)

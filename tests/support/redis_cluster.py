@@ -131,9 +131,13 @@ class RedisClusterNodes:
             m.stop()
 
 
-def start_cluster(masters: int = 3) -> RedisClusterNodes:
-    """Start `masters` cluster-enabled servers on free loopback ports, join them, and wait until the cluster is ok."""
+def start_cluster(masters: int = 3, *, tcp_backlog: int | None = None) -> RedisClusterNodes:
+    """Start `masters` cluster-enabled servers on free loopback ports, join them, and wait until the cluster is ok.
+    `tcp_backlog` shortens each node's accept queue: a burst of more connects than it holds loses SYNs to the kernel,
+    as a busy node does, and those connects only complete on the client's retransmission a second later."""
     args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000"]
+    if tcp_backlog is not None:
+        args += ["--tcp-backlog", str(tcp_backlog)]
 
     def start_node(_: int) -> RedisServer:
         # the bus port of its own: the default, port + 10000, may be past 65535 or taken
@@ -207,12 +211,14 @@ def _redis_server() -> str:
     return binary
 
 
-def start_sentinel_setup(directory: Path) -> SentinelSetup:
-    """A primary, a replica of it, and three sentinels (quorum 2, down after 1 s, failover timeout 3 s)."""
-    primary = start_redis()
+def start_sentinel_setup(directory: Path, *, tcp_backlog: int | None = None) -> SentinelSetup:
+    """A primary, a replica of it, and three sentinels (quorum 2, down after 1 s, failover timeout 3 s).
+    `tcp_backlog` shortens the accept queue of the primary and the replica, as `start_cluster`'s does."""
+    backlog = ["--tcp-backlog", str(tcp_backlog)] if tcp_backlog is not None else []
+    primary = start_redis(extra_args=backlog)
     started: list[RedisServer | SentinelProcess] = [primary]
     try:
-        replica = start_redis(extra_args=["--replicaof", HOST, str(primary.port)])
+        replica = start_redis(extra_args=["--replicaof", HOST, str(primary.port), *backlog])
         started.append(replica)
         wait_until(lambda: _replication(replica.port).get("master_link_status") == "up", "the replica to sync")
         sentinels = []
