@@ -53,12 +53,30 @@ class ChunkedBodyWriter:
 
 
 class BodyWriters:
-    """One per connection: the writer of the response being streamed on it, for the request that owns it."""
+    """One per connection: the writer of the response being streamed on it, for the request that owns it; and the
+    watch for its client leaving (`watch_disconnect`)."""
 
-    __slots__ = ("_protocol",)
+    __slots__ = ("_protocol", "_watch_lost")
 
-    def __init__(self, protocol: HttpToolsProtocol) -> None:
+    def __init__(
+        self, protocol: HttpToolsProtocol, watch_lost: Callable[[Callable[[], None]], Callable[[], None]]
+    ) -> None:
         self._protocol = protocol
+        self._watch_lost = watch_lost
+
+    def watch_disconnect(self, scope: Scope, on_disconnect: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `on_disconnect` (at once, if it already happened) when the client of this request leaves before its
+        answer is complete; returns what stops the watch, or None when this request's cycle is not current.
+
+        What `receive()` tells an app as `http.disconnect`, from the connection itself: no coroutine waiting on the
+        next ASGI message, no future, for every request."""
+        cycle = self._protocol.cycle
+        if cycle is None or cycle.scope is not scope:
+            return None
+        if cycle.disconnected:
+            on_disconnect()
+            return _nothing
+        return self._watch_lost(on_disconnect)
 
     def open(self, scope: Scope) -> ChunkedBodyWriter | None:
         """The writer for the request of `scope` once its response started in chunks; None otherwise (another
@@ -146,6 +164,10 @@ def _head(
     return b"".join(head)
 
 
+def _nothing() -> None:
+    return None
+
+
 def _offered(scope: Scope) -> BodyWriters | None:
     extensions: dict[str, Any] | None = scope.get("extensions")
     offered = extensions.get(BODY_WRITERS) if extensions else None
@@ -170,3 +192,9 @@ def write_whole(scope: Scope, status: int, media_type: bytes, headers: dict[str,
     """Write a complete answer straight to the connection when the server offers it; False: send it as usual."""
     writers = _offered(scope)
     return writers is not None and writers.whole(scope, status, media_type, headers, body)
+
+
+def watch_disconnect(scope: Scope, on_disconnect: Callable[[], None]) -> Callable[[], None] | None:
+    """`BodyWriters.watch_disconnect` when the server offers it; None: watch `receive()` instead."""
+    writers = _offered(scope)
+    return writers.watch_disconnect(scope, on_disconnect) if writers is not None else None

@@ -6,8 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
-from starlette.types import Receive
+from starlette.types import Receive, Scope
 
+from gateway.api.body_writer import watch_disconnect
 from gateway.errors import ClientGoneError, PolyrouteError, ShuttingDownError
 from gateway.runtime import Drain
 
@@ -87,14 +88,16 @@ class Guard:
     code that catches the CancelledError asks `reason` whether the cancellation was this guard's (and why).
     """
 
-    def __init__(self, receive: Receive, drain: Drain) -> None:
+    def __init__(self, receive: Receive, drain: Drain, scope: Scope | None = None) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._task = task
         self._stopped: PolyrouteError | None = None  # why the task was cancelled, until `reason` consumes it
         self._fired = False  # the task is cancelled at most once
         self._armed = True
-        self._watch = _Watch(receive, self._on_disconnect)
+        # The server's own watch on the connection when it offers one (api/body_writer.py), else the next message.
+        stop = watch_disconnect(scope, self._on_disconnect) if scope is not None else None
+        self._unwatch = stop if stop is not None else _Watch(receive, self._on_disconnect).stop
         self._passed = drain.passed
         self._passed.add_done_callback(self._on_deadline)
 
@@ -133,4 +136,5 @@ class Guard:
         if self._armed:
             self._armed = False
             self._passed.remove_done_callback(self._on_deadline)
-            self._watch.stop()
+            unwatch, self._unwatch = self._unwatch, _nothing  # it may hold this guard's method: let go of it
+            unwatch()

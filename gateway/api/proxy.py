@@ -95,7 +95,7 @@ class ProxyService:
             await response(scope, receive, send)
             return
         # After the body was read, the next ASGI message can only be the disconnect the guard waits for.
-        guard = Guard(receive, self._rt.drain)
+        guard = Guard(receive, self._rt.drain, scope)
         try:
             if parsed.stream:
                 await _stream(job, proto, scope, receive, send, guard)

@@ -87,7 +87,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._body_seen_at = 0.0  # the last time body bytes came (or the gateway resumed reading them)
         self._linger = False  # answered and to be closed, once the client finishes sending the body
         self._cycle_transport: _CycleTransport | None = None
-        self._body_writers: dict[object, object] = {"writers": BodyWriters(self)}  # an ASGI extension is a dict
+        self._body_writers: dict[object, object] = {"writers": BodyWriters(self, self._watch_lost)}  # ASGI extension
+        self._on_lost: Callable[[], None] | None = None  # the current request's guard, told when the client leaves
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]  # uvicorn narrows it to Transport
@@ -107,6 +108,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         super().connection_lost(exc)
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None and self.cycle is not None and self.cycle.disconnected:
+            on_lost()
+
+    def _watch_lost(self, on_lost: Callable[[], None]) -> Callable[[], None]:
+        """Have `on_lost` called when the client of the current request leaves before its answer is complete;
+        returns what stops it (and only it: a later request's watch stays)."""
+        self._on_lost = on_lost
+
+        def stop() -> None:
+            if self._on_lost is on_lost:
+                self._on_lost = None
+
+        return stop
 
     def data_received(self, data: bytes) -> None:
         if self._cycle_transport is not None:
