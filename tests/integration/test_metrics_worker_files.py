@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,7 +19,7 @@ import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
 from gateway.observability import names
-from tests.support.processes import GatewayProcess, Upstream, start_gateway, start_simulated
+from tests.support.processes import GatewayProcess, Upstream, healthy, start_gateway, start_simulated, worker_pids
 from tests.support.prometheus import scrape, total
 
 POLICY = """
@@ -94,28 +92,6 @@ def wait_for(what: str, check: Callable[[], bool]) -> None:
     while not check():
         assert time.monotonic() < deadline, f"timed out after {WAIT_S:.0f}s waiting for {what}"
         time.sleep(0.05)
-
-
-def worker_pids(gateway: GatewayProcess) -> set[int]:
-    """The uvicorn worker processes under the gateway's supervisor (read from /proc)."""
-    pids = set()
-    supervisor = gateway.process.pid
-    for child in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"spawn_main" in cmdline:
-            pids.add(int(child))
-    return pids
-
-
-def healthy(gateway: GatewayProcess) -> bool:
-    try:
-        with urllib.request.urlopen(gateway.url("/healthz"), timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs /proc to find the worker processes")

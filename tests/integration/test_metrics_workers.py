@@ -31,9 +31,11 @@ from tests.support.processes import (
     Upstream,
     free_port,
     have_redis,
+    healthy,
     start_gateway,
     start_redis,
     start_simulated,
+    worker_pids,
 )
 from tests.support.prometheus import Sample, scrape, total
 
@@ -248,28 +250,6 @@ def test_bad_keys_and_unknown_aliases_add_no_label_values(workers: Workers) -> N
     assert total(samples, names.REQUESTS_TOTAL, alias="other", status_class="4xx") >= 15
     text = "\n".join(f"{n}{labels}" for n, labels, _ in samples)
     assert "typo-" not in text and "sk-wrong" not in text and "sk-team" not in text
-
-
-def worker_pids(gateway: GatewayProcess) -> set[int]:
-    """The uvicorn worker processes under the gateway's supervisor (read from /proc)."""
-    pids = set()
-    supervisor = gateway.process.pid
-    for child in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except FileNotFoundError:
-            continue
-        if b"spawn_main" in cmdline:
-            pids.add(int(child))
-    return pids
-
-
-def healthy(gateway: GatewayProcess) -> bool:
-    try:
-        with urllib.request.urlopen(gateway.url("/healthz"), timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def test_killed_workers_lose_no_counts_and_leave_no_requests_in_flight(workers: Workers) -> None:

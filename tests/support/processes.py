@@ -360,6 +360,25 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def worker_pids(gateway: GatewayProcess) -> set[int]:
+    """The uvicorn worker processes under a `--workers N` gateway's supervisor (read from /proc)."""
+    pids = set()
+    supervisor = gateway.process.pid
+    for child in Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split():
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline:
+            pids.add(int(child))
+    return pids
+
+
+def healthy(gateway: GatewayProcess) -> bool:
+    """Whether the gateway answers /healthz with 200 now."""
+    return _healthy(gateway.url("/healthz"))
+
+
 _PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "no_proxy", "all_proxy"})
 
 
