@@ -66,8 +66,25 @@ class _WorkerFiles(Collector):
 
     def collect(self) -> Iterable[Metric]:
         forget_dead_workers(self._dir)
-        merged: Iterable[Metric] = self._merged.collect()  # type: ignore[no-untyped-call]
+        merged: Iterable[Metric] = self._merged.merge(_sized_files(self._dir), accumulate=True)  # type: ignore[no-untyped-call]
         return merged
+
+
+# A metric file's header: the bytes in use (4) and padding (4). prometheus_client creates a file empty and only then
+# sizes it, so another worker's exposition can find it shorter than that; it holds no value yet.
+_FILE_HEADER = 8
+
+
+def _sized_files(multiprocess_dir: Path) -> list[str]:
+    """Every worker's metric file that has its header (files only ever grow)."""
+    sized: list[str] = []
+    for path in multiprocess_dir.glob("*.db"):
+        try:
+            if path.stat().st_size >= _FILE_HEADER:
+                sized.append(str(path))
+        except FileNotFoundError:  # a live gauge of a worker that exited, dropped meanwhile
+            continue
+    return sized
 
 
 def merged_registry(multiprocess_dir: Path) -> CollectorRegistry:

@@ -69,3 +69,19 @@ def test_a_process_forked_after_its_metrics_were_created_counts_in_its_own_files
     assert requests_served(directory) == 3 + 5 + 2  # neither process overwrote the other's counts
     assert (directory / f"counter_{parent}.db").is_file()
     assert (directory / f"counter_{child}.db").is_file()
+
+
+def test_a_metric_file_another_worker_is_still_creating_does_not_fail_the_exposition(tmp_path: Path) -> None:
+    """prometheus_client opens a new metric file (empty) and only then sizes it: a /metrics read in between found
+    a file too short for its header and answered 500. Such a file holds no values yet: it is left out."""
+    directory = tmp_path / "prom"
+    prepare_multiprocess_dir(directory)
+    done = subprocess.run(
+        [sys.executable, "-c", FORKING_WORKER, str(directory)],
+        env={"PROMETHEUS_MULTIPROC_DIR": str(directory), "PYTHONPATH": str(REPO)},
+        cwd=REPO, capture_output=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    (directory / "histogram_4194301.db").write_bytes(b"")  # opened by a worker, not yet sized
+    (directory / "counter_4194302.db").write_bytes(b"\x00\x00")
+    assert requests_served(directory) == 3 + 5 + 2
