@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -85,9 +86,14 @@ async def test_the_write_ahead_log_shrinks_back_after_a_burst_of_admissions(tmp_
         for i in range(3000):  # each one a transaction on the event loop's connection, about 8 KiB of log
             assert (await store.admit(req(now=T0 + i / 100, tenant_rpm=10_000, est_cost_usd=0.001))).allowed
         assert await store.ping()  # a moment without writes, as between bursts
-        assert (await store.admit(req(now=T0 + 31, tenant_rpm=10_000))).allowed
-        # Without checkpoints the log would keep every transaction's pages: 24 MiB here, and growing.
-        assert wal.stat().st_size <= 4 * 2**20
+        # Without checkpoints the log would keep every transaction's pages: 24 MiB here, and growing. With them it
+        # starts over and is cut back once a checkpoint has caught up, which on a busy machine may take a few more
+        # rounds of CHECKPOINT_EVERY transactions (each checkpoint waits only briefly for the lock): keep admitting.
+        deadline = time.monotonic() + 60
+        while wal.stat().st_size > 4 * 2**20:
+            assert time.monotonic() < deadline, f"the write-ahead log stayed at {wal.stat().st_size} bytes"
+            assert (await store.admit(req(now=T0 + 31, tenant_rpm=10_000))).allowed
+            await asyncio.sleep(0.002)
     finally:
         await store.close()  # the last connection to close checkpoints and deletes the log
     assert errors == []
