@@ -75,7 +75,7 @@ class BodyWriters:
             return None
         if cycle.disconnected:
             on_disconnect()
-            return _nothing
+            return nothing
         return self._watch_lost(on_disconnect)
 
     def open(self, scope: Scope) -> ChunkedBodyWriter | None:
@@ -164,7 +164,8 @@ def _head(
     return b"".join(head)
 
 
-def _nothing() -> None:
+def nothing() -> None:
+    """A callback that does nothing: what a watch that has nothing left to stop returns."""
     return None
 
 

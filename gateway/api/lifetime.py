@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from starlette.types import Receive, Scope
 
-from gateway.api.body_writer import watch_disconnect
+from gateway.api.body_writer import nothing, watch_disconnect
 from gateway.errors import ClientGoneError, PolyrouteError, ShuttingDownError
 from gateway.runtime import Drain
 
@@ -20,10 +20,6 @@ async def _until_disconnected(receive: Receive) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             return
-
-
-def _nothing() -> None:
-    return None
 
 
 class _Watch:
@@ -70,7 +66,7 @@ class _Watch:
     def stop(self) -> None:
         # The callback is the guard's own method, and the guard holds this watch: let go of it, so that the request's
         # guard, task and coroutine are freed when it ends, not left as a cycle for the garbage collector.
-        self._on_disconnect = _nothing
+        self._on_disconnect = nothing
         coro, self._coro = self._coro, None
         if coro is not None:
             if self._waiting is not None:
@@ -136,5 +132,5 @@ class Guard:
         if self._armed:
             self._armed = False
             self._passed.remove_done_callback(self._on_deadline)
-            unwatch, self._unwatch = self._unwatch, _nothing  # it may hold this guard's method: let go of it
+            unwatch, self._unwatch = self._unwatch, nothing  # it may hold this guard's method: let go of it
             unwatch()
