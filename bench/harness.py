@@ -62,8 +62,8 @@ class ScenarioResult:
     rss_idle_mb: float | None = None
     rss_after_mb: float | None = None
     loads: list[LoadResult] = field(default_factory=list)
-    ttft: Latencies | None = None
-    plain: Latencies | None = None
+    ttft: dict[int, Latencies] = field(default_factory=dict)  # by round: stream, time to first `data:`
+    plain: dict[int, Latencies] = field(default_factory=dict)  # by round: non-stream, whole answer
     leak: list[tuple[int, float]] | None = None  # (requests so far, RSS MiB)
     error: str | None = None
 
@@ -196,14 +196,14 @@ def run(
                             target, pid, core = targets[scenario.name]
                             _load(results, servers, targets, scenario, workload, concurrency, seconds, core, pid,
                                   round_no)
+            if plan.sequential:
+                _sequential(results, servers, targets, chosen, plan.sequential, round_no)
         for scenario in chosen:
             if scenario.name not in targets:
                 continue
             target, pid, _ = targets[scenario.name]
             result = results[scenario.name]
             try:
-                result.plain = measure_sequential(target, stream=False, count=plan.sequential)
-                result.ttft = measure_sequential(target, stream=True, count=plan.sequential)
                 if pid is not None:
                     result.rss_after_mb = rss_mb(pid)
                     if plan.leak_requests and scenario.name == "polyroute":
@@ -217,6 +217,28 @@ def run(
         if redis is not None:
             redis.stop()
         upstream.stop()
+
+
+def _sequential(
+    results: dict[str, ScenarioResult],
+    servers: dict[str, Served],
+    targets: dict[str, tuple[Target, int | None, str | None]],
+    chosen: list[Scenario],
+    count: int,
+    round_no: int,
+) -> None:
+    """One round of latency at concurrency 1: every scenario in turn, non-stream then stream, so added latency is
+    a difference within a round like every ratio."""
+    for scenario in chosen:
+        if scenario.name not in targets:
+            continue
+        target = targets[scenario.name][0]
+        result = results[scenario.name]
+        try:
+            result.plain[round_no] = measure_sequential(target, stream=False, count=count)
+            result.ttft[round_no] = measure_sequential(target, stream=True, count=count)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+            _fail(result, err, servers.get(scenario.name))
 
 
 def _runs(scenario: Scenario, workload: Workload) -> bool:

@@ -127,7 +127,8 @@ def render(
             ]) + " |")
     lines += [
         "",
-        "## Sequential requests at concurrency 1 (Python raw-socket client, one keep-alive connection)",
+        "## Sequential requests at concurrency 1 (Python raw-socket client, one keep-alive connection; every round, "
+        "each scenario in turn; medians over rounds, (min-max))",
         "",
         "| scenario | non-stream p50 ms | stream TTFT p50 ms | stream TTFT p99 ms | stream total p50 ms | samples | "
         "failures |",
@@ -135,10 +136,11 @@ def render(
     ]
     for r in results:
         if r.plain and r.ttft:
+            plains, ttfts = list(r.plain.values()), list(r.ttft.values())
             lines.append(
-                f"| {r.name} | {r.plain.total_p50_ms:.3f} | {r.ttft.ttft_p50_ms:.3f} | {r.ttft.ttft_p99_ms:.3f} | "
-                f"{r.ttft.total_p50_ms:.3f} | {r.plain.samples + r.ttft.samples} | "
-                f"{r.plain.failures + r.ttft.failures} |"
+                f"| {r.name} | {_ms([x.total_p50_ms for x in plains])} | {_ms([x.ttft_p50_ms for x in ttfts])} | "
+                f"{_ms([x.ttft_p99_ms for x in ttfts])} | {_ms([x.total_p50_ms for x in ttfts])} | "
+                f"{sum(x.samples for x in plains + ttfts)} | {sum(x.failures for x in plains + ttfts)} |"
             )
     lines += ["", "## Targets (issue 20; medians of interleaved rounds)", "", "| target | measured | holds |",
               "|---|---|---|"]
@@ -260,11 +262,11 @@ def targets(by: dict[str, ScenarioResult], levels: list[StreamsLevel]) -> Iterab
         yield "1 MiB body adds <= 2 ms over the pass-through (p50, c=1)", over.number("{:+.2f} ms"), _yes(
             over.median <= 2.0)
     d = by.get("direct")
-    if p and d and p.plain and d.plain and p.ttft and d.ttft:
-        added = (p.plain.total_p50_ms - d.plain.total_p50_ms) * 1000
-        yield "added p50 latency at c=1 <= 350 µs (non-stream)", f"{added:.0f} µs", _yes(added <= 350)
-        added = (p.ttft.ttft_p50_ms - d.ttft.ttft_p50_ms) * 1000
-        yield "added time to first token at c=1 <= 350 µs", f"{added:.0f} µs", _yes(added <= 350)
+    plain, first = spread.added_sequential_us(p, d, ttft=False), spread.added_sequential_us(p, d, ttft=True)
+    if plain is not None:
+        yield "added p50 latency at c=1 <= 350 µs (non-stream)", plain.number("{:.0f} µs"), _yes(plain.median <= 350)
+    if first is not None:
+        yield "added time to first token at c=1 <= 350 µs", first.number("{:.0f} µs"), _yes(first.median <= 350)
     for name, where in (("polyroute-traced", "exporter on another core"), ("polyroute-traced-1core", "on one core")):
         for workload in ("non-stream", "stream"):
             kept = spread.throughput_ratio(by.get(name), p, workload, 16)
@@ -322,14 +324,14 @@ def _short(s: spread.Spread | None) -> str:
 
 
 def _added(by: dict[str, ScenarioResult], r: ScenarioResult, *, plain: bool) -> str:
-    d = by.get("direct")
-    if d is None:
-        return "-"
-    mine = (r.plain.total_p50_ms if r.plain else None) if plain else (r.ttft.ttft_p50_ms if r.ttft else None)
-    floor = (d.plain.total_p50_ms if d.plain else None) if plain else (d.ttft.ttft_p50_ms if d.ttft else None)
-    if mine is None or floor is None:
-        return "-"
-    return f"{(mine - floor) * 1000:+,.0f} µs"
+    """Median over rounds of this scenario's latency at concurrency 1 minus the same sent direct."""
+    added = spread.added_sequential_us(r, by.get("direct"), ttft=not plain)
+    return "-" if added is None else f"{added.median:+,.0f} µs"
+
+
+def _ms(values: list[float]) -> str:
+    s = spread.of(values)
+    return "-" if s is None else s.number("{:.3f}")
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bench.measure import LoadResult
+from bench.measure import Latencies, LoadResult
 
 if TYPE_CHECKING:
     from bench.harness import ScenarioResult
@@ -72,6 +72,19 @@ def cpu_ratio(r: ScenarioResult | None, base: ScenarioResult | None, workload: s
         if a and b:
             values.append(b / a)
     return of(values)
+
+
+def added_sequential_us(r: ScenarioResult | None, base: ScenarioResult | None, *, ttft: bool) -> Spread | None:
+    """Latency at concurrency 1 over the base's, round by round (µs): time to first token of a stream, or the
+    p50 of a whole non-stream answer."""
+    if r is None or base is None:
+        return None
+    def p50(x: Latencies) -> float:
+        return x.ttft_p50_ms if ttft else x.total_p50_ms
+
+    mine = {n: p50(x) for n, x in (r.ttft if ttft else r.plain).items()}
+    theirs = {n: p50(x) for n, x in (base.ttft if ttft else base.plain).items()}
+    return of([(mine[n] - theirs[n]) * 1000 for n in sorted(mine.keys() & theirs.keys())])
 
 
 def added_p50_ms(r: ScenarioResult | None, base: ScenarioResult | None, workload: str, c: int) -> Spread | None:
