@@ -21,7 +21,9 @@ class StateFailureMode(StrEnum):
 class Settings(BaseSettings):
     """Everything a polyroute process is configured with besides the policy file."""
 
-    model_config = SettingsConfigDict(env_prefix="POLYROUTE_", extra="ignore")
+    # A variable set to the empty string counts as unset (`POLYROUTE_REDIS_URL=` from a compose file's
+    # `${REDIS_URL:-}`), as the OpenTelemetry specification requires of the OTEL_* variables.
+    model_config = SettingsConfigDict(env_prefix="POLYROUTE_", extra="ignore", env_ignore_empty=True)
 
     policy: Path | None = None
     redis_url: str | None = None
