@@ -9,7 +9,7 @@ from typing import Final, Generic, Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gateway.errors import ErrorClass
+from gateway.error_classes import ErrorClass
 from gateway.observability import names
 from gateway.observability.multiprocess import check_files_land_in, check_multiprocess_mode, merged_registry
 

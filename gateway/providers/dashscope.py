@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.policy.table import Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, UpstreamStream, Usage
 from gateway.providers.dashscope_images import (

@@ -8,7 +8,8 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import REQUEST_FAULT_CODES, ErrorClass, UpstreamError
+from gateway.error_classes import REQUEST_FAULT_CODES, ErrorClass
+from gateway.errors import UpstreamError
 from gateway.providers.http1_wire import AnswerRefused, ConnectTimeout, InvalidHeader
 
 _CONTEXT_MARKERS = (

@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.policy.table import Protocol, Provider
 from gateway.providers.audio_relay import AudioRelay, multipart, transcription_reply
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage

@@ -5,14 +5,13 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from gateway.error_classes import AttemptFailure, ErrorClass
 from gateway.errors import (
     AllTargetsFailedError,
-    AttemptFailure,
     AuthenticationError,
     BadRequestError,
     BudgetExceededError,
     ClientGoneError,
-    ErrorClass,
     NoEligibleTargetError,
     NotFoundError,
     PermissionDeniedError,
