@@ -1,5 +1,5 @@
-"""The one error hierarchy of polyroute; every class knows its HTTP status and OpenAI error type, and this module
-builds the OpenAI error envelope (and its SSE event) every one of them is sent in.
+"""The one error hierarchy of polyroute; every class knows its HTTP status and OpenAI error type (`error_envelope`
+builds the OpenAI error envelope, and its SSE event, every one of them is sent in).
 
     PolyrouteError                      (500, api_error)
     ├── PolicyError                     policy file could not be loaded; names the YAML path
@@ -37,8 +37,6 @@ builds the OpenAI error envelope (and its SSE event) every one of them is sent i
 from __future__ import annotations
 
 import math
-
-import orjson
 
 from gateway.error_classes import (
     CONTENT_POLICY_VIOLATION,
@@ -399,12 +397,3 @@ class ClientGoneError(PolyrouteError):
     def __init__(self) -> None:
         super().__init__("The client closed the connection before the answer was ready.")
 
-
-def error_body(err: PolyrouteError) -> dict[str, dict[str, str | None]]:
-    """OpenAI's error envelope."""
-    return {"error": {"message": err.message, "type": err.error_type, "param": err.param, "code": err.code}}
-
-
-def error_event(err: PolyrouteError) -> bytes:
-    """The one SSE event that ends a stream whose upstream failed after the first byte."""
-    return b"data: " + orjson.dumps(error_body(err)) + b"\n\n"
