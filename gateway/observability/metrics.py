@@ -3,33 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Generic, Literal, TypeVar
+from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gateway.error_classes import ErrorClass
 from gateway.observability import names
-from gateway.observability.multiprocess import check_files_land_in, check_multiprocess_mode, merged_registry
-
-OTHER: Final = "other"
-"""Label value recorded for anything outside the known, bounded set (unknown alias, bad key, new error class)."""
-NONE: Final = "none"
-"""Label value for "not applicable", e.g. the deployment of a request that never reached an upstream."""
-
-UPSTREAM_ERROR_CLASSES: Final = frozenset(c.value for c in ErrorClass)
-UPSTREAM_OUTCOMES: Final = UPSTREAM_ERROR_CLASSES | {"success"}
-RATE_LIMIT_REASONS: Final = frozenset(
-    {"tenant_rpm", "tenant_tpm", "budget_day", "budget_month", "deployments_saturated", OTHER}
+from gateway.observability.labels import (
+    BUDGET_PERIODS,
+    CURRENCIES,
+    HOSTINGS,
+    LOCKIN_SHARE_BY,
+    POLICY_RELOAD_RESULTS,
+    RATE_LIMIT_REASONS,
+    SHADOW_RESULTS,
+    STATE_STORE_OPS,
+    UPSTREAM_ERROR_CLASSES,
+    UPSTREAM_OUTCOMES,
+    Children,
+    KnownLabels,
+    bounded,
+    clamp,
+    flag_label,
+    status_class,
 )
-BUDGET_PERIODS: Final = frozenset({"day", "month"})
-POLICY_RELOAD_RESULTS: Final = frozenset({"success", "error"})
-STATE_STORE_OPS: Final = frozenset({"admit", "settle", "circuit", "usage", "ping", OTHER})
-HOSTINGS: Final = frozenset({"cloud", "self_hosted", NONE})
-LOCKIN_SHARE_BY: Final = frozenset({"requests", "tokens", "spend"})
-CURRENCIES: Final = frozenset({"USD", "CNY", "EUR"})
-SHADOW_RESULTS: Final = frozenset({"compared", "dropped_budget", "dropped_concurrency", "excluded", "error"})
+from gateway.observability.multiprocess import check_files_land_in, check_multiprocess_mode, merged_registry
 
 # Text format 0.0.4 is what generate_latest writes and what every Prometheus version scrapes.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
@@ -42,7 +40,6 @@ SIMILARITY_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1
 RATIO_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 10.0)
 
 _IDENTITY_CACHE: Final = 4096
-_STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _TOKEN_TYPES: Final = ("input", "output", "cached", "reasoning", "audio_input", "audio_output")
 _SPAN_DROP_REASONS: Final = ("queue_full", "export_failed", "exporter_exited")
 
@@ -117,70 +114,18 @@ _HELP: Final[Mapping[str, str]] = {
 }
 
 
-def _bounded(allowed: Iterable[str]) -> Mapping[str, str]:
-    # A mapping to plain str: a str-valued Enum member finds its entry, but its str() would be "Class.MEMBER".
-    return {str.__str__(v): str.__str__(v) for v in (*allowed, NONE, OTHER)}
+_HOSTINGS: Final = bounded(HOSTINGS)
+_OUTCOMES: Final = bounded(UPSTREAM_OUTCOMES)
+_ERROR_CLASSES: Final = bounded(UPSTREAM_ERROR_CLASSES)
+_RATE_LIMIT_REASONS: Final = bounded(RATE_LIMIT_REASONS)
+_SHADOW_RESULTS: Final = bounded(SHADOW_RESULTS)
+_BUDGET_PERIODS: Final = bounded(BUDGET_PERIODS)
+_RELOAD_RESULTS: Final = bounded(POLICY_RELOAD_RESULTS)
+_STATE_STORE_OPS: Final = bounded(STATE_STORE_OPS)
+_CURRENCIES: Final = bounded(CURRENCIES)
 
 
-def _clamp(value: str, allowed: Mapping[str, str]) -> str:
-    return allowed.get(value, OTHER)
-
-
-_INITIAL: Final = _bounded(())
-_HOSTINGS: Final = _bounded(HOSTINGS)
-_OUTCOMES: Final = _bounded(UPSTREAM_OUTCOMES)
-_ERROR_CLASSES: Final = _bounded(UPSTREAM_ERROR_CLASSES)
-_RATE_LIMIT_REASONS: Final = _bounded(RATE_LIMIT_REASONS)
-_SHADOW_RESULTS: Final = _bounded(SHADOW_RESULTS)
-_BUDGET_PERIODS: Final = _bounded(BUDGET_PERIODS)
-_RELOAD_RESULTS: Final = _bounded(POLICY_RELOAD_RESULTS)
-_STATE_STORE_OPS: Final = _bounded(STATE_STORE_OPS)
-_CURRENCIES: Final = _bounded(CURRENCIES)
-
-
-_M = TypeVar("_M", Counter, Gauge, Histogram)
 _GaugeMode = Literal["livemax", "livesum", "mostrecent"]
-
-
-class _Children(Generic[_M]):
-    """The labelled series of one metric, found by one dict lookup instead of a validated labels() call."""
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: _M) -> None:
-        self._metric: _M = metric
-        self._children: dict[tuple[str, ...], _M] = {}
-
-    def remove(self, *label_values: str) -> None:
-        """Drop a series (no-op when it does not exist)."""
-        if self._children.pop(label_values, None) is not None:
-            self._metric.remove(*label_values)
-
-    def __call__(self, *label_values: str) -> _M:
-        child = self._children.get(label_values)
-        if child is None:  # bounded: every label value has been clamped to a known set
-            child = self._children[label_values] = self._metric.labels(*label_values)
-        return child
-
-
-@dataclass(frozen=True, slots=True)
-class _KnownLabels:
-    """Label values allowed as themselves; swapped as a whole so readers never see a half-updated set."""
-
-    aliases: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-    deployments: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-    providers: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-    vendors: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-    tenants: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-
-
-def _status_class(status: int) -> str:
-    index = status // 100 - 1
-    return _STATUS_CLASSES[index] if 0 <= index < len(_STATUS_CLASSES) else OTHER
-
-
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
 
 
 class Metrics:
@@ -192,18 +137,18 @@ class Metrics:
 
     def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
         check_multiprocess_mode(multiprocess_dir)
-        self._known = _KnownLabels()
+        self._known = KnownLabels()
         self._identities: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._registry = r = CollectorRegistry()
 
-        def counter(name: str, *labels: str) -> _Children[Counter]:
-            return _Children(Counter(name, _HELP[name], labels, registry=r))
+        def counter(name: str, *labels: str) -> Children[Counter]:
+            return Children(Counter(name, _HELP[name], labels, registry=r))
 
-        def histogram(name: str, buckets: tuple[float, ...], *labels: str) -> _Children[Histogram]:
-            return _Children(Histogram(name, _HELP[name], labels, buckets=buckets, registry=r))
+        def histogram(name: str, buckets: tuple[float, ...], *labels: str) -> Children[Histogram]:
+            return Children(Histogram(name, _HELP[name], labels, buckets=buckets, registry=r))
 
-        def gauge(name: str, mode: _GaugeMode, *labels: str) -> _Children[Gauge]:
-            return _Children(Gauge(name, _HELP[name], labels, multiprocess_mode=mode, registry=r))
+        def gauge(name: str, mode: _GaugeMode, *labels: str) -> Children[Gauge]:
+            return Children(Gauge(name, _HELP[name], labels, multiprocess_mode=mode, registry=r))
 
         identity = ("alias", "deployment", "provider", "vendor", "hosting", "tenant")
         self._requests = counter(names.REQUESTS_TOTAL, *identity, "status_class")
@@ -275,12 +220,12 @@ class Metrics:
     ) -> None:
         """Declare the label values the policy defines; any other value is recorded as "other"."""
         previous = self._known
-        known = _KnownLabels(
-            aliases=_bounded(aliases),
-            deployments=_bounded(deployments),
-            providers=_bounded(providers),
-            vendors=_bounded(vendors),
-            tenants=_bounded(tenants),
+        known = KnownLabels(
+            aliases=bounded(aliases),
+            deployments=bounded(deployments),
+            providers=bounded(providers),
+            vendors=bounded(vendors),
+            tenants=bounded(tenants),
         )
         self._known = known
         self._identities = {}
@@ -306,8 +251,8 @@ class Metrics:
     ) -> None:
         """Record one finished client request (any status, streamed or not)."""
         identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
-        self._requests(*identity, _status_class(status)).inc()
-        self._duration(identity[0], identity[1], _flag(stream)).observe(duration_s)
+        self._requests(*identity, status_class(status)).inc()
+        self._duration(identity[0], identity[1], flag_label(stream)).observe(duration_s)
         self._overhead.observe(overhead_s)
         if ttft_s is not None:
             self._ttft(identity[0], identity[1]).observe(ttft_s)
@@ -321,12 +266,12 @@ class Metrics:
         if found is None:
             k = self._known
             found = (
-                _clamp(alias, k.aliases),
-                _clamp(deployment, k.deployments),
-                _clamp(provider, k.providers),
-                _clamp(vendor, k.vendors),
-                _clamp(hosting, _HOSTINGS),
-                _clamp(tenant, k.tenants),
+                clamp(alias, k.aliases),
+                clamp(deployment, k.deployments),
+                clamp(provider, k.providers),
+                clamp(vendor, k.vendors),
+                clamp(hosting, _HOSTINGS),
+                clamp(tenant, k.tenants),
             )
             if len(self._identities) >= _IDENTITY_CACHE:
                 self._identities.clear()  # what clients send is unbounded; the cache must not be
@@ -337,7 +282,7 @@ class Metrics:
         """Record one attempt against an upstream: "success" or its error class."""
         k = self._known
         self._upstream(
-            _clamp(deployment, k.deployments), _clamp(provider, k.providers), _clamp(outcome, _OUTCOMES)
+            clamp(deployment, k.deployments), clamp(provider, k.providers), clamp(outcome, _OUTCOMES)
         ).inc()
 
     def tokens(
@@ -359,7 +304,7 @@ class Metrics:
     ) -> None:
         """Add one request's token usage; zero counts create no series."""
         identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
-        flag = _flag(estimated)
+        flag = flag_label(estimated)
         counts = (input, output, cached, reasoning, audio_input, audio_output)
         for token_type, count in zip(_TOKEN_TYPES, counts, strict=True):
             if count > 0:
@@ -396,12 +341,12 @@ class Metrics:
         if not amount > 0:
             return
         identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
-        self._cost_native(*identity, _clamp(currency, _CURRENCIES)).inc(amount)
+        self._cost_native(*identity, clamp(currency, _CURRENCIES)).inc(amount)
 
     def days_to_retirement(self, days: Mapping[str, int]) -> None:
         """Set each retiring deployment's days left (the policy's `retires_on`); a deployment no longer retiring (a
         reload removed its date or the deployment) loses its series."""
-        labels = {_clamp(deployment, self._known.deployments): left for deployment, left in days.items()}
+        labels = {clamp(deployment, self._known.deployments): left for deployment, left in days.items()}
         for gone in self._retiring - labels.keys():
             self._retirement.remove(gone)
         for label, left in labels.items():
@@ -412,9 +357,9 @@ class Metrics:
         """Record a move to the next deployment after an attempt failed with error class `reason`."""
         k = self._known
         self._fallbacks(
-            _clamp(from_deployment, k.deployments),
-            _clamp(to_deployment, k.deployments),
-            _clamp(reason, _ERROR_CLASSES),
+            clamp(from_deployment, k.deployments),
+            clamp(to_deployment, k.deployments),
+            clamp(reason, _ERROR_CLASSES),
         ).inc()
 
     def lockin(
@@ -430,31 +375,31 @@ class Metrics:
         (`critical` names the aliases a vendor drill must not strand: the label alerts select on)."""
         for (by, vendor), share in vendor_shares.items():
             if by in LOCKIN_SHARE_BY:
-                self._vendor_share(by, _clamp(vendor, self._known.vendors)).set(share)
+                self._vendor_share(by, clamp(vendor, self._known.vendors)).set(share)
         for by, value in hhi.items():
             if by in LOCKIN_SHARE_BY:
                 self._vendor_hhi(by).set(value)
         for alias, share in stranded.items():
-            self._stranded(_clamp(alias, self._known.aliases)).set(share)
+            self._stranded(clamp(alias, self._known.aliases)).set(share)
         for alias, ok in portable.items():
-            label = _clamp(alias, self._known.aliases)
+            label = clamp(alias, self._known.aliases)
             is_critical = alias in critical
-            self._portable.remove(label, _flag(not is_critical))  # the flag changed with a reload
-            self._portable(label, _flag(is_critical)).set(1.0 if ok else 0.0)
+            self._portable.remove(label, flag_label(not is_critical))  # the flag changed with a reload
+            self._portable(label, flag_label(is_critical)).set(1.0 if ok else 0.0)
 
     def circuit(self, *, deployment: str, is_open: bool) -> None:
         """Record that a deployment's circuit breaker opened or closed."""
-        self._circuit(_clamp(deployment, self._known.deployments)).set(1.0 if is_open else 0.0)
+        self._circuit(clamp(deployment, self._known.deployments)).set(1.0 if is_open else 0.0)
 
     def inflight(self, *, alias: str, delta: int) -> None:
         """Add `delta` (+1 on arrival, -1 when the response ends) to the in-flight count of an alias."""
-        self._inflight(_clamp(alias, self._known.aliases)).inc(delta)
+        self._inflight(clamp(alias, self._known.aliases)).inc(delta)
 
     def engine_load(
         self, *, deployment: str, queue: float, running: float, kv: float | None, age_s: float | None, fallback: bool
     ) -> None:
         """Publish one deployment's engine signals (kv and age left out when unknown)."""
-        label = _clamp(deployment, self._known.deployments)
+        label = clamp(deployment, self._known.deployments)
         g = self._engine
         g["queue"](label).set(queue)
         g["running"](label).set(running)
@@ -466,25 +411,25 @@ class Metrics:
 
     def spill(self, *, alias: str, from_tier: int, to_tier: int) -> None:
         """Record a spill-over alias moving its new requests from one tier to another."""
-        label = _clamp(alias, self._known.aliases)
+        label = clamp(alias, self._known.aliases)
         self._spill_active(label).set(1.0 if to_tier > 0 else 0.0)
         if from_tier != to_tier:
             self._spills(label, str(min(from_tier, 9)), str(min(to_tier, 9))).inc()
 
     def affinity(self, *, alias: str, hit: bool) -> None:
         """Record whether a request with an affinity key reached the deployment its key hashes to."""
-        self._affinity(_clamp(alias, self._known.aliases), "hit" if hit else "miss").inc()
+        self._affinity(clamp(alias, self._known.aliases), "hit" if hit else "miss").inc()
 
     def shadow(self, *, alias: str, target: str, result: str) -> None:
         """Count one shadow copy by result (see SHADOW_RESULTS)."""
-        labels = _clamp(alias, self._known.aliases), _clamp(target, self._known.deployments)
-        self._shadow(*labels, _clamp(result, _SHADOW_RESULTS)).inc()
+        labels = clamp(alias, self._known.aliases), clamp(target, self._known.deployments)
+        self._shadow(*labels, clamp(result, _SHADOW_RESULTS)).inc()
 
     def shadow_compared(
         self, *, alias: str, target: str, similarity: float, latency_ratio: float | None, cost_ratio: float | None
     ) -> None:
         """Record one compared pair's agreement and its latency and cost relative to the primary."""
-        labels = _clamp(alias, self._known.aliases), _clamp(target, self._known.deployments)
+        labels = clamp(alias, self._known.aliases), clamp(target, self._known.deployments)
         self._shadow_similarity(*labels).observe(similarity)
         if latency_ratio is not None:
             self._shadow_latency(*labels).observe(latency_ratio)
@@ -493,23 +438,23 @@ class Metrics:
 
     def rate_limited(self, *, tenant: str, reason: str) -> None:
         """Record a request refused with 429."""
-        self._rate_limited(_clamp(tenant, self._known.tenants), _clamp(reason, _RATE_LIMIT_REASONS)).inc()
+        self._rate_limited(clamp(tenant, self._known.tenants), clamp(reason, _RATE_LIMIT_REASONS)).inc()
 
     def budget_remaining(self, *, tenant: str, period: str, usd: float) -> None:
         """Set what a tenant may still spend in `period` ("day" or "month")."""
-        self._budget(_clamp(tenant, self._known.tenants), _clamp(period, _BUDGET_PERIODS)).set(usd)
+        self._budget(clamp(tenant, self._known.tenants), clamp(period, _BUDGET_PERIODS)).set(usd)
 
     def policy_reload(self, *, result: str) -> None:
         """Record a policy reload: "success" or "error" (rejected, the previous policy kept)."""
-        self._reloads(_clamp(result, _RELOAD_RESULTS)).inc()
+        self._reloads(clamp(result, _RELOAD_RESULTS)).inc()
 
     def state_store_error(self, *, op: str) -> None:
         """Record a failed state store operation."""
-        self._state_errors(_clamp(op, _STATE_STORE_OPS)).inc()
+        self._state_errors(clamp(op, _STATE_STORE_OPS)).inc()
 
     def upstream_connection_wait(self, provider: str, seconds: float) -> None:
         """Record a request that waited `seconds` for a free connection of `provider` (none free at once)."""
-        self._connection_wait(_clamp(provider, self._known.providers)).observe(seconds)
+        self._connection_wait(clamp(provider, self._known.providers)).observe(seconds)
 
     def spans_dropped(self, *, reason: str, count: int) -> None:
         """Record trace spans that were never exported: "queue_full", "export_failed" or "exporter_exited"."""
