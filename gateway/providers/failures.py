@@ -10,7 +10,8 @@ import orjson
 
 from gateway.error_classes import REQUEST_FAULT_CODES, ErrorClass
 from gateway.errors import UpstreamError
-from gateway.providers.http1_wire import AnswerRefused, ConnectTimeout, InvalidHeader
+from gateway.providers.http1_head import InvalidHeader
+from gateway.providers.http1_wire import AnswerRefused, ConnectTimeout
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",

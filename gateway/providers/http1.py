@@ -4,7 +4,8 @@ Every request to an OpenAI-compatible upstream goes through here, so it does onl
 read the status, the headers and the body (content-length, chunked, or up to the close), keep the connection for
 the next request, and fail in a way failover can classify. Parsing is httptools' (llhttp, in C); connections are
 the event loop's own transports, TLS included, direct or through an HTTP proxy (`upstream_proxy`). Per request it
-costs a fraction of a general-purpose client. The bytes on the wire are `http1_wire`'s.
+costs a fraction of a general-purpose client. The bytes on the wire are `http1_head`'s (requests) and `http1_wire`'s
+(answers).
 
 Failures, all of them exceptions the caller classifies:
 
@@ -37,6 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 
+from gateway.providers.http1_head import HeaderBlock, InvalidHeader, Origin
 from gateway.providers.http1_wire import (
     AnswerRefused,
     BodySink,
@@ -44,9 +46,6 @@ from gateway.providers.http1_wire import (
     ConnectFailed,
     Connection,
     ConnectTimeout,
-    HeaderBlock,
-    InvalidHeader,
-    Origin,
 )
 from gateway.providers.upstream_proxy import UpstreamProxy
 
