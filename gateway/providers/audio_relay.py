@@ -11,7 +11,7 @@ from gateway.error_classes import ErrorClass
 from gateway.errors import UpstreamError
 from gateway.providers.base import Upload, UpstreamReply, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, transport_failure
-from gateway.providers.http1 import Response
+from gateway.providers.http1_response import Response
 from gateway.providers.multipart import encode_form
 
 

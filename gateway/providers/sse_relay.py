@@ -9,7 +9,7 @@ from gateway.error_classes import ErrorClass
 from gateway.errors import UpstreamError
 from gateway.providers.base import BodyWriter, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, stream_event, transport_failure
-from gateway.providers.http1 import Response
+from gateway.providers.http1_response import Response
 
 DONE_EVENT = b"data: [DONE]\n\n"
 
