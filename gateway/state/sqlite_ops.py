@@ -29,13 +29,8 @@ from gateway.state.facts import (
     FactKey,
     tally_facts,
 )
-from gateway.state.memory import (
-    USAGE_RETENTION_DAYS,
-    UsageKey,
-    _excess,
-    _tenant_reason,
-    tally_usage,
-)
+from gateway.state.memory import _excess, _tenant_reason
+from gateway.state.usage_rows import USAGE_RETENTION_DAYS, UsageKey, tally_usage
 
 Subject = tuple[str, str]  # (kind, name): ("tenant", "team-a"), ("deployment", "qwen-plus")
 
