@@ -1,7 +1,7 @@
 """The SQLite store's transaction bodies: admission, sliding windows, budget counters, usage rows, routing facts.
 
 Each function runs inside one transaction the caller opened (sqlite.SqliteStateStore._write) and follows the in-process
-store's rules (memory.py, window.py) to the bucket and the micro-dollar.
+store's rules (memory.py, usage_rows.py, window.py) to the bucket and the micro-dollar.
 """
 
 from __future__ import annotations
