@@ -1,5 +1,5 @@
-"""The one error hierarchy of polyroute; every class knows its HTTP status and OpenAI error type, and this module
-builds the OpenAI error envelope (and its SSE event) every one of them is sent in.
+"""The one error hierarchy of polyroute; every class knows its HTTP status and OpenAI error type (`error_envelope`
+builds the OpenAI error envelope, and its SSE event, every one of them is sent in).
 
     PolyrouteError                      (500, api_error)
     ├── PolicyError                     policy file could not be loaded; names the YAML path
@@ -37,10 +37,15 @@ builds the OpenAI error envelope (and its SSE event) every one of them is sent i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from enum import StrEnum
 
-import orjson
+from gateway.error_classes import (
+    CONTENT_POLICY_VIOLATION,
+    CONTEXT_LENGTH_EXCEEDED,
+    REQUEST_FAULT_CODES,
+    REQUEST_FAULTS,
+    AttemptFailure,
+    ErrorClass,
+)
 
 
 class PolyrouteError(Exception):
@@ -205,40 +210,7 @@ class StateUnavailableError(PolyrouteError):
     code = "state_store_unavailable"
 
 
-class ErrorClass(StrEnum):
-    """Why one upstream attempt failed; `fallback.on` lists the classes that move on to the next target."""
-
-    RATE_LIMIT = "rate_limit"
-    TIMEOUT = "timeout"
-    SERVER_ERROR = "server_error"
-    CONNECTION_ERROR = "connection_error"
-    CONTEXT_WINDOW = "context_window"
-    CONTENT_POLICY = "content_policy"
-    AUTH = "auth"
-    BAD_REQUEST = "bad_request"
-    NOT_FOUND = "not_found"
-    ACCOUNT = "account"  # arrears / AccessDenied: the operator's account, not the request; opens the circuit at once
-    QUOTA_EXHAUSTED = "quota_exhausted"  # a quota that no retry restores (a spent free tier): opens the circuit at once
-    RETIRED = "retired"  # 404/410: the model no longer exists (retired, deprecated): opens the circuit at once
-
-
-# Failures another try (here or at the next target) may cure.
-RETRYABLE = frozenset(
-    {ErrorClass.RATE_LIMIT, ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR}
-)
-# Failures that say something about the deployment's health, so they count toward its circuit breaker.
-HEALTH_FAILURES = frozenset({ErrorClass.TIMEOUT, ErrorClass.SERVER_ERROR, ErrorClass.CONNECTION_ERROR})
-# Failures that will repeat on every request until the operator acts: one opens the circuit for its cooldown.
-TRIPPING_FAILURES = frozenset({ErrorClass.ACCOUNT, ErrorClass.QUOTA_EXHAUSTED, ErrorClass.RETIRED})
-
-CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
-CONTENT_POLICY_VIOLATION = "content_policy_violation"
 UNSUPPORTED_CAPABILITY = "unsupported_capability"  # no target of the alias can do what the request needs (audio_out)
-# The OpenAI codes of the refusals a client can act on itself (shorten or compact the prompt, change its content).
-REQUEST_FAULT_CODES = {
-    ErrorClass.CONTEXT_WINDOW: CONTEXT_LENGTH_EXCEEDED,
-    ErrorClass.CONTENT_POLICY: CONTENT_POLICY_VIOLATION,
-}
 
 
 class UpstreamError(PolyrouteError):
@@ -260,25 +232,6 @@ class UpstreamError(PolyrouteError):
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.body = body
-
-
-@dataclass(frozen=True)
-class AttemptFailure:
-    """What one attempt's failure looked like, as reported to the client when all fail."""
-
-    deployment: str
-    error_class: ErrorClass
-    message: str
-    upstream_status: int | None = None
-    skipped: bool = False  # not tried (open circuit, own rate limit, too small a window): says nothing new
-    # Seconds until the target may answer: the upstream's Retry-After, or for a skipped target the time until its
-    # own rate-limit window or its open circuit frees.
-    retry_after: float | None = None
-    context_window: int | None = None  # with CONTEXT_WINDOW: the window (configured) that was too small
-
-
-# Failures that are the request's own fault: when every target failed so, the client must change the request.
-_REQUEST_FAULTS = frozenset({ErrorClass.BAD_REQUEST, ErrorClass.CONTEXT_WINDOW, ErrorClass.CONTENT_POLICY})
 
 
 class AllTargetsFailedError(PolyrouteError):
@@ -307,7 +260,7 @@ class AllTargetsFailedError(PolyrouteError):
             + (f": {f.message}" if f.message else "")
             for f in failures
         )
-        waits = [f.retry_after for f in failures if f.error_class not in _REQUEST_FAULTS and f.retry_after is not None]
+        waits = [f.retry_after for f in failures if f.error_class not in REQUEST_FAULTS and f.retry_after is not None]
         self.retry_after = min(waits) if waits else None
         lead = self._lead(failures)
         super().__init__(f"{lead}: {parts}" if parts else "no target was tried", code=self.code)
@@ -365,7 +318,7 @@ class AllUnavailableError(AllTargetsFailedError):
 
 def _failed_kind(failures: list[AttemptFailure]) -> type[AllTargetsFailedError]:
     """Which failure the client is told of; targets that were only skipped do not change the operator-side kind."""
-    others = [f for f in failures if f.error_class not in _REQUEST_FAULTS]
+    others = [f for f in failures if f.error_class not in REQUEST_FAULTS]
     if failures and not others:
         return AllRefusedError
     if any(f.error_class is ErrorClass.RATE_LIMIT for f in others) and all(
@@ -444,12 +397,3 @@ class ClientGoneError(PolyrouteError):
     def __init__(self) -> None:
         super().__init__("The client closed the connection before the answer was ready.")
 
-
-def error_body(err: PolyrouteError) -> dict[str, dict[str, str | None]]:
-    """OpenAI's error envelope."""
-    return {"error": {"message": err.message, "type": err.error_type, "param": err.param, "code": err.code}}
-
-
-def error_event(err: PolyrouteError) -> bytes:
-    """The one SSE event that ends a stream whose upstream failed after the first byte."""
-    return b"data: " + orjson.dumps(error_body(err)) + b"\n\n"

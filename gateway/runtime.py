@@ -26,7 +26,7 @@ from gateway.policy.table import Deployment, PolicyTable
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.portability.shadow import ShadowEvaluator
 from gateway.providers.base import Provider
-from gateway.providers.http1 import UpstreamLimits
+from gateway.providers.http1_response import UpstreamLimits
 from gateway.providers.registry import ProviderFactory, build_providers, close_shared_clients
 from gateway.providers.upstream_proxy import proxies_for
 from gateway.routing.executor import AttemptObserver, Executor

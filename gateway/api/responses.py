@@ -5,7 +5,8 @@ from __future__ import annotations
 import orjson
 from starlette.responses import Response
 
-from gateway.errors import PolyrouteError, error_body
+from gateway.error_envelope import error_body
+from gateway.errors import PolyrouteError
 
 
 def error_response(err: PolyrouteError, headers: dict[str, str] | None = None) -> Response:

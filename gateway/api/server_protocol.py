@@ -32,7 +32,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gateway.api.body_writer import BODY_WRITERS, BodyWriters
-from gateway.errors import PolyrouteError, RequestTimeoutError, TooManyConnectionsError, error_body
+from gateway.error_envelope import error_body
+from gateway.errors import PolyrouteError, RequestTimeoutError, TooManyConnectionsError
 from gateway.protocols import messages_reply
 from gateway.settings import Settings
 

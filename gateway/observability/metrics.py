@@ -3,184 +3,60 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Generic, Literal, TypeVar
+from typing import Final, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gateway.errors import ErrorClass
 from gateway.observability import names
-from gateway.observability.multiprocess import check_files_land_in, check_multiprocess_mode, merged_registry
-
-OTHER: Final = "other"
-"""Label value recorded for anything outside the known, bounded set (unknown alias, bad key, new error class)."""
-NONE: Final = "none"
-"""Label value for "not applicable", e.g. the deployment of a request that never reached an upstream."""
-
-UPSTREAM_ERROR_CLASSES: Final = frozenset(c.value for c in ErrorClass)
-UPSTREAM_OUTCOMES: Final = UPSTREAM_ERROR_CLASSES | {"success"}
-RATE_LIMIT_REASONS: Final = frozenset(
-    {"tenant_rpm", "tenant_tpm", "budget_day", "budget_month", "deployments_saturated", OTHER}
+from gateway.observability.catalog import (
+    CONNECTION_WAIT_BUCKETS,
+    DURATION_BUCKETS,
+    HELP,
+    OVERHEAD_BUCKETS,
+    RATIO_BUCKETS,
+    SIMILARITY_BUCKETS,
+    TTFT_BUCKETS,
 )
-BUDGET_PERIODS: Final = frozenset({"day", "month"})
-POLICY_RELOAD_RESULTS: Final = frozenset({"success", "error"})
-STATE_STORE_OPS: Final = frozenset({"admit", "settle", "circuit", "usage", "ping", OTHER})
-HOSTINGS: Final = frozenset({"cloud", "self_hosted", NONE})
-LOCKIN_SHARE_BY: Final = frozenset({"requests", "tokens", "spend"})
-CURRENCIES: Final = frozenset({"USD", "CNY", "EUR"})
-SHADOW_RESULTS: Final = frozenset({"compared", "dropped_budget", "dropped_concurrency", "excluded", "error"})
+from gateway.observability.labels import (
+    BUDGET_PERIODS,
+    CURRENCIES,
+    HOSTINGS,
+    LOCKIN_SHARE_BY,
+    POLICY_RELOAD_RESULTS,
+    RATE_LIMIT_REASONS,
+    SHADOW_RESULTS,
+    STATE_STORE_OPS,
+    UPSTREAM_ERROR_CLASSES,
+    UPSTREAM_OUTCOMES,
+    Children,
+    KnownLabels,
+    bounded,
+    clamp,
+    flag_label,
+    status_class,
+)
+from gateway.observability.multiprocess import check_files_land_in, check_multiprocess_mode, merged_registry
 
 # Text format 0.0.4 is what generate_latest writes and what every Prometheus version scrapes.
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
-DURATION_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
-TTFT_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 15.0, 30.0)
-OVERHEAD_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
-CONNECTION_WAIT_BUCKETS: Final = (0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-SIMILARITY_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0)
-RATIO_BUCKETS: Final = (0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0, 10.0)
-
 _IDENTITY_CACHE: Final = 4096
-_STATUS_CLASSES: Final = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _TOKEN_TYPES: Final = ("input", "output", "cached", "reasoning", "audio_input", "audio_output")
 _SPAN_DROP_REASONS: Final = ("queue_full", "export_failed", "exporter_exited")
 
-_ALIAS = "alias = the model name the client sent (gen_ai.request.model as the client asked for it)"
-_DEPLOYMENT = "deployment = gen_ai.request.model on gen_ai.provider.name, as named in the policy"
-_PROVIDER = "provider = gen_ai.provider.name (policy entry); vendor and hosting come from that entry"
-
-# HELP text of each metric; the label meanings follow OpenTelemetry GenAI attribute names.
-_HELP: Final[Mapping[str, str]] = {
-    names.REQUESTS_TOTAL: f"Client requests finished, by HTTP status class. {_ALIAS}; {_DEPLOYMENT} "
-    f"(none: no upstream reached); {_PROVIDER}.",
-    names.REQUEST_DURATION_SECONDS: f"Client request duration from arrival to last byte. {_ALIAS}; {_DEPLOYMENT}.",
-    names.TIME_TO_FIRST_TOKEN_SECONDS: "Time from request arrival to the first streamed token "
-    f"(gen_ai.server.time_to_first_token). {_ALIAS}; {_DEPLOYMENT}.",
-    names.OVERHEAD_SECONDS: "Time spent inside the gateway itself: request duration minus time waiting on upstreams.",
-    names.UPSTREAM_REQUESTS_TOTAL: "Upstream attempts (a client request may make several), by outcome: success or "
-    f"error class (error.type). {_DEPLOYMENT}; {_PROVIDER}.",
-    names.TOKENS_TOTAL: "Tokens used; type = gen_ai.token.type (input, output; cached = the part of input served "
-    "from cache, reasoning = the part of output spent reasoning, audio_input and audio_output = the audio part of "
-    "input and output); estimated = true when the upstream reported no "
-    f"usage. {_DEPLOYMENT}; {_PROVIDER}.",
-    names.COST_USD_TOTAL: "Cost in US dollars: the deployment's policy price (CNY and EUR converted at "
-    "POLYROUTE_USD_PER_CNY / POLYROUTE_USD_PER_EUR), its GPU-hour cost, or litellm's price map; from estimated "
-    f"tokens when the upstream reported no usage. {_DEPLOYMENT}; {_PROVIDER}.",
-    names.IMAGES_TOTAL: f"Images returned by the image endpoints (generations, edits). {_DEPLOYMENT}; {_PROVIDER}.",
-    names.COST_TOTAL: "Cost in the currency of the deployment's price (currency = USD, CNY or EUR), unconverted, "
-    f"so that an invoice in that currency reconciles without an exchange rate. {_DEPLOYMENT}; {_PROVIDER}.",
-    names.DEPLOYMENT_DAYS_TO_RETIREMENT: "Days until the vendor retires a deployment's model (retires_on in the "
-    f"policy; negative once past it). {_DEPLOYMENT}.",
-    names.FALLBACKS_TOTAL: "Moves from one deployment (from) to the next (to) after an attempt failed with error "
-    "class reason.",
-    names.CIRCUIT_OPEN: f"1 while a deployment's circuit breaker is open (deployment skipped), else 0. {_DEPLOYMENT}.",
-    names.INFLIGHT_REQUESTS: f"Client requests being served right now. {_ALIAS}.",
-    names.RATE_LIMITED_TOTAL: "Requests refused with 429 by tenant limits or budgets, or because every deployment "
-    "was saturated.",
-    names.BUDGET_REMAINING_USD: "US dollars a tenant may still spend in the current budget period (day or month).",
-    names.POLICY_RELOADS_TOTAL: "Policy reloads; a failed reload keeps the previous policy.",
-    names.TRACE_SPANS_DROPPED_TOTAL: "Trace spans never exported (reason: queue_full = the batch queue was full, "
-    "export_failed = the collector did not take them, exporter_exited = lost with a span exporter process that "
-    "exited).",
-    names.UPSTREAM_CONNECTION_WAIT_SECONDS: "How long requests that found all of a provider's max_connections in use "
-    "waited for one (a stream holds its connection to the end; requests that did not wait are not counted; a wait "
-    f"ended by the total timeout is). {_PROVIDER}.",
-    names.STATE_STORE_ERRORS_TOTAL: "Failed state store operations (limits, budgets, shared circuits, usage records).",
-    names.VENDOR_SHARE: "Each vendor's share (0-1) of the last day's requests, tokens or spend (by), from usage "
-    "records; recomputed periodically.",
-    names.VENDOR_HHI: "Vendor concentration of the last day's spend or tokens (by), as a Herfindahl-Hirschman index "
-    "(0-10000; 10000 = one vendor).",
-    names.ALIAS_STRANDED_SHARE: "Share (0-1) of an alias's recent traffic that no target outside its dominant vendor "
-    f"may serve under the current rules. {_ALIAS}.",
-    names.ALIAS_PORTABLE: "1 when the current rules let every recent request of an alias go to another vendor, "
-    f"else 0; critical = the alias is marked critical in the policy. {_ALIAS}.",
-    names.ENGINE_QUEUE: f"Requests waiting in a self-hosted engine, from its own metrics. {_DEPLOYMENT}.",
-    names.ENGINE_RUNNING: f"Requests a self-hosted engine is running, from its own metrics. {_DEPLOYMENT}.",
-    names.ENGINE_KV_USAGE: f"KV-cache use (0-1) a self-hosted engine reports. {_DEPLOYMENT}.",
-    names.ENGINE_SIGNAL_AGE_SECONDS: f"Seconds since the engine's metrics were last read. {_DEPLOYMENT}.",
-    names.ENGINE_SIGNAL_FALLBACK: "1 while routing uses polyroute's own in-flight count for a deployment (no engine "
-    f"metrics, or older than three polls, or the engine did not answer), else 0. {_DEPLOYMENT}.",
-    names.SPILL_ACTIVE: f"1 while a spill-over alias sends new requests past its first tier, else 0. {_ALIAS}.",
-    names.SPILLS_TOTAL: f"Tier changes of a spill-over alias (from_tier, to_tier: 0 = first tier). {_ALIAS}.",
-    names.AFFINITY_TOTAL: "Spill-over requests with an affinity key, by result: hit = sent to the deployment its "
-    f"session hashes to, miss = moved off it (bounded load). Hit ratio = hit / (hit + miss). {_ALIAS}.",
-    names.SHADOW_REQUESTS_TOTAL: "Shadow copies of sampled requests per alias and shadow target (a deployment), by "
-    "result: compared, dropped_budget, dropped_concurrency, excluded (the request's rules exclude the target), error "
-    "(the primary or the copy failed).",
-    names.SHADOW_SIMILARITY: "Normalised text similarity (0-1) of a shadow target's answer to the primary's. "
-    f"{_ALIAS}; target = the shadow deployment.",
-    names.SHADOW_LATENCY_RATIO: "A shadow copy's latency divided by the primary's (non-stream copies: total time). "
-    f"{_ALIAS}; target = the shadow deployment.",
-    names.SHADOW_COST_RATIO: "A shadow copy's cost divided by the primary's. "
-    f"{_ALIAS}; target = the shadow deployment.",
-}
+_HOSTINGS: Final = bounded(HOSTINGS)
+_OUTCOMES: Final = bounded(UPSTREAM_OUTCOMES)
+_ERROR_CLASSES: Final = bounded(UPSTREAM_ERROR_CLASSES)
+_RATE_LIMIT_REASONS: Final = bounded(RATE_LIMIT_REASONS)
+_SHADOW_RESULTS: Final = bounded(SHADOW_RESULTS)
+_BUDGET_PERIODS: Final = bounded(BUDGET_PERIODS)
+_RELOAD_RESULTS: Final = bounded(POLICY_RELOAD_RESULTS)
+_STATE_STORE_OPS: Final = bounded(STATE_STORE_OPS)
+_CURRENCIES: Final = bounded(CURRENCIES)
 
 
-def _bounded(allowed: Iterable[str]) -> Mapping[str, str]:
-    # A mapping to plain str: a str-valued Enum member finds its entry, but its str() would be "Class.MEMBER".
-    return {str.__str__(v): str.__str__(v) for v in (*allowed, NONE, OTHER)}
-
-
-def _clamp(value: str, allowed: Mapping[str, str]) -> str:
-    return allowed.get(value, OTHER)
-
-
-_INITIAL: Final = _bounded(())
-_HOSTINGS: Final = _bounded(HOSTINGS)
-_OUTCOMES: Final = _bounded(UPSTREAM_OUTCOMES)
-_ERROR_CLASSES: Final = _bounded(UPSTREAM_ERROR_CLASSES)
-_RATE_LIMIT_REASONS: Final = _bounded(RATE_LIMIT_REASONS)
-_SHADOW_RESULTS: Final = _bounded(SHADOW_RESULTS)
-_BUDGET_PERIODS: Final = _bounded(BUDGET_PERIODS)
-_RELOAD_RESULTS: Final = _bounded(POLICY_RELOAD_RESULTS)
-_STATE_STORE_OPS: Final = _bounded(STATE_STORE_OPS)
-_CURRENCIES: Final = _bounded(CURRENCIES)
-
-
-_M = TypeVar("_M", Counter, Gauge, Histogram)
 _GaugeMode = Literal["livemax", "livesum", "mostrecent"]
-
-
-class _Children(Generic[_M]):
-    """The labelled series of one metric, found by one dict lookup instead of a validated labels() call."""
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: _M) -> None:
-        self._metric: _M = metric
-        self._children: dict[tuple[str, ...], _M] = {}
-
-    def remove(self, *label_values: str) -> None:
-        """Drop a series (no-op when it does not exist)."""
-        if self._children.pop(label_values, None) is not None:
-            self._metric.remove(*label_values)
-
-    def __call__(self, *label_values: str) -> _M:
-        child = self._children.get(label_values)
-        if child is None:  # bounded: every label value has been clamped to a known set
-            child = self._children[label_values] = self._metric.labels(*label_values)
-        return child
-
-
-@dataclass(frozen=True, slots=True)
-class _KnownLabels:
-    """Label values allowed as themselves; swapped as a whole so readers never see a half-updated set."""
-
-    aliases: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-    deployments: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-    providers: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-    vendors: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-    tenants: Mapping[str, str] = field(default_factory=lambda: _INITIAL)
-
-
-def _status_class(status: int) -> str:
-    index = status // 100 - 1
-    return _STATUS_CLASSES[index] if 0 <= index < len(_STATUS_CLASSES) else OTHER
-
-
-def _flag(value: bool) -> str:
-    return "true" if value else "false"
 
 
 class Metrics:
@@ -192,25 +68,25 @@ class Metrics:
 
     def __init__(self, *, multiprocess_dir: Path | None = None) -> None:
         check_multiprocess_mode(multiprocess_dir)
-        self._known = _KnownLabels()
+        self._known = KnownLabels()
         self._identities: dict[tuple[str, ...], tuple[str, ...]] = {}
         self._registry = r = CollectorRegistry()
 
-        def counter(name: str, *labels: str) -> _Children[Counter]:
-            return _Children(Counter(name, _HELP[name], labels, registry=r))
+        def counter(name: str, *labels: str) -> Children[Counter]:
+            return Children(Counter(name, HELP[name], labels, registry=r))
 
-        def histogram(name: str, buckets: tuple[float, ...], *labels: str) -> _Children[Histogram]:
-            return _Children(Histogram(name, _HELP[name], labels, buckets=buckets, registry=r))
+        def histogram(name: str, buckets: tuple[float, ...], *labels: str) -> Children[Histogram]:
+            return Children(Histogram(name, HELP[name], labels, buckets=buckets, registry=r))
 
-        def gauge(name: str, mode: _GaugeMode, *labels: str) -> _Children[Gauge]:
-            return _Children(Gauge(name, _HELP[name], labels, multiprocess_mode=mode, registry=r))
+        def gauge(name: str, mode: _GaugeMode, *labels: str) -> Children[Gauge]:
+            return Children(Gauge(name, HELP[name], labels, multiprocess_mode=mode, registry=r))
 
         identity = ("alias", "deployment", "provider", "vendor", "hosting", "tenant")
         self._requests = counter(names.REQUESTS_TOTAL, *identity, "status_class")
         self._duration = histogram(names.REQUEST_DURATION_SECONDS, DURATION_BUCKETS, "alias", "deployment", "stream")
         self._ttft = histogram(names.TIME_TO_FIRST_TOKEN_SECONDS, TTFT_BUCKETS, "alias", "deployment")
         self._overhead = Histogram(
-            names.OVERHEAD_SECONDS, _HELP[names.OVERHEAD_SECONDS], buckets=OVERHEAD_BUCKETS, registry=r
+            names.OVERHEAD_SECONDS, HELP[names.OVERHEAD_SECONDS], buckets=OVERHEAD_BUCKETS, registry=r
         )
         self._upstream = counter(names.UPSTREAM_REQUESTS_TOTAL, "deployment", "provider", "outcome")
         self._tokens = counter(names.TOKENS_TOTAL, *identity, "type", "estimated")
@@ -275,12 +151,12 @@ class Metrics:
     ) -> None:
         """Declare the label values the policy defines; any other value is recorded as "other"."""
         previous = self._known
-        known = _KnownLabels(
-            aliases=_bounded(aliases),
-            deployments=_bounded(deployments),
-            providers=_bounded(providers),
-            vendors=_bounded(vendors),
-            tenants=_bounded(tenants),
+        known = KnownLabels(
+            aliases=bounded(aliases),
+            deployments=bounded(deployments),
+            providers=bounded(providers),
+            vendors=bounded(vendors),
+            tenants=bounded(tenants),
         )
         self._known = known
         self._identities = {}
@@ -306,8 +182,8 @@ class Metrics:
     ) -> None:
         """Record one finished client request (any status, streamed or not)."""
         identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
-        self._requests(*identity, _status_class(status)).inc()
-        self._duration(identity[0], identity[1], _flag(stream)).observe(duration_s)
+        self._requests(*identity, status_class(status)).inc()
+        self._duration(identity[0], identity[1], flag_label(stream)).observe(duration_s)
         self._overhead.observe(overhead_s)
         if ttft_s is not None:
             self._ttft(identity[0], identity[1]).observe(ttft_s)
@@ -321,12 +197,12 @@ class Metrics:
         if found is None:
             k = self._known
             found = (
-                _clamp(alias, k.aliases),
-                _clamp(deployment, k.deployments),
-                _clamp(provider, k.providers),
-                _clamp(vendor, k.vendors),
-                _clamp(hosting, _HOSTINGS),
-                _clamp(tenant, k.tenants),
+                clamp(alias, k.aliases),
+                clamp(deployment, k.deployments),
+                clamp(provider, k.providers),
+                clamp(vendor, k.vendors),
+                clamp(hosting, _HOSTINGS),
+                clamp(tenant, k.tenants),
             )
             if len(self._identities) >= _IDENTITY_CACHE:
                 self._identities.clear()  # what clients send is unbounded; the cache must not be
@@ -337,7 +213,7 @@ class Metrics:
         """Record one attempt against an upstream: "success" or its error class."""
         k = self._known
         self._upstream(
-            _clamp(deployment, k.deployments), _clamp(provider, k.providers), _clamp(outcome, _OUTCOMES)
+            clamp(deployment, k.deployments), clamp(provider, k.providers), clamp(outcome, _OUTCOMES)
         ).inc()
 
     def tokens(
@@ -359,7 +235,7 @@ class Metrics:
     ) -> None:
         """Add one request's token usage; zero counts create no series."""
         identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
-        flag = _flag(estimated)
+        flag = flag_label(estimated)
         counts = (input, output, cached, reasoning, audio_input, audio_output)
         for token_type, count in zip(_TOKEN_TYPES, counts, strict=True):
             if count > 0:
@@ -396,12 +272,12 @@ class Metrics:
         if not amount > 0:
             return
         identity = self._identity(alias, deployment, provider, vendor, hosting, tenant)
-        self._cost_native(*identity, _clamp(currency, _CURRENCIES)).inc(amount)
+        self._cost_native(*identity, clamp(currency, _CURRENCIES)).inc(amount)
 
     def days_to_retirement(self, days: Mapping[str, int]) -> None:
         """Set each retiring deployment's days left (the policy's `retires_on`); a deployment no longer retiring (a
         reload removed its date or the deployment) loses its series."""
-        labels = {_clamp(deployment, self._known.deployments): left for deployment, left in days.items()}
+        labels = {clamp(deployment, self._known.deployments): left for deployment, left in days.items()}
         for gone in self._retiring - labels.keys():
             self._retirement.remove(gone)
         for label, left in labels.items():
@@ -412,9 +288,9 @@ class Metrics:
         """Record a move to the next deployment after an attempt failed with error class `reason`."""
         k = self._known
         self._fallbacks(
-            _clamp(from_deployment, k.deployments),
-            _clamp(to_deployment, k.deployments),
-            _clamp(reason, _ERROR_CLASSES),
+            clamp(from_deployment, k.deployments),
+            clamp(to_deployment, k.deployments),
+            clamp(reason, _ERROR_CLASSES),
         ).inc()
 
     def lockin(
@@ -430,31 +306,31 @@ class Metrics:
         (`critical` names the aliases a vendor drill must not strand: the label alerts select on)."""
         for (by, vendor), share in vendor_shares.items():
             if by in LOCKIN_SHARE_BY:
-                self._vendor_share(by, _clamp(vendor, self._known.vendors)).set(share)
+                self._vendor_share(by, clamp(vendor, self._known.vendors)).set(share)
         for by, value in hhi.items():
             if by in LOCKIN_SHARE_BY:
                 self._vendor_hhi(by).set(value)
         for alias, share in stranded.items():
-            self._stranded(_clamp(alias, self._known.aliases)).set(share)
+            self._stranded(clamp(alias, self._known.aliases)).set(share)
         for alias, ok in portable.items():
-            label = _clamp(alias, self._known.aliases)
+            label = clamp(alias, self._known.aliases)
             is_critical = alias in critical
-            self._portable.remove(label, _flag(not is_critical))  # the flag changed with a reload
-            self._portable(label, _flag(is_critical)).set(1.0 if ok else 0.0)
+            self._portable.remove(label, flag_label(not is_critical))  # the flag changed with a reload
+            self._portable(label, flag_label(is_critical)).set(1.0 if ok else 0.0)
 
     def circuit(self, *, deployment: str, is_open: bool) -> None:
         """Record that a deployment's circuit breaker opened or closed."""
-        self._circuit(_clamp(deployment, self._known.deployments)).set(1.0 if is_open else 0.0)
+        self._circuit(clamp(deployment, self._known.deployments)).set(1.0 if is_open else 0.0)
 
     def inflight(self, *, alias: str, delta: int) -> None:
         """Add `delta` (+1 on arrival, -1 when the response ends) to the in-flight count of an alias."""
-        self._inflight(_clamp(alias, self._known.aliases)).inc(delta)
+        self._inflight(clamp(alias, self._known.aliases)).inc(delta)
 
     def engine_load(
         self, *, deployment: str, queue: float, running: float, kv: float | None, age_s: float | None, fallback: bool
     ) -> None:
         """Publish one deployment's engine signals (kv and age left out when unknown)."""
-        label = _clamp(deployment, self._known.deployments)
+        label = clamp(deployment, self._known.deployments)
         g = self._engine
         g["queue"](label).set(queue)
         g["running"](label).set(running)
@@ -466,25 +342,25 @@ class Metrics:
 
     def spill(self, *, alias: str, from_tier: int, to_tier: int) -> None:
         """Record a spill-over alias moving its new requests from one tier to another."""
-        label = _clamp(alias, self._known.aliases)
+        label = clamp(alias, self._known.aliases)
         self._spill_active(label).set(1.0 if to_tier > 0 else 0.0)
         if from_tier != to_tier:
             self._spills(label, str(min(from_tier, 9)), str(min(to_tier, 9))).inc()
 
     def affinity(self, *, alias: str, hit: bool) -> None:
         """Record whether a request with an affinity key reached the deployment its key hashes to."""
-        self._affinity(_clamp(alias, self._known.aliases), "hit" if hit else "miss").inc()
+        self._affinity(clamp(alias, self._known.aliases), "hit" if hit else "miss").inc()
 
     def shadow(self, *, alias: str, target: str, result: str) -> None:
         """Count one shadow copy by result (see SHADOW_RESULTS)."""
-        labels = _clamp(alias, self._known.aliases), _clamp(target, self._known.deployments)
-        self._shadow(*labels, _clamp(result, _SHADOW_RESULTS)).inc()
+        labels = clamp(alias, self._known.aliases), clamp(target, self._known.deployments)
+        self._shadow(*labels, clamp(result, _SHADOW_RESULTS)).inc()
 
     def shadow_compared(
         self, *, alias: str, target: str, similarity: float, latency_ratio: float | None, cost_ratio: float | None
     ) -> None:
         """Record one compared pair's agreement and its latency and cost relative to the primary."""
-        labels = _clamp(alias, self._known.aliases), _clamp(target, self._known.deployments)
+        labels = clamp(alias, self._known.aliases), clamp(target, self._known.deployments)
         self._shadow_similarity(*labels).observe(similarity)
         if latency_ratio is not None:
             self._shadow_latency(*labels).observe(latency_ratio)
@@ -493,23 +369,23 @@ class Metrics:
 
     def rate_limited(self, *, tenant: str, reason: str) -> None:
         """Record a request refused with 429."""
-        self._rate_limited(_clamp(tenant, self._known.tenants), _clamp(reason, _RATE_LIMIT_REASONS)).inc()
+        self._rate_limited(clamp(tenant, self._known.tenants), clamp(reason, _RATE_LIMIT_REASONS)).inc()
 
     def budget_remaining(self, *, tenant: str, period: str, usd: float) -> None:
         """Set what a tenant may still spend in `period` ("day" or "month")."""
-        self._budget(_clamp(tenant, self._known.tenants), _clamp(period, _BUDGET_PERIODS)).set(usd)
+        self._budget(clamp(tenant, self._known.tenants), clamp(period, _BUDGET_PERIODS)).set(usd)
 
     def policy_reload(self, *, result: str) -> None:
         """Record a policy reload: "success" or "error" (rejected, the previous policy kept)."""
-        self._reloads(_clamp(result, _RELOAD_RESULTS)).inc()
+        self._reloads(clamp(result, _RELOAD_RESULTS)).inc()
 
     def state_store_error(self, *, op: str) -> None:
         """Record a failed state store operation."""
-        self._state_errors(_clamp(op, _STATE_STORE_OPS)).inc()
+        self._state_errors(clamp(op, _STATE_STORE_OPS)).inc()
 
     def upstream_connection_wait(self, provider: str, seconds: float) -> None:
         """Record a request that waited `seconds` for a free connection of `provider` (none free at once)."""
-        self._connection_wait(_clamp(provider, self._known.providers)).observe(seconds)
+        self._connection_wait(clamp(provider, self._known.providers)).observe(seconds)
 
     def spans_dropped(self, *, reason: str, count: int) -> None:
         """Record trace spans that were never exported: "queue_full", "export_failed" or "exporter_exited"."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from functools import partial
 
+from gateway.error_classes import CONTEXT_LENGTH_EXCEEDED
 from gateway.errors import (
-    CONTEXT_LENGTH_EXCEEDED,
     UNSUPPORTED_CAPABILITY,
     AllCircuitsOpenError,
     BadRequestError,

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.errors import ErrorClass
+from gateway.error_classes import ErrorClass
 from gateway.policy.durations import parse_duration
 from gateway.policy.table import (
     CircuitBreakerPolicy,

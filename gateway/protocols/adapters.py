@@ -9,7 +9,8 @@ from typing import Any, Protocol
 
 import orjson
 
-from gateway.errors import ErrorClass, PolyrouteError, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import PolyrouteError, UpstreamError
 from gateway.observability.accounting import estimated_usage, output_tokens_in_body, output_tokens_in_stream
 from gateway.policy.table import Protocol as WireProtocol
 from gateway.protocols import messages_reply, responses_reply

@@ -6,7 +6,8 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import CONTEXT_LENGTH_EXCEEDED, ErrorClass, PolyrouteError, UpstreamError
+from gateway.error_classes import CONTEXT_LENGTH_EXCEEDED, ErrorClass
+from gateway.errors import PolyrouteError, UpstreamError
 
 STOP_REASONS = {
     "stop": "end_turn",

@@ -7,8 +7,8 @@ from typing import Any
 
 import orjson
 
+from gateway.error_envelope import error_body as chat_error_body
 from gateway.errors import PolyrouteError
-from gateway.errors import error_body as chat_error_body
 from gateway.protocols import responses_objects as objects
 from gateway.protocols.responses_stream import ResponsesStreamTranslator
 

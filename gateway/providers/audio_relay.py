@@ -7,10 +7,11 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.providers.base import Upload, UpstreamReply, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, transport_failure
-from gateway.providers.http1 import Response
+from gateway.providers.http1_response import Response
 from gateway.providers.multipart import encode_form
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.providers.base import Endpoint
 from gateway.providers.failures import inband_error
 from gateway.providers.native_sse import native_error

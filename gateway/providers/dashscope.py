@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.policy.table import Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, UpstreamStream, Usage
 from gateway.providers.dashscope_images import (
@@ -36,7 +37,8 @@ from gateway.providers.dashscope_images import (
     task_state,
 )
 from gateway.providers.failures import TRANSPORT_ERRORS, task_failure, transport_failure, upstream_error
-from gateway.providers.http1 import HeaderBlock, HTTPClient, UpstreamLimits
+from gateway.providers.http1 import HeaderBlock, HTTPClient
+from gateway.providers.http1_response import UpstreamLimits
 from gateway.providers.images import IMAGE_ENDPOINTS, image_variant
 from gateway.providers.upstream_proxy import UpstreamProxy
 

@@ -8,8 +8,10 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import REQUEST_FAULT_CODES, ErrorClass, UpstreamError
-from gateway.providers.http1_wire import AnswerRefused, ConnectTimeout, InvalidHeader
+from gateway.error_classes import REQUEST_FAULT_CODES, ErrorClass
+from gateway.errors import UpstreamError
+from gateway.providers.http1_head import InvalidHeader
+from gateway.providers.http1_wire import AnswerRefused, ConnectTimeout
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",

@@ -12,7 +12,8 @@ import httpx
 import openai
 import orjson
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.policy.table import Provider
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
 from gateway.providers.failures import classify_status, inband_error, parse_retry_after

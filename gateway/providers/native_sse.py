@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.providers.base import Endpoint, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, classify_status, stream_event, transport_failure
-from gateway.providers.http1 import Response
+from gateway.providers.http1_response import Response
 
 # Events polyroute reads (for usage, the end of the stream or an error); every other event is relayed unparsed.
 _WATCHED = {

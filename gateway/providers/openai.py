@@ -7,13 +7,15 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.policy.table import Protocol, Provider
 from gateway.providers.audio_relay import AudioRelay, multipart, transcription_reply
 from gateway.providers.base import Endpoint, UpstreamCall, UpstreamReply, Usage
 from gateway.providers.complete_reply import incomplete_reply
 from gateway.providers.failures import TRANSPORT_ERRORS, transport_failure, upstream_error
-from gateway.providers.http1 import HeaderBlock, HTTPClient, Response, UpstreamLimits
+from gateway.providers.http1 import HeaderBlock, HTTPClient
+from gateway.providers.http1_response import Response, UpstreamLimits
 from gateway.providers.images import IMAGE_ENDPOINTS, image_usage
 from gateway.providers.multipart import encode_form
 from gateway.providers.native_sse import NativeSSERelay, native_usage

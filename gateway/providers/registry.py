@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from gateway.policy.table import Provider as ProviderConfig
 from gateway.providers.base import Provider
 from gateway.providers.dashscope import DashScopeImageProvider
-from gateway.providers.http1 import UpstreamLimits
+from gateway.providers.http1_response import UpstreamLimits
 from gateway.providers.openai import OpenAICompatibleProvider
 from gateway.providers.upstream_proxy import UpstreamProxy
 

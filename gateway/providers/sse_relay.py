@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.providers.base import BodyWriter, Usage
 from gateway.providers.failures import TRANSPORT_ERRORS, inband_error, stream_event, transport_failure
-from gateway.providers.http1 import Response
+from gateway.providers.http1_response import Response
 
 DONE_EVENT = b"data: [DONE]\n\n"
 

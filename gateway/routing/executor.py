@@ -9,11 +9,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from gateway.error_classes import RETRYABLE, AttemptFailure, ErrorClass
 from gateway.errors import (
-    RETRYABLE,
     AllTargetsFailedError,
-    AttemptFailure,
-    ErrorClass,
     UpstreamError,
     UpstreamRejectedError,
     UpstreamRejectedTooLargeError,

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.errors import HEALTH_FAILURES, TRIPPING_FAILURES, ErrorClass
+from gateway.error_classes import HEALTH_FAILURES, TRIPPING_FAILURES, ErrorClass
 from gateway.policy.plan import HealthSnapshot
 from gateway.policy.table import CircuitBreakerPolicy
 from gateway.state.base import CircuitPhase, CircuitState, StateStore

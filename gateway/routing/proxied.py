@@ -10,7 +10,8 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
-from gateway.errors import PolyrouteError, UpstreamError, error_event
+from gateway.error_envelope import error_event
+from gateway.errors import PolyrouteError, UpstreamError
 from gateway.load.placement import place
 from gateway.load.tracker import LoadTracker, SentMark
 from gateway.observability.accounting import (

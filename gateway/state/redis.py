@@ -32,7 +32,7 @@ from gateway.state.base import (
     to_micro,
 )
 from gateway.state.facts import DEFAULT_FACTS_PER_DAY, FACT_RETENTION_DAYS
-from gateway.state.memory import USAGE_RETENTION_DAYS, LocalCircuitBreakers, UsageKey, sort_rows, usage_row
+from gateway.state.memory import LocalCircuitBreakers
 from gateway.state.redis_cluster import ClusterScript
 from gateway.state.redis_facts import fact_rows, facts_key
 from gateway.state.redis_keys import (
@@ -58,6 +58,7 @@ from gateway.state.redis_pipe import PipelinedScripts
 from gateway.state.redis_script import ScriptConnections
 from gateway.state.redis_sentinel import PacedSentinelPool
 from gateway.state.redis_usage import RedisUsageWriter, ScriptCall
+from gateway.state.usage_rows import USAGE_RETENTION_DAYS, UsageKey, sort_rows, usage_row
 
 log = logging.getLogger("polyroute.state")
 

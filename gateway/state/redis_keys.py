@@ -17,7 +17,7 @@ from gateway.state.base import (
     utc_day,
     utc_month,
 )
-from gateway.state.memory import USAGE_RETENTION_DAYS, UsageKey
+from gateway.state.usage_rows import USAGE_RETENTION_DAYS, UsageKey
 
 PREFIX = "polyroute"
 WINDOW_TTL_S = 120

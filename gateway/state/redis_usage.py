@@ -11,10 +11,10 @@ from typing import Any
 from redis import exceptions as rx
 
 from gateway.state.base import UsageRecord, utc_day
-from gateway.state.memory import tally_usage
 from gateway.state.redis_facts import FACTS_TTL_S, fact_args, facts_key
 from gateway.state.redis_keys import USAGE_TTL_S, usage_field, usage_key
 from gateway.state.redis_outage import OUTAGE_ERRORS, RedisOutage
+from gateway.state.usage_rows import tally_usage
 
 log = logging.getLogger("polyroute.state")
 

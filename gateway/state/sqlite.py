@@ -42,12 +42,7 @@ from gateway.state.facts import (
     FACT_COUNTERS,
     fact_row,
 )
-from gateway.state.memory import (
-    LocalCircuitBreakers,
-    ProcessCircuits,
-    sort_rows,
-    usage_row,
-)
+from gateway.state.memory import LocalCircuitBreakers, ProcessCircuits
 from gateway.state.sqlite_ops import (
     admit,
     count_deployment,
@@ -59,6 +54,7 @@ from gateway.state.sqlite_ops import (
     walk,
     window_add,
 )
+from gateway.state.usage_rows import sort_rows, usage_row
 
 DB_NAME = "polyroute-state.sqlite3"
 BUSY_TIMEOUT_MS = 5_000  # how long a worker waits for another's transaction before the store counts as unreachable

@@ -1,7 +1,7 @@
 """The SQLite store's transaction bodies: admission, sliding windows, budget counters, usage rows, routing facts.
 
 Each function runs inside one transaction the caller opened (sqlite.SqliteStateStore._write) and follows the in-process
-store's rules (memory.py, window.py) to the bucket and the micro-dollar.
+store's rules (memory.py, usage_rows.py, window.py) to the bucket and the micro-dollar.
 """
 
 from __future__ import annotations
@@ -29,13 +29,8 @@ from gateway.state.facts import (
     FactKey,
     tally_facts,
 )
-from gateway.state.memory import (
-    USAGE_RETENTION_DAYS,
-    UsageKey,
-    _excess,
-    _tenant_reason,
-    tally_usage,
-)
+from gateway.state.memory import _excess, _tenant_reason
+from gateway.state.usage_rows import USAGE_RETENTION_DAYS, UsageKey, tally_usage
 
 Subject = tuple[str, str]  # (kind, name): ("tenant", "team-a"), ("deployment", "qwen-plus")
 

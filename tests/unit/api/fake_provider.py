@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.policy.loader import load_policy_text
 from gateway.policy.pricing import CurrencyRates
 from gateway.policy.table import PolicyTable

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from gateway.app import create_app
-from gateway.errors import ErrorClass
+from gateway.error_classes import ErrorClass
 from gateway.settings import Settings
 from tests.unit.api.fake_provider import Script, factory, policy_table
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from gateway.error_classes import AttemptFailure, ErrorClass
+from gateway.error_envelope import error_body, error_event
 from gateway.errors import (
     AllTargetsFailedError,
-    AttemptFailure,
     AuthenticationError,
     BadRequestError,
     BudgetExceededError,
     ClientGoneError,
-    ErrorClass,
     NoEligibleTargetError,
     NotFoundError,
     PermissionDeniedError,
@@ -21,8 +21,6 @@ from gateway.errors import (
     RequestTooLargeError,
     ShuttingDownError,
     UpstreamRejectedError,
-    error_body,
-    error_event,
 )
 from tests.support.openai_schema import schema_errors
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.errors import ErrorClass, PolyrouteError
+from gateway.error_classes import ErrorClass
+from gateway.errors import PolyrouteError
 from gateway.observability import names
 from gateway.observability.metrics import Metrics
 from gateway.observability.multiprocess import prepare_multiprocess_dir

@@ -7,11 +7,10 @@ from typing import Any
 import orjson
 import pytest
 
+from gateway.error_classes import AttemptFailure, ErrorClass
 from gateway.errors import (
     AllTargetsFailedError,
-    AttemptFailure,
     AuthenticationError,
-    ErrorClass,
     LimitExceededError,
     PolyrouteError,
     RequestTooLargeError,

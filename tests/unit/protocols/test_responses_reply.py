@@ -11,7 +11,8 @@ import pytest
 from openai.types.responses import Response
 from pydantic import BaseModel
 
-from gateway.errors import AllTargetsFailedError, AttemptFailure, BadRequestError, ErrorClass
+from gateway.error_classes import AttemptFailure, ErrorClass
+from gateway.errors import AllTargetsFailedError, BadRequestError
 from gateway.protocols.adapters import RESPONSES, translate_reply
 from gateway.protocols.responses_reply import chat_to_response, error_body
 from gateway.providers.base import UpstreamReply

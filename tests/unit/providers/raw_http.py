@@ -11,7 +11,8 @@ from typing import Protocol
 
 from gateway.policy import table
 from gateway.providers.base import Endpoint, UpstreamCall
-from gateway.providers.http1 import HeaderBlock, HTTPClient, Response, UpstreamLimits
+from gateway.providers.http1 import HeaderBlock, HTTPClient
+from gateway.providers.http1_response import Response, UpstreamLimits
 from gateway.providers.openai import OpenAICompatibleProvider
 
 LIMIT = 5.0  # every wait in these tests ends within this many seconds

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import ErrorClass
+from gateway.error_classes import ErrorClass
 from gateway.providers.base import Endpoint
 from gateway.providers.complete_reply import incomplete_reply
 

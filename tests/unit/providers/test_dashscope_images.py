@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.errors import BadRequestError, ErrorClass
+from gateway.error_classes import ErrorClass
+from gateway.errors import BadRequestError
 from gateway.policy.table import Hosting, Provider
 from gateway.providers.dashscope import DashScopeImageProvider
 from gateway.providers.dashscope_images import (

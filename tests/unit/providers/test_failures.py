@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from gateway.demo.sim_flavors import FLAVORS
-from gateway.errors import ErrorClass
+from gateway.error_classes import ErrorClass
 from gateway.providers.failures import inband_error, parse_retry_after, status_prefix, upstream_error
 
 NAMED = {

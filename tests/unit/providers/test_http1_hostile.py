@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.providers.base import Endpoint
-from gateway.providers.http1 import HTTPClient, UpstreamLimits
+from gateway.providers.http1 import HTTPClient
+from gateway.providers.http1_response import UpstreamLimits
 from tests.unit.providers.raw_http import (
     CHUNKED,
     LAST_CHUNK,

@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from gateway.errors import ErrorClass, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import UpstreamError
 from gateway.policy import table
 from gateway.providers.base import Endpoint, UpstreamCall
 from gateway.providers.litellm import LiteLLMProvider, close_shared_clients

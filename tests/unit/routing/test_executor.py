@@ -6,7 +6,8 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from gateway.errors import AllTargetsFailedError, ErrorClass, UpstreamError, UpstreamRejectedError
+from gateway.error_classes import ErrorClass
+from gateway.errors import AllTargetsFailedError, UpstreamError, UpstreamRejectedError
 from gateway.policy.engine import decide
 from gateway.policy.loader import load_policy_text
 from gateway.policy.plan import HealthSnapshot, RequestFacts, RoutePlan

@@ -9,7 +9,8 @@ import pytest
 from starlette.datastructures import Headers
 
 from gateway.api.parsing import parse_request, request_facts
-from gateway.errors import AllTimedOutError, ErrorClass, LimitExceededError, UpstreamError
+from gateway.error_classes import ErrorClass
+from gateway.errors import AllTimedOutError, LimitExceededError, UpstreamError
 from gateway.load.tracker import LoadTracker
 from gateway.observability.accounting import Accountant
 from gateway.observability.metrics import Metrics

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from gateway.errors import ErrorClass
+from gateway.error_classes import ErrorClass
 from gateway.policy.table import CircuitBreakerPolicy
 from gateway.routing.health import HealthTracker
 from gateway.settings import Settings
