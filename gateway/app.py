@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +28,7 @@ from gateway.api.responses import error_response
 from gateway.errors import BadRequestError, MethodNotAllowedError, NotFoundError, PolicyError, PolyrouteError
 from gateway.observability.metrics import Metrics
 from gateway.policy.table import PolicyTable
+from gateway.process_memory import tune_for_serving
 from gateway.protocols.adapters import MESSAGES
 from gateway.providers.registry import ProviderFactory
 from gateway.runtime import Runtime, load_table
@@ -36,12 +36,6 @@ from gateway.settings import Settings
 from gateway.state.factory import create_state_store
 
 log = logging.getLogger("polyroute")
-
-# Objects the collector tracks, allocated and not yet freed, before it runs a young collection (Python's default: 700).
-# A proxied request frees what it allocates when it ends (it makes no reference cycles), but sixteen requests in
-# flight hold more than 700 at once, so with the default the collector ran every few dozen requests and found
-# nothing: about 3% of a worker's CPU. Cycles that do form (a closed connection's protocol objects) are still found.
-GC_YOUNG_THRESHOLD = 10_000
 
 
 def create_app(
@@ -64,7 +58,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await runtime.start()
-        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+        tune_for_serving()
         log.info("polyroute %s serving policy %s", __version__, runtime.active.table.source)
         try:
             yield

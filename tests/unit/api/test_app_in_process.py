@@ -139,7 +139,7 @@ async def test_a_wrong_method_is_a_405_envelope_naming_the_allowed_ones() -> Non
 
 
 async def test_a_proxied_request_leaves_no_reference_cycle_for_the_garbage_collector() -> None:
-    """The gateway raises Python's young-collection threshold (GC_YOUNG_THRESHOLD): that is safe only while a
+    """The gateway raises Python's young-collection threshold (gateway.process_memory): that is safe only while a
     request's objects are freed when it ends. A cycle through a request's guard kept its task, coroutine and
     frame alive until a collection."""
     from gateway.api.lifetime import Guard
