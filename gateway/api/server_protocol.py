@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
@@ -145,6 +146,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.cycle is not None:
             self.cycle.transport = self._cycle_transport  # type: ignore[assignment]
             self.scope["extensions"] = {BODY_WRITERS: self._body_writers}  # body_writer.py
+
+    def on_body(self, body: bytes) -> None:
+        """As uvicorn's, but a body that arrives in one piece (the usual case, up to the socket's read size) is
+        handed to the request as the very bytes object the parser gave: uvicorn copies each piece into a bytearray
+        and then copies that again into bytes at `receive()`, two copies of every body. Later pieces, before the
+        request reads, are appended to a bytearray as there (so a body that piles up is not copied over and over)."""
+        cycle = self.cycle
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        held: bytes | bytearray = cycle.body
+        if not held:
+            cycle.body = body  # type: ignore[assignment]  # receive() takes `bytes(body)`: the same object
+        else:
+            grown = held if isinstance(held, bytearray) else bytearray(held)
+            grown += body
+            cycle.body = grown
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
 
     def on_message_complete(self) -> None:
         self._reading_body = False

@@ -153,6 +153,24 @@ def test_a_slow_but_steady_body_is_not_cut(gateway: GatewayProcess) -> None:
     assert status == 200 and reply["choices"][0]["message"]["content"]
 
 
+@pytest.mark.parametrize("piece", [None, 1000, 70_000], ids=["at-once", "small-pieces", "large-pieces"])
+def test_a_long_body_is_read_whole_however_it_arrives(gateway: GatewayProcess, piece: int | None) -> None:
+    """A coding agent's body near the limit, sent at once (the socket splits it) or in pieces: the gateway puts it
+    together in order (a piece out of place or lost would not parse) and answers it."""
+    turns = [{"role": "user", "content": f"turn {i}: " + "x" * 9000} for i in range(100)]
+    body = json.dumps({"model": "local", "messages": turns}).encode()
+    assert MAX_BODY * 0.8 < len(body) < MAX_BODY
+    with raw_connection(gateway) as sock:
+        sock.sendall(post_head("/v1/chat/completions", len(body), "connection: close\r\n"))
+        for start in range(0, len(body), piece or len(body)):
+            sock.sendall(body[start : start + (piece or len(body))])
+            if piece:
+                time.sleep(0.001)
+        status, reply = status_and_body(read_until_closed(sock))
+    assert status == 200, reply
+    assert reply["usage"]["prompt_tokens"] > 0 and reply["choices"][0]["message"]["content"]
+
+
 def test_keep_alive_clients_and_a_stream_longer_than_the_timeouts_are_unaffected(
     gateway: GatewayProcess, upstream: Upstream
 ) -> None:
