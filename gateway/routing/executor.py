@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from gateway.error_classes import RETRYABLE, AttemptFailure, ErrorClass
+from gateway.error_classes import REQUEST_FAULTS, RETRYABLE, AttemptFailure, ErrorClass
 from gateway.errors import (
     AllTargetsFailedError,
     UpstreamError,
@@ -23,8 +23,6 @@ from gateway.routing.health import HealthTracker
 from gateway.state.base import DeploymentQuota, StateStore, seconds_to_next_window
 
 T = TypeVar("T")
-# Failures that are the request's own fault: returned to the client unless the policy says to fall back on them.
-_REQUEST_FAULTS = frozenset({ErrorClass.BAD_REQUEST, ErrorClass.CONTEXT_WINDOW, ErrorClass.CONTENT_POLICY})
 # A refusal keeps the upstream's status when it names one a client understands (too large, unprocessable).
 _REJECTED_AS: dict[int | None, type[UpstreamRejectedError]] = {
     413: UpstreamRejectedTooLargeError,
@@ -164,7 +162,7 @@ class Executor:
 
     @staticmethod
     def _final_error(err: UpstreamError, outcome: Outcome, context_window: int | None) -> Exception:
-        if err.error_class in _REQUEST_FAULTS:
+        if err.error_class in REQUEST_FAULTS:  # the request's own fault: returned unless the policy falls back
             rejected = _REJECTED_AS.get(err.upstream_status, UpstreamRejectedError)
             return rejected(
                 f"the upstream rejected the request: {err.message}",
