@@ -20,6 +20,7 @@ builds the OpenAI error envelope, and its SSE event, every one of them is sent i
     │   └── LimitExceededError          429 rate_limit_error (+ Retry-After)
     │       └── BudgetExceededError     429 insufficient_quota (a daily or monthly budget)
     ├── AllCircuitsOpenError            503 every target the rules allow has an open circuit (an outage)
+    ├── TierSaturatedError              503 (+ Retry-After) every tier allowed is saturated and stayed so
     ├── StateUnavailableError           503 the state store is unreachable and the failure mode is `closed`
     ├── UpstreamError                   one attempt against one deployment failed (classified)
     ├── AllTargetsFailedError           502 every attempt failed; lists each cause. Constructed as the subclass
