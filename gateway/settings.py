@@ -6,8 +6,9 @@ import os
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,9 +22,7 @@ class StateFailureMode(StrEnum):
 class Settings(BaseSettings):
     """Everything a polyroute process is configured with besides the policy file."""
 
-    # A variable set to the empty string counts as unset (`POLYROUTE_REDIS_URL=` from a compose file's
-    # `${REDIS_URL:-}`), as the OpenTelemetry specification requires of the OTEL_* variables.
-    model_config = SettingsConfigDict(env_prefix="POLYROUTE_", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_prefix="POLYROUTE_", extra="ignore")
 
     policy: Path | None = None
     redis_url: str | None = None
@@ -79,6 +78,16 @@ class Settings(BaseSettings):
     otel_traces_sampler_arg: str | None = Field(default=None, validation_alias="OTEL_TRACES_SAMPLER_ARG")
     # The CPUs each worker's span exporter process runs on (a list such as 2,3 or 2-3); unset = the worker's.
     otel_exporter_cpus: str | None = Field(default=None, pattern=r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_unset(cls, data: Any) -> Any:
+        """A variable set to the empty string counts as unset (`POLYROUTE_REDIS_URL=` from a compose file's
+        `${REDIS_URL:-}`), as the OpenTelemetry specification requires of the OTEL_* variables. Except NO_PROXY,
+        where empty means what it says: no host bypasses the proxy, not even loopback (README)."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v != "" or k.lower() == "no_proxy"}
+        return data
 
     @property
     def tracing(self) -> bool:
