@@ -66,6 +66,10 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._poll: select.poll | None = None  # asks the socket, without reading, whether it has bytes or EOF
+        # Body pieces of one read, for the sink: an upstream that sends each event as its own HTTP chunk gives one
+        # piece per event, and the sink takes them as one (one scan, one write to the client), not one by one.
+        self._held: list[bytes] = []
+        self._feeding = False
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -103,6 +107,7 @@ class Connection(asyncio.Protocol):
             self._fail(BrokenExchange("the upstream sent bytes outside an answer"))
             return
         self._framing += len(data)  # on_body sets it back to 0
+        self._feeding = True
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -114,6 +119,10 @@ class Connection(asyncio.Protocol):
         else:
             if self._framing > MAX_HEAD:  # httptools keeps an unfinished line whole: it must not grow for ever
                 self._fail(AnswerRefused(f"the upstream sent more than {MAX_HEAD} bytes of head or framing"))
+        finally:
+            self._feeding = False
+        if self._held:
+            self._hand_held()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -195,7 +204,10 @@ class Connection(asyncio.Protocol):
     def _keep(self, data: bytes) -> None:
         sink = self.sink
         if sink is not None:
-            sink.body(data)  # the sink writes it on (and pauses reading while its own reader is slow)
+            if self._feeding:
+                self._held.append(data)  # handed on with the rest of this read
+            else:
+                sink.body(data)  # the sink writes it on (and pauses reading while its own reader is slow)
             return
         self.chunks.append(data)
         self.buffered += len(data)
@@ -309,7 +321,21 @@ class Connection(asyncio.Protocol):
         self.abort()
         self._wake()
 
+    def _hand_held(self) -> None:
+        """Hand the sink what this read held back, as one piece (to `chunks` if the sink let go meanwhile)."""
+        held = self._held
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        sink = self.sink
+        if sink is not None:
+            sink.body(data)
+        else:
+            self.chunks.append(data)
+            self.buffered += len(data)
+
     def _wake(self) -> None:
+        if self._held:
+            self._hand_held()  # the body that came first, then the end or the failure
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
