@@ -69,7 +69,6 @@ class Connection(asyncio.Protocol):
         # Body pieces of one read, for the sink: an upstream that sends each event as its own HTTP chunk gives one
         # piece per event, and the sink takes them as one (one scan, one write to the client), not one by one.
         self._held: list[bytes] = []
-        self._feeding = False
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -107,7 +106,6 @@ class Connection(asyncio.Protocol):
             self._fail(BrokenExchange("the upstream sent bytes outside an answer"))
             return
         self._framing += len(data)  # on_body sets it back to 0
-        self._feeding = True
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -119,8 +117,6 @@ class Connection(asyncio.Protocol):
         else:
             if self._framing > MAX_HEAD:  # httptools keeps an unfinished line whole: it must not grow for ever
                 self._fail(AnswerRefused(f"the upstream sent more than {MAX_HEAD} bytes of head or framing"))
-        finally:
-            self._feeding = False
         if self._held:
             self._hand_held()
 
@@ -202,12 +198,10 @@ class Connection(asyncio.Protocol):
     # the body on its way to the reader
 
     def _keep(self, data: bytes) -> None:
-        sink = self.sink
-        if sink is not None:
-            if self._feeding:
-                self._held.append(data)  # handed on with the rest of this read
-            else:
-                sink.body(data)  # the sink writes it on (and pauses reading while its own reader is slow)
+        if self.sink is not None:
+            # Only the parser's callbacks get here with a sink (a compressed body never has one): the piece goes on
+            # with the rest of this read, after `feed_data`, or before the end or failure it brought (`_wake`).
+            self._held.append(data)
             return
         self.chunks.append(data)
         self.buffered += len(data)
