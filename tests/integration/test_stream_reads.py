@@ -8,6 +8,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import openai
 import pytest
 
 from tests.support.canned_upstream import CannedUpstream, canned_upstream
@@ -90,3 +91,12 @@ def test_a_burst_of_events_is_relayed_whole_in_order_and_in_few_writes(gateway: 
     assert events[-1] == b"data: [DONE]"
     # One piece per read of the upstream's socket (a few dozen for this burst), where it was one per event.
     assert len(chunks) < TOKENS / 10, len(chunks)
+
+
+def test_the_official_client_reads_the_burst_whole(gateway: GatewayProcess) -> None:
+    with openai.OpenAI(base_url=gateway.url("/v1"), api_key="any", max_retries=0, timeout=30) as client:
+        stream = client.chat.completions.create(
+            model="chat", stream=True, messages=[{"role": "user", "content": "go"}]
+        )
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "".join(f"w{i} " for i in range(TOKENS))
