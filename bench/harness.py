@@ -20,7 +20,7 @@ from pathlib import Path
 from bench import report
 from bench.longstreams import StreamsLevel
 from bench.measure import PATH, Latencies, LoadResult, Target, measure_sequential, run_wrk
-from bench.procs import HOST, Served, StartError, cores, free_port, rss_mb, start
+from bench.procs import HOST, Served, StartError, cores, free_port, rss_mb, start, wait_idle
 from bench.scenarios import ALL, BENCH, REPO, Context, Scenario
 from bench.workloads import AGENT, SMALL, Workload
 
@@ -296,6 +296,7 @@ def _load(
         _fail(results[scenario.name], err, servers.get(scenario.name))
         del targets[scenario.name]
         return
+    _settle(scenario.name, targets[scenario.name][1])
     if round_no < 0:
         return
     results[scenario.name].loads.append(load)
@@ -306,6 +307,17 @@ def _load(
         + (f"  (span exporter {load.exporter_us_per_req:.0f} us)" if load.exporter_us_per_req else ""),
         flush=True,
     )
+
+
+def _settle(name: str, pid: int | None) -> None:
+    """Let a gateway finish what the load generator left in flight before the next scenario's run: a gateway
+    loaded past what it serves (LiteLLM's proxy at concurrency 64) works on for seconds after wrk stops, on the core
+    the next gateway is measured on."""
+    if pid is None:
+        return
+    took = wait_idle(pid)
+    if took is None or took > 1.0:
+        print(f"  {name}: busy for {'over 30' if took is None else f'{took:.1f}'} s after its run", flush=True)
 
 
 def _fail(result: ScenarioResult, err: BaseException, server: Served | None) -> None:

@@ -63,6 +63,23 @@ def cpu_seconds(pid: int, *, only: bytes | None = None) -> float:
     return total / _TICKS
 
 
+def wait_idle(pid: int, *, window_s: float = 0.2, timeout_s: float = 30.0) -> float | None:
+    """Wait until a process tree stops using CPU (at most one clock tick in a `window_s` window); the seconds it
+    took, or None if it was still busy after `timeout_s`. A gateway that was loaded past what it serves keeps working
+    on the requests the load generator abandoned when it stopped; the next scenario's run must not share the core
+    with that work."""
+    began = time.monotonic()
+    before = cpu_seconds(pid)
+    while True:
+        time.sleep(window_s)
+        now = cpu_seconds(pid)
+        if now - before <= 1.0 / _TICKS:
+            return time.monotonic() - began
+        if time.monotonic() - began > timeout_s:
+            return None
+        before = now
+
+
 def rss_mb(pid: int) -> float:
     """Resident set size of a process tree, in MiB."""
     pages = 0
