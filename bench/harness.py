@@ -377,7 +377,8 @@ def run_streams(chosen: list[Scenario], plan: Plan, work_dir: Path) -> list[Stre
                 levels.append(level)
                 print(
                     f"  {scenario.name:<16} {streams:5d} streams  gaps p50 {level.gap_p50_ms:6.2f} ms  "
-                    f"p99 {level.gap_p99_ms:6.2f} ms  CPU/chunk {level.cpu_us_per_chunk or 0:6.1f} us  "
+                    f"p99 {level.gap_p99_ms:6.2f} ms  CPU/chunk {level.cpu_us_per_chunk or 0:6.1f} us "
+                    f"(kernel {level.kernel_us_per_chunk or 0:4.1f})  "
                     f"failed {level.failed}",
                     flush=True,
                 )

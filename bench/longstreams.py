@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from bench.procs import HOST, cpu_seconds
+from bench.procs import HOST, cpu_split
 
 RAMP_S = 0.5
 _WORD = b'"content":"word '
@@ -39,6 +39,7 @@ class StreamsLevel:
     window_chunks: int
     cpu_us_per_chunk: float | None
     wall_s: float
+    kernel_us_per_chunk: float | None = None  # the system-time part of cpu_us_per_chunk
 
 
 class _Stream(asyncio.Protocol):
@@ -108,9 +109,9 @@ async def _client(
     # A window in which every stream is open: from RAMP_S + 0.5 s to just before the first one ends.
     window_start, window_end = RAMP_S + 0.5, max(RAMP_S + 0.8, duration_s - 0.3)
     await asyncio.sleep(max(0.0, began + window_start - time.perf_counter()))
-    cpu0, chunks0 = (cpu_seconds(pid) if pid else None), counter[0]
+    cpu0, chunks0 = (cpu_split(pid) if pid else None), counter[0]
     await asyncio.sleep(max(0.0, began + window_end - time.perf_counter()))
-    cpu1, chunks1 = (cpu_seconds(pid) if pid else None), counter[0]
+    cpu1, chunks1 = (cpu_split(pid) if pid else None), counter[0]
     finished = await asyncio.wait_for(asyncio.gather(*dones), timeout=duration_s * 3 + 30)
     gaps.sort()
     window_chunks = chunks1 - chunks0
@@ -121,9 +122,11 @@ async def _client(
         "gap_p50_ms": statistics.median(gaps) * 1000 if gaps else 0.0,
         "gap_p99_ms": gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))] * 1000 if gaps else 0.0,
         "window_chunks": window_chunks,
-        "cpu_us_per_chunk": (cpu1 - cpu0) / window_chunks * 1e6
+        "cpu_us_per_chunk": (sum(cpu1) - sum(cpu0)) / window_chunks * 1e6
         if cpu0 is not None and cpu1 is not None and window_chunks else None,
         "wall_s": time.perf_counter() - began,
+        "kernel_us_per_chunk": (cpu1[1] - cpu0[1]) / window_chunks * 1e6
+        if cpu0 is not None and cpu1 is not None and window_chunks else None,
     }
 
 

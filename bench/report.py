@@ -206,9 +206,11 @@ def _streams(levels: list[StreamsLevel]) -> list[str]:
         "turn. Gaps = time between consecutive content chunks as the client sees them (chunks that arrive together "
         "count as a 0 gap); added = the same percentile minus the one sent direct to the slow upstream at the same "
         "level. CPU per chunk = the gateway's CPU time in a window when every stream is open, over the chunks the "
-        "client received in it. Streams per core = one core's second over (CPU per chunk x 20 chunks/s).",
+        "client received in it; in brackets, the part of it the kernel spent (system time: the socket reads and "
+        "writes, loopback TCP, waking the reader). Streams per core = one core's second over (CPU per chunk x 20 "
+        "chunks/s).",
         "",
-        "| streams | scenario | completed / failed | gap p50 ms | gap p99 ms | added p50 / p99 ms | CPU/chunk "
+        "| streams | scenario | completed / failed | gap p50 ms | gap p99 ms | added p50 / p99 ms | CPU/chunk (kernel) "
         "| streams per core at 20 tokens/s (by CPU) |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -219,7 +221,7 @@ def _streams(levels: list[StreamsLevel]) -> list[str]:
         per_core = f"{1e6 / (x.cpu_us_per_chunk * 20):,.0f}" if x.cpu_us_per_chunk else "-"
         lines.append(
             f"| {x.streams:,} | {x.scenario} | {x.completed} / {x.failed} | {x.gap_p50_ms:.2f} | {x.gap_p99_ms:.2f} "
-            f"| {added} | {_num(x.cpu_us_per_chunk, '{:.1f} µs')} | {per_core} |"
+            f"| {added} | {_num(x.cpu_us_per_chunk, '{:.1f} µs')}{_kernel(x)} | {per_core} |"
         )
     for name in ("passthrough", "polyroute"):
         held = _streams_held(levels, name)
@@ -332,6 +334,10 @@ def _added(by: dict[str, ScenarioResult], r: ScenarioResult, *, plain: bool) -> 
 def _ms(values: list[float]) -> str:
     s = spread.of(values)
     return "-" if s is None else s.number("{:.3f}")
+
+
+def _kernel(level: StreamsLevel) -> str:
+    return f" ({level.kernel_us_per_chunk:.1f})" if level.kernel_us_per_chunk is not None else ""
 
 
 def _num(value: float | None, fmt: str) -> str:
