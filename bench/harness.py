@@ -51,7 +51,7 @@ SMOKE = Plan(
     stream_levels=(50,), stream_tokens=20,
 )
 # The coding-agent workloads and the long-lived streams compare polyroute with the floor and the pass-through.
-AGENT_SCENARIOS = ("direct", "passthrough", "polyroute")
+AGENT_SCENARIOS = ("direct", "nginx", "passthrough", "polyroute")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +45,48 @@ def _passthrough(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
         "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning",
     ]
     return argv, {"BENCH_UPSTREAM": ctx.upstream_url, "PYTHONPATH": str(REPO)}
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+
+
+def _nginx(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
+    """nginx as a plain reverse proxy (one worker, keep-alive to the upstream, streams not buffered): what a proxy
+    hop written in C costs on this machine, the floor under every gateway's added latency and CPU per chunk."""
+    binary = nginx_binary()
+    if binary is None:
+        raise OSError("nginx is not installed (bench/run installs it with apt-get)")
+    prefix = ctx.work_dir / f"nginx-{port}"
+    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+    upstream = ctx.upstream_url.removeprefix("http://")
+    (prefix / "nginx.conf").write_text(
+        "worker_processes 1;\n"
+        "daemon off;\n"
+        "worker_rlimit_nofile 16384;\n"
+        "error_log logs/error.log warn;\n"
+        "pid logs/nginx.pid;\n"
+        "events { worker_connections 8192; }\n"
+        "http {\n"
+        "  access_log off;\n"
+        "  client_max_body_size 0;\n"
+        "  client_body_buffer_size 4m;\n"  # the 1 MiB bodies stay in memory, as in every other gateway
+        "  client_body_temp_path tmp/body;\n"
+        "  proxy_temp_path tmp/proxy;\n"
+        f"  upstream bench {{ server {upstream}; keepalive 256; }}\n"
+        f"  server {{\n"
+        f"    listen {HOST}:{port};\n"
+        "    location / {\n"
+        "      proxy_pass http://bench;\n"
+        "      proxy_http_version 1.1;\n"
+        '      proxy_set_header Connection "";\n'
+        "      proxy_buffering off;\n"  # streamed answers are relayed as they arrive
+        "    }\n"
+        "  }\n"
+        "}\n"
+    )
+    (prefix / "tmp").mkdir(exist_ok=True)
+    return [binary, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], {}
 
 
 def _litellm(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
@@ -127,6 +170,7 @@ def _polyroute_two_workers(ctx: Context, port: int) -> tuple[list[str], dict[str
 
 DIRECT = Scenario("direct", "direct to the upstream (floor)")
 PASSTHROUGH = Scenario("passthrough", "FastAPI + aiohttp pass-through", command=_passthrough)
+NGINX = Scenario("nginx", "nginx reverse proxy (C; a proxy hop's own cost)", command=_nginx)
 LITELLM = Scenario("litellm", "LiteLLM proxy 1.106.2", key=LITELLM_KEY, command=_litellm)
 POLYROUTE = Scenario(
     "polyroute", "polyroute, full pipeline, in-process store", model="bench", key=TENANT_KEY,
@@ -161,6 +205,7 @@ POLYROUTE_2W = Scenario(
 )
 ALL = (
     DIRECT,
+    NGINX,
     PASSTHROUGH,
     LITELLM,
     POLYROUTE,

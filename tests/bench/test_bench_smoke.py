@@ -13,9 +13,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = (
-    "direct", "passthrough", "polyroute", "polyroute-sqlite", "polyroute-redis", "polyroute-shadow", "polyroute-traced",
-    "polyroute-traced-1core", "polyroute-2w",
+    "direct", "nginx", "passthrough", "polyroute", "polyroute-sqlite", "polyroute-redis", "polyroute-shadow",
+    "polyroute-traced", "polyroute-traced-1core", "polyroute-2w",
 )
+AGENT_SCENARIOS = {"direct", "nginx", "passthrough", "polyroute"}
 AGENT_WORKLOADS = {"chat-100k", "chat-1m", "messages-100k", "messages-100k-relayed", "stream-2000"}
 
 
@@ -49,7 +50,7 @@ def test_smoke_run_reports_every_scenario_without_failed_requests(tmp_path: Path
         assert result["error"] is None
         workloads = {load["workload"] for load in result["loads"]}
         assert {"non-stream", "stream"} <= workloads
-        if result["name"] in ("direct", "passthrough", "polyroute"):
+        if result["name"] in AGENT_SCENARIOS:
             assert workloads >= AGENT_WORKLOADS, workloads
         for load in result["loads"]:
             assert load["requests"] > 0
@@ -58,7 +59,7 @@ def test_smoke_run_reports_every_scenario_without_failed_requests(tmp_path: Path
             assert list(result[kind]) == ["0"], result[kind]
             assert all(x["failures"] == 0 and x["samples"] > 0 for x in result[kind].values()), result[kind]
     streams = results["long_streams"]
-    assert {s["scenario"] for s in streams} == {"direct", "passthrough", "polyroute"}
+    assert {s["scenario"] for s in streams} == AGENT_SCENARIOS
     for level in streams:
         assert level["failed"] == 0 and level["completed"] == level["streams"], level
         assert level["chunks"] > 0
