@@ -47,14 +47,14 @@ def _passthrough(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
     return argv, {"BENCH_UPSTREAM": ctx.upstream_url, "PYTHONPATH": str(REPO)}
 
 
-def nginx_binary() -> str | None:
+def _nginx_binary() -> str | None:
     return shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 
 
 def _nginx(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
     """nginx as a plain reverse proxy (one worker, keep-alive to the upstream, streams not buffered): what a proxy
     hop written in C costs on this machine, the floor under every gateway's added latency and CPU per chunk."""
-    binary = nginx_binary()
+    binary = _nginx_binary()
     if binary is None:
         raise OSError("nginx is not installed (bench/run installs it with apt-get)")
     prefix = ctx.work_dir / f"nginx-{port}"
@@ -74,7 +74,7 @@ def _nginx(ctx: Context, port: int) -> tuple[list[str], dict[str, str]]:
         "  client_body_temp_path tmp/body;\n"
         "  proxy_temp_path tmp/proxy;\n"
         f"  upstream bench {{ server {upstream}; keepalive 256; }}\n"
-        f"  server {{\n"
+        "  server {\n"
         f"    listen {HOST}:{port};\n"
         "    location / {\n"
         "      proxy_pass http://bench;\n"
