@@ -203,6 +203,10 @@ class Connection(asyncio.Protocol):
             # with the rest of this read, after `feed_data`, or before the end or failure it brought (`_wake`).
             self._held.append(data)
             return
+        self._buffer(data)
+
+    def _buffer(self, data: bytes) -> None:
+        """Keep a piece for `readany`, pausing the socket above the high-water mark, and wake the reader."""
         self.chunks.append(data)
         self.buffered += len(data)
         if self.buffered > _HIGH_WATER:
@@ -324,8 +328,7 @@ class Connection(asyncio.Protocol):
         if sink is not None:
             sink.body(data)
         else:
-            self.chunks.append(data)
-            self.buffered += len(data)
+            self._buffer(data)
 
     def _wake(self) -> None:
         if self._held:
